@@ -1,0 +1,178 @@
+"""Speed of cosmic-ray cleaning: the seed notebook's double loop, our median method, LACosmic.
+
+The seed notebook's ``clean_image`` (a Python double loop over pixels, copied below
+faithfully as the baseline, prints and all) is timed on a 200 x 200 crop and extrapolated
+per pixel to the full frame; ``clean_cosmic_rays(method="median")`` and
+``clean_cosmic_rays(method="lacosmic")`` are timed on the full frame. Printed: seconds,
+ratios, and peak memory (tracemalloc, in a separate run so it does not slow the timing).
+
+The frame is the first Lowell 42-inch frame (1370 x 1365 after overscan subtraction and
+trimming) when ``SHIFTSTACK_CCD_DATA`` is set, else a synthetic 1370 x 1432 frame with the
+same sky, noise, stars and cosmic rays.
+
+Run:  SHIFTSTACK_CCD_DATA=/work/shared/data python benchmarks/bench_cosmicray.py [repeats]
+"""
+
+import contextlib
+import io
+import statistics
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.nddata import CCDData
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shiftstack_ccd.cosmicray import clean_cosmic_rays  # noqa: E402
+from shiftstack_ccd.datasets import get_data_path  # noqa: E402
+
+GAIN, READ_NOISE = 4.95, 9.3  # e-/ADU, e- (Lowell NASA42 AGAIN_01 / ARDNS_01)
+
+
+# ------------------------------------------------------------------------------------------
+# The baseline: the seed notebook's filter, copied as it is (it modifies its input).
+# ------------------------------------------------------------------------------------------
+def clean_image(data_slice):
+    '''
+
+
+    Parameters
+    ----------
+    data_slice : 2D image array or IFU slice
+
+    Returns
+    -------
+    clean_slice : 2D image array or IFU slice with cosmic rays remove
+
+    '''
+    #Takes the IFU slice or 2D image array and the data quality slice to produce a masked array
+    #Identify outliers
+
+    clean_mask = np.ones_like(data_slice)
+    rows,cols = data_slice.shape[0],data_slice.shape[1]
+    clean_slice = data_slice
+    #plt.imshow(clean_slice)
+    for row in range(0,rows):
+        for col in range(0,cols):
+            perimeter_median = np.median(data_slice[row-1:row+1,col-1:col+1])
+            if abs(data_slice[row,col]) >= abs(15*perimeter_median):
+                clean_slice[row,col] = perimeter_median
+                if abs(data_slice[row,col]) >= abs(25*perimeter_median):
+                    print('Flagged value: '+str(data_slice[row,col]))
+                    print('Replaced with: '+str(perimeter_median))
+                    clean_mask[row,col]= 0
+                    clean_slice[row,col] = perimeter_median
+    return clean_slice
+
+
+# ------------------------------------------------------------------------------------------
+# The frame
+# ------------------------------------------------------------------------------------------
+def lowell_frame():
+    """First Lowell frame, overscan-subtracted (row by row) and trimmed, in ADU."""
+    import ccdproc
+
+    from shiftstack_ccd.frames import read_frames
+    folder = get_data_path("lowell42-5945/5945")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = read_frames(sorted(folder.glob("*.fits"))[:1])[0]
+        ccd = ccdproc.subtract_overscan(raw, fits_section=raw.meta["BIASSEC"], median=True,
+                                        overscan_axis=1)
+        ccd = ccdproc.trim_image(ccd, fits_section=raw.meta["TRIMSEC"])
+    ccd.data = ccd.data.astype(np.float32)
+    return ccd, f"Lowell {Path(raw.meta['SSFILE']).name}"
+
+
+def synthetic_frame(shape=(1370, 1432), seed=1):
+    """Sky of 1150 ADU with Poisson and read noise, 700 Gaussian stars, 600 hits."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    expected = np.full(shape, 1150.0)
+    for y, x, peak in zip(rng.uniform(0, ny, 700), rng.uniform(0, nx, 700),
+                          10 ** rng.uniform(1.5, 4.3, 700)):
+        y0, x0 = int(y), int(x)
+        box = (slice(max(y0 - 6, 0), y0 + 7), slice(max(x0 - 6, 0), x0 + 7))
+        expected[box] += peak * np.exp(-((yy[box] - y) ** 2 + (xx[box] - x) ** 2)
+                                       / (2 * 0.8 ** 2))
+    data = rng.poisson(expected * GAIN) / GAIN + rng.normal(0, READ_NOISE / GAIN, shape)
+    for y, x, amp in zip(rng.integers(0, ny, 600), rng.integers(0, nx, 600),
+                         rng.uniform(100, 2000, 600)):
+        data[y, x] += amp
+    meta = {"AGAIN_01": GAIN, "ARDNS_01": READ_NOISE}
+    return CCDData(data.astype(np.float32), unit="adu", meta=meta), "synthetic 1370x1432"
+
+
+def load_frame():
+    try:
+        return lowell_frame()
+    except FileNotFoundError as exc:
+        print(f"(real data not available: {exc}; using a synthetic frame)")
+        return synthetic_frame()
+
+
+# ------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------
+def timed(function, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times), result
+
+
+def peak_memory(function):
+    tracemalloc.start()
+    function()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2 ** 20
+
+
+def main(repeats=15):
+    ccd, name = load_frame()
+    npix = ccd.data.size
+    print(f"frame: {name}, {ccd.shape[0]} x {ccd.shape[1]} = {npix} pixels, "
+          f"{ccd.data.nbytes / 2 ** 20:.1f} MiB")
+
+    crop = np.array(ccd.data[500:700, 500:700])   # the data type of the frame (float32)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")   # the seed's median of an empty slice at row/col 0
+        t0 = time.perf_counter()
+        clean_image(crop)
+        loop_crop = time.perf_counter() - t0
+    loop = loop_crop / crop.size * npix
+    print(f"seed double loop: {loop_crop:.2f} s on 200 x 200 "
+          f"({loop_crop / crop.size * 1e6:.1f} us/pixel) -> {loop:.1f} s extrapolated to "
+          "the full frame")
+
+    clean_cosmic_rays(ccd)  # warm-up (imports, template cache)
+    best, median, result = timed(lambda: clean_cosmic_rays(ccd), repeats)
+    memory = peak_memory(lambda: clean_cosmic_rays(ccd))
+    print(f"median method:    best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms of "
+          f"{repeats}; {result.meta['CRNFLAG']} pixels flagged; peak memory "
+          f"{memory:.1f} MiB ({memory / (ccd.data.nbytes / 2 ** 20):.1f} x the frame)")
+
+    lbest, lmedian, lresult = timed(lambda: clean_cosmic_rays(ccd, method="lacosmic"),
+                                    max(2, repeats // 5))
+    lmemory = peak_memory(lambda: clean_cosmic_rays(ccd, method="lacosmic"))
+    print(f"lacosmic method:  best {lbest:.2f} s, median {lmedian:.2f} s; "
+          f"{lresult.meta['CRNFLAG']} pixels flagged; peak memory {lmemory:.1f} MiB")
+
+    print()
+    print(f"loop / median method (median time): {loop / median:8.0f} x   "
+          f"(best time: {loop / best:.0f} x; goal >= 1000 x: "
+          f"{'met' if loop / median >= 1000 else 'NOT met'})")
+    print(f"loop / lacosmic:                    {loop / lmedian:8.1f} x")
+    print(f"lacosmic / median method:           {lmedian / median:8.1f} x")
+
+
+if __name__ == "__main__":
+    main(*(int(arg) for arg in sys.argv[1:]))

@@ -1,0 +1,188 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""The ``shiftstack-ccd`` command line.
+
+``shiftstack-ccd stack FILES... --ephemeris eph.ecsv -o stack.fits``
+    Stack frames on a target's motion.
+``shiftstack-ccd demo --output-dir DIR``
+    Simulate a set of frames with a faint moving target, stack them, write FITS and PNG and
+    print the target's S/N in one frame and in the stack. Offline.
+``shiftstack-ccd ephemeris FILES... --target T --location L -o eph.ecsv``
+    Query JPL Horizons once for the frames' mid-exposure times and save the table.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from astropy import units as u
+
+from .exceptions import ShiftStackError
+
+__all__ = ["main"]
+
+log = logging.getLogger("shiftstack_ccd")
+
+
+def _add_motion_options(parser):
+    group = parser.add_argument_group("motion model (one of)")
+    group.add_argument("--ephemeris", metavar="TABLE",
+                       help="ephemeris table (ECSV/CSV: time, RA, Dec [deg], optional rates)")
+    group.add_argument("--rates", nargs=2, type=float, metavar=("DRA", "DDEC"),
+                       help="linear motion in arcsec/hour: dRA*cos(Dec)/dt and dDec/dt; needs "
+                            "--position and --epoch")
+    group.add_argument("--position", nargs=2, type=float, metavar=("RA", "DEC"),
+                       help="target position (ICRS degrees) at --epoch, for --rates")
+    group.add_argument("--epoch", help="epoch of --position (ISO, UTC)")
+    group.add_argument("--target", help="JPL Horizons target (name, designation, number or "
+                                        "record number)")
+    group.add_argument("--location", default="500",
+                       help="observer for Horizons: MPC code, '@hst', '500@-170', ... "
+                            "(default 500, geocentre)")
+    group.add_argument("--id-type", default=None, help="Horizons id_type, e.g. smallbody")
+
+
+def _motion_model(args, frames):
+    from astropy.coordinates import SkyCoord
+    from astropy.time import Time
+
+    from .ephemeris import Ephemeris
+    chosen = [name for name in ("ephemeris", "rates", "target") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise ShiftStackError("give exactly one motion model: --ephemeris TABLE, --rates "
+                              "DRA DDEC with --position and --epoch, or --target T")
+    if args.ephemeris:
+        return Ephemeris.from_table(args.ephemeris)
+    if args.rates:
+        if not (args.position and args.epoch):
+            raise ShiftStackError("--rates needs --position RA DEC and --epoch TIME")
+        return Ephemeris.linear(SkyCoord(*args.position, unit="deg"),
+                                Time(args.epoch, scale="utc"),
+                                args.rates[0] * u.arcsec / u.hour,
+                                args.rates[1] * u.arcsec / u.hour)
+    from .frames import mid_exposure_time
+    times = Time([mid_exposure_time(f) for f in frames])
+    return Ephemeris.from_horizons(args.target, location=args.location, times=times,
+                                   id_type=args.id_type)
+
+
+def _cmd_stack(args):
+    from .frames import read_frames
+    from .stack import shift_and_stack
+    from .visualization import write_preview
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise ShiftStackError(f"{output}: exists; pass --overwrite to replace it")
+    if args.preview and Path(args.preview).exists() and not args.overwrite:
+        raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
+    frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
+    eph = _motion_model(args, frames)
+    size = args.size
+    result = shift_and_stack(frames, eph, method=args.method, size=size,
+                             resample=args.resample, sigma_clip=args.sigma_clip,
+                             sky_stack=not args.no_sky)
+    result.write(output, overwrite=args.overwrite)
+    print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
+          f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
+    if args.preview:
+        images = [result.stack] + ([result.sky_stack] if result.sky_stack is not None else [])
+        titles = ["stacked on the target", "stacked on the stars"][:len(images)]
+        write_preview(args.preview, images, titles=titles,
+                      marks=[result.target_pixel] + [None] * (len(images) - 1),
+                      overwrite=args.overwrite)
+        print(f"wrote {args.preview}")
+    return 0
+
+
+def _cmd_demo(args):
+    from .demo import run_demo
+    report = run_demo(args.output_dir, n_frames=args.n_frames, snr=args.snr, seed=args.seed,
+                      overwrite=args.overwrite)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _cmd_ephemeris(args):
+    from astropy.time import Time
+
+    from .ephemeris import Ephemeris
+    from .frames import mid_exposure_time, read_frames
+    frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
+    times = Time([mid_exposure_time(f) for f in frames])
+    eph = Ephemeris.from_horizons(args.target, location=args.location, times=times,
+                                  id_type=args.id_type)
+    eph.write(args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {len(times)} epochs of {args.target} seen from {args.location}")
+    return 0
+
+
+def build_parser():
+    """The argument parser of ``shiftstack-ccd``."""
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="shiftstack-ccd",
+        description="Shift-and-stack CCD frames on the motion of a solar-system body.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more messages (-vv for debugging)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="stack frames on a moving target")
+    stack.add_argument("files", nargs="+", help="FITS files, a folder or a glob pattern")
+    _add_motion_options(stack)
+    stack.add_argument("--method", choices=("mean", "median", "sum"), default="mean")
+    stack.add_argument("--size", type=int, default=None,
+                       help="output size in pixels (square; default: large enough for all "
+                            "frames)")
+    stack.add_argument("--resample", choices=("auto", "shift", "reproject"), default="auto")
+    stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
+    stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
+    stack.add_argument("-o", "--output", default="stack.fits", help="output FITS file")
+    stack.add_argument("--preview", metavar="PNG", help="also write a PNG preview")
+    stack.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    stack.set_defaults(func=_cmd_stack)
+
+    demo = sub.add_parser("demo", help="simulate, stack and measure a faint moving target "
+                                       "(offline)")
+    demo.add_argument("--output-dir", default="shiftstack-demo", help="where to write")
+    demo.add_argument("--n-frames", type=int, default=9)
+    demo.add_argument("--snr", type=float, default=3.0, help="target S/N in one frame")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    demo.set_defaults(func=_cmd_demo)
+
+    ephem = sub.add_parser("ephemeris", help="query JPL Horizons once for the frames' times")
+    ephem.add_argument("files", nargs="+", help="FITS files, a folder or a glob pattern")
+    ephem.add_argument("--target", required=True, help="target name, designation or record")
+    ephem.add_argument("--location", default="500", help="observer (MPC code, @hst, ...)")
+    ephem.add_argument("--id-type", default=None, help="Horizons id_type")
+    ephem.add_argument("-o", "--output", default="ephemeris.ecsv")
+    ephem.add_argument("--overwrite", action="store_true")
+    ephem.set_defaults(func=_cmd_ephemeris)
+    return parser
+
+
+def main(argv=None):
+    """Run ``shiftstack-ccd``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.ERROR if args.quiet else (
+        logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shiftstack_ccd").setLevel(level)
+    try:
+        return args.func(args)
+    except (ShiftStackError, FileNotFoundError) as exc:
+        print(f"shiftstack-ccd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shiftstack-ccd: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,891 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Data sets: simulated observations with known truth, and the real example data.
+
+`simulate_observation` makes a sequence of calibrated CCD frames of a star field
+with a moving target whose position, flux and signal-to-noise ratio are known
+exactly; tests, the demo and the documentation use it. `get_data_path` and
+`fetch_example_data` find the real example frames (the Lowell 42-inch frames of
+asteroid (5945) Roachapproach), locally through the environment variable
+``SHIFTSTACK_CCD_DATA`` or, failing that, by downloading the public originals.
+"""
+
+import hashlib
+import logging
+import os
+import warnings
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.table import Table
+from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
+from astropy.wcs import WCS
+
+from ._utils import atomic_output
+from .exceptions import OutputExistsError
+
+__all__ = ["DATA_ENV", "SimulatedObservation", "fetch_example_data", "get_data_path",
+           "simulate_observation"]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the folder of real example data (laid out like the
+#: project's ``shared/data``: ``lowell42-5945/``, ``ephemerides/``, ...).
+DATA_ENV = "SHIFTSTACK_CCD_DATA"
+
+
+def get_data_path(relative=""):
+    """Return the path of a file or folder of the real example data.
+
+    The data are found through one setting, the environment variable
+    ``SHIFTSTACK_CCD_DATA``, which names the folder that holds them.
+
+    Parameters
+    ----------
+    relative : str
+        Path inside that folder, e.g. ``"lowell42-5945/5945"``.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+
+    Raises
+    ------
+    FileNotFoundError
+        If the variable is unset or the path does not exist; the message says how to get the data.
+    """
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        raise FileNotFoundError(
+            f"the real example data are not configured: set the environment variable "
+            f"{DATA_ENV} to the folder that holds them")
+    path = Path(root).expanduser() / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found under {DATA_ENV}={root}")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Real example data
+# --------------------------------------------------------------------------------------
+# The public originals. The SHA-256 digests are those of the copies in the project's
+# shared/data folder (recorded there as taken from this commit); a download that differs
+# (e.g. a Git LFS pointer or an HTML error page) is refused rather than handed on.
+_EXAMPLE_DATA = {
+    "lowell42-5945": {
+        "description": "Lowell 42-inch Hall telescope, NASA42 CCD (3x3 binned), 2019-03-26: "
+                       "asteroid (5945) Roachapproach, 300 s VR frames, one bias, one flat",
+        "base_url": "https://raw.githubusercontent.com/LowellObservatory/DeadParrots/"
+                    "1306ec5e376686c4198b98d015809b1b73b29765/Asteroid_Photometry/data",
+        "subsets": {
+            "5945": {
+                "20190326.0135.fits":
+                    "49bd02cca8970d079b3beec4206f0d925c8cad6b6539e7680b8abad6ee8e53de",
+                "20190326.0136.fits":
+                    "827c5ed40709db06f5f9b5c13d06f2034b79646c6785519d600e3c208a7e92f2",
+                "20190326.0137.fits":
+                    "3c3c4e2861b2df8e4b05aa370ce93401f8455122785d27e647214334661cb783",
+                "20190326.0138.fits":
+                    "47deb380df99aaff3efc0994e9c81ed340c5d2c1be636144baf980082761e650",
+                "20190326.0139.fits":
+                    "2435bde25b88d47c3ea791cbb499fac168cb9d09f959c6ed7e6a9777136d43de",
+                "20190326.0140.fits":
+                    "484dea863a2e4e6a6cce5e49a7c7909509c3646d61167e0f8eb90087c4b357c3",
+                "20190326.0141.fits":
+                    "e23b2f4571b92b16989429928ab0e4f5332b8e750bb0470c6bdb5139f208099a",
+                "20190326.0142.fits":
+                    "a76732e0e82bc49787c29002aa623447bd2f4d0531de68e1769125f117124ac5",
+                "20190326.0143.fits":
+                    "41fe1ae047113e4f751184350a1dc8e41e8d19a306db049de1c20ab78ffc5cad",
+                "20190326.0144.fits":
+                    "f9b1aa844a553cab5dbe1fc682e2036a6a1b6990d88e94b11dbf43fd07ab19bb",
+            },
+            "zero": {
+                "20190326.0001.fits":
+                    "3a93b1e234e276273e284a2b41c506a867ff36eb4583953274fc1d580c0cf0a5",
+            },
+            "flat": {
+                "20190326.0111.fits":
+                    "cd8cf61cd0112dbbf6d9510e0e698c1691710486b110d6f0901ff9c62b2af052",
+            },
+        },
+    },
+}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_example_data(name="lowell42-5945", subset="5945", download=True,
+                       show_progress=False, timeout=None):
+    """Return the paths of a set of real example frames, downloading them if needed.
+
+    The frames are looked for first under the folder named by the environment
+    variable ``SHIFTSTACK_CCD_DATA`` (see `get_data_path`), as
+    ``<name>/<subset>/<file>``. When any is missing there and ``download`` is
+    True, the public originals are downloaded into the astropy download cache
+    with `astropy.utils.data.download_file` (``cache=True``, so only once) and
+    checked against known SHA-256 digests.
+
+    Parameters
+    ----------
+    name : str
+        The data set. ``"lowell42-5945"``: ten consecutive 300 s VR frames of
+        asteroid (5945) Roachapproach from the Lowell 42-inch Hall telescope
+        (2019-03-26, NASA42 CCD binned 3x3, SCAMP/Gaia WCS; about 3.9 MB each),
+        from GitHub ``LowellObservatory/DeadParrots``, folder
+        ``Asteroid_Photometry/data/``, commit 1306ec5e.
+    subset : str
+        Which frames of the set: ``"5945"`` (the science frames), ``"zero"``
+        (one bias) or ``"flat"`` (one VR twilight flat).
+    download : bool
+        Download what is not found locally. If False, a missing file raises
+        `FileNotFoundError`.
+    show_progress : bool
+        Show a progress bar while downloading.
+    timeout : float, optional
+        Seconds to wait for the server (astropy's default if None).
+
+    Returns
+    -------
+    paths : list of `~pathlib.Path`
+        One path per frame, in observing order. Local copies keep their
+        original names; downloaded ones live under astropy's cache names
+        (the original name is in each file's ``FILENAME`` header card).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` or ``subset`` is unknown.
+    FileNotFoundError
+        If a frame is missing locally and ``download`` is False.
+    OSError
+        If a download fails or does not match the original.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.datasets import fetch_example_data
+    >>> paths = fetch_example_data("lowell42-5945")  # doctest: +SKIP
+    >>> len(paths)  # doctest: +SKIP
+    10
+    """
+    if name not in _EXAMPLE_DATA:
+        raise ValueError(f"unknown example data set {name!r}; known: "
+                         f"{', '.join(sorted(_EXAMPLE_DATA))}")
+    entry = _EXAMPLE_DATA[name]
+    if subset not in entry["subsets"]:
+        raise ValueError(f"data set {name!r} has no subset {subset!r}; known: "
+                         f"{', '.join(entry['subsets'])}")
+    files = entry["subsets"][subset]
+    local = []
+    for filename in files:
+        try:
+            local.append(get_data_path(f"{name}/{subset}/{filename}"))
+        except FileNotFoundError as exc:
+            reason = str(exc)
+            break
+    else:
+        return local
+    if not download:
+        raise FileNotFoundError(
+            f"example data {name}/{subset} not found locally ({reason}); set {DATA_ENV} "
+            f"to a folder that holds them or call fetch_example_data(download=True)")
+
+    from astropy.utils.data import download_file  # only needed here
+
+    paths = []
+    for filename, digest in files.items():
+        url = f"{entry['base_url']}/{subset}/{filename}"
+        log.info("downloading %s", url)
+        path = Path(download_file(url, cache=True, show_progress=show_progress,
+                                  timeout=timeout))
+        if _sha256(path) != digest:
+            raise OSError(f"{url}: the downloaded file ({path}) is not the original (SHA-256 "
+                          "differs); remove it from the cache with "
+                          "astropy.utils.data.clear_download_cache(url) and try again")
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# Simulated observations
+# --------------------------------------------------------------------------------------
+# Pixel integration of the PSF: 3x3 Gauss-Legendre nodes per pixel. This is exact for
+# polynomials up to degree 5 in each axis and matches the true pixel integral of a Moffat
+# to 1e-5 of the peak at FWHM 3 px, 1e-4 at 2 px, 5e-4 at 1.5 px (5x5 midpoint
+# oversampling: 2e-3, 4e-3, 7e-3) for a third of the cost. astropy's `discretize_model` would evaluate through the modelling
+# machinery on full grids, far slower for thousands of small stamps.
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)
+_GL_NODES = _GL_NODES / 2.0
+_GL_WEIGHTS = _GL_WEIGHTS / 2.0
+
+#: Fraction of a star's light allowed outside its stamp (before renormalisation).
+_STAMP_TRUNCATION = 1e-3
+#: Largest trail step between sub-exposure renderings of the moving target, in pixels.
+_TRAIL_STEP = 0.2
+#: Cosmic-ray events per 10^4 pixels per 100 s when ``cosmic_rays=True``.
+_DEFAULT_CR_RATE = 2.0
+#: Amplitude range of cosmic-ray pixels, in units of the sky-plus-read noise.
+_CR_AMPLITUDE = (5.0, 100.0)
+#: Bytes of scratch memory per rendering chunk.
+_CHUNK_BYTES = 32 * 2**20
+
+
+def _moffat_alpha(fwhm, beta):
+    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def _stamp_half_size(fwhm, beta, aperture_radius):
+    alpha = _moffat_alpha(fwhm, beta)
+    # Radius outside which a Moffat holds a fraction _STAMP_TRUNCATION of its light:
+    # (1 + r^2/alpha^2)^(1 - beta) = fraction.
+    radius = alpha * np.sqrt(_STAMP_TRUNCATION ** (1.0 / (1.0 - beta)) - 1.0)
+    radius = min(radius, 10.0 * fwhm)  # shallow wings (beta near 1): cap the stamp
+    return int(max(np.ceil(radius), np.ceil(aperture_radius) + 2))
+
+
+def _psf_stamps(x, y, half, fwhm, beta):
+    """Render unit-flux Moffat PSFs integrated over pixels, one square stamp per position.
+
+    Returns ``(stamps, ix0, iy0)``: stamps of shape ``(n, 2*half+1, 2*half+1)`` each
+    summing to one, and the frame indices of each stamp's first column and row.
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    ixc = np.rint(x).astype(np.int64)
+    iyc = np.rint(y).astype(np.int64)
+    dx, dy = x - ixc, y - iyc
+    size = 2 * half + 1
+    nodes = len(_GL_NODES)
+    sub = (np.arange(-half, half + 1)[:, None] + _GL_NODES[None, :]).ravel()
+    inv_alpha2 = 1.0 / _moffat_alpha(fwhm, beta) ** 2
+    stamps = np.empty((x.size, size, size))
+    chunk = max(1, _CHUNK_BYTES // (8 * 3 * (size * nodes) ** 2))
+    for start in range(0, x.size, chunk):
+        stop = min(start + chunk, x.size)
+        xx = (sub[None, :] - dx[start:stop, None]) ** 2 * inv_alpha2
+        yy = (sub[None, :] - dy[start:stop, None]) ** 2 * inv_alpha2
+        values = yy[:, :, None] + xx[:, None, :]
+        values += 1.0
+        if beta == 3.0:  # the default: two products instead of a power
+            np.reciprocal(values, out=values)
+            values = values * values * values
+        else:
+            np.power(values, -beta, out=values)
+        values = values.reshape(stop - start, size, nodes, size, nodes)
+        # Weighted sums over the quadrature nodes of each pixel (rows, then columns).
+        rows = sum(weight * values[:, :, j] for j, weight in enumerate(_GL_WEIGHTS))
+        block = sum(weight * rows[..., j] for j, weight in enumerate(_GL_WEIGHTS))
+        # Renormalise: the PSF is the Moffat truncated to the stamp, so a source's whole
+        # flux is in the image (the lost wings are below _STAMP_TRUNCATION anyway).
+        block /= block.sum(axis=(1, 2), keepdims=True)
+        stamps[start:stop] = block
+    return stamps, ixc - half, iyc - half
+
+
+def _add_stamps(image, stamps, ix0, iy0, fluxes):
+    """Add ``flux * stamp`` into ``image`` at each place, clipping at the edges."""
+    ny, nx = image.shape
+    height, width = stamps.shape[1:]
+    for stamp, x0, y0, flux in zip(stamps, ix0, iy0, fluxes):
+        xa, xb = max(x0, 0), min(x0 + width, nx)
+        ya, yb = max(y0, 0), min(y0 + height, ny)
+        if xa < xb and ya < yb:
+            image[ya:yb, xa:xb] += flux * stamp[ya - y0:yb - y0, xa - x0:xb - x0]
+
+
+def _trail_profile(xs, ys, half, fwhm, beta):
+    """Unit-flux image of a source seen at the positions (xs, ys) for equal times.
+
+    Returns ``(profile, x0, y0)``: a local array and the frame indices of its first
+    column and row.
+    """
+    stamps, ix0, iy0 = _psf_stamps(xs, ys, half, fwhm, beta)
+    size = stamps.shape[1]
+    x0, y0 = int(ix0.min()), int(iy0.min())
+    profile = np.zeros((int(iy0.max()) - y0 + size, int(ix0.max()) - x0 + size))
+    weight = 1.0 / len(stamps)
+    for stamp, sx, sy in zip(stamps, ix0 - x0, iy0 - y0):
+        profile[sy:sy + size, sx:sx + size] += weight * stamp
+    return profile, x0, y0
+
+
+def _aperture_weights(x, y, radius, shape):
+    """Exact-overlap weights of a circular aperture on an array of ``shape``.
+
+    Returns ``(slices, weights)`` or ``(None, None)`` when the aperture misses the array.
+    """
+    from photutils.aperture import CircularAperture
+
+    mask = CircularAperture((x, y), r=radius).to_mask(method="exact")
+    large, small = mask.get_overlap_slices(shape)
+    if large is None:
+        return None, None
+    return large, mask.data[small]
+
+
+def _as_quantity(value, unit, name, default_unit=None):
+    quantity = u.Quantity(value, default_unit) if default_unit is not None else u.Quantity(value)
+    if not quantity.unit.is_equivalent(unit):
+        raise ValueError(f"{name} must be a quantity in {unit} (or equivalent); got {value!r}")
+    return quantity.to(unit)
+
+
+def _cosmic_rays(rng, shape, expected, sigma):
+    """Draw cosmic-ray hits: single pixels and short straight tracks of 2-6 pixels.
+
+    Returns the flat indices of the hit pixels, the electrons in each, and the number of
+    events. Amplitudes are drawn per event, log-uniformly between 5 and 100 times
+    ``sigma``, and vary by a factor 0.6-1 along a track (never below 5 sigma).
+    """
+    ny, nx = shape
+    n_events = int(rng.poisson(expected))
+    xs, ys, amps = [], [], []
+    low, high = _CR_AMPLITUDE
+    for _ in range(n_events):
+        x, y = rng.integers(0, nx), rng.integers(0, ny)
+        amplitude = sigma * np.exp(rng.uniform(np.log(low), np.log(high)))
+        length = 1 if rng.random() < 0.5 else int(rng.integers(2, 7))
+        angle = rng.uniform(0.0, np.pi)
+        step = np.array([np.cos(angle), np.sin(angle)])
+        step /= np.abs(step).max()  # one pixel a step along the dominant axis: no repeats
+        k = np.arange(length)
+        px = x + np.rint(k * step[0]).astype(np.int64)
+        py = y + np.rint(k * step[1]).astype(np.int64)
+        keep = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        xs.append(px[keep])
+        ys.append(py[keep])
+        amps.append(np.maximum(amplitude * rng.uniform(0.6, 1.0, keep.sum()), low * sigma))
+    if not n_events:
+        return np.zeros(0, np.int64), np.zeros(0), 0
+    flat = np.concatenate(ys) * nx + np.concatenate(xs)
+    amps = np.concatenate(amps)
+    index, inverse = np.unique(flat, return_inverse=True)  # two events may share a pixel
+    return index, np.bincount(inverse, weights=amps), n_events
+
+
+class SimulatedObservation:
+    """A simulated sequence of frames with a moving target, and its truth.
+
+    Made by `simulate_observation`; see there for the model.
+
+    Attributes
+    ----------
+    frames : list of `~astropy.nddata.CCDData`
+        The frames (float32 data, unit, `~astropy.nddata.StdDevUncertainty`, TAN WCS,
+        header with ``DATE-OBS``, ``EXPTIME``, ``GAIN``, ``RDNOISE``...;
+        ``meta['SSFILE']`` is ``sim_000.fits``, ``sim_001.fits``...).
+    truth : `~astropy.table.Table`
+        One row per frame: ``frame``, ``file``, ``time`` (UTC mid-exposure `~astropy.time.Time`),
+        ``ra``, ``dec`` (target at mid-exposure, deg), ``x``, ``y`` (target in that frame's
+        pixels, 0-based), ``flux`` (target electrons in the frame), ``snr`` (target S/N in the
+        frame, see `simulate_observation`), ``sky`` (e-/pixel), ``dither_ra``, ``dither_dec``
+        (pointing offsets, arcsec, east and north), ``rotation`` (deg, east of north of the
+        +y axis), ``n_cosmic_rays`` (events) and ``n_cr_pixels``.
+    stars : `~astropy.table.Table`
+        The star catalogue: ``ra``, ``dec`` (deg), ``flux`` (electrons per frame).
+    cosmic_ray_masks : list of ndarray of bool
+        Per frame, True where a cosmic ray deposited charge.
+    cosmic_rays : `~astropy.table.Table`
+        Every cosmic-ray pixel: ``frame``, ``x``, ``y``, ``electrons``.
+    target_position : `~astropy.coordinates.SkyCoord`
+        Target position at ``epoch``.
+    epoch : `~astropy.time.Time`
+        Mid-exposure time of the middle frame (index ``n_frames // 2``).
+    ra_rate, dec_rate : `~astropy.units.Quantity`
+        Target motion, dRA*cos(Dec)/dt and dDec/dt.
+    psf_fwhm, psf_beta : float
+        Moffat PSF FWHM (pixels) and power index.
+    aperture_radius : float
+        Radius (pixels) of the aperture in which ``snr`` is defined (one FWHM).
+    sky : float or ndarray
+        Sky level, electrons per pixel per frame (as given).
+    read_noise, gain : float
+        Electrons; electrons per ADU.
+    pixel_scale : `~astropy.units.Quantity`
+        Angle per pixel.
+    exptime : `~astropy.units.Quantity`
+        Exposure time.
+    unit : `~astropy.units.Unit`
+        Unit of the frames' data.
+    """
+
+    def __init__(self, **attributes):
+        for key, value in attributes.items():
+            setattr(self, key, value)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __repr__(self):
+        ny, nx = self.frames[0].shape if self.frames else (0, 0)
+        return (f"<SimulatedObservation: {len(self.frames)} frames of {nx}x{ny} pixels, "
+                f"target at {self.ra_rate.to_value(u.arcsec / u.hour):.3g}, "
+                f"{self.dec_rate.to_value(u.arcsec / u.hour):.3g} arcsec/h, "
+                f"S/N {np.median(self.truth['snr']):.3g} per frame>")
+
+    @cached_property
+    def ephemeris(self):
+        """The target's motion as `shiftstack_ccd.ephemeris.Ephemeris.linear`.
+
+        Its positions equal the ``ra``/``dec`` columns of ``truth`` at the ``time`` column.
+        """
+        from .ephemeris import Ephemeris  # imported here: ephemeris is a higher concern
+
+        return Ephemeris.linear(self.target_position, self.epoch, self.ra_rate, self.dec_rate)
+
+    def target_at(self, times):
+        """Return the target's sky position at ``times`` (the model the frames were made with).
+
+        Parameters
+        ----------
+        times : `~astropy.time.Time`
+
+        Returns
+        -------
+        position : `~astropy.coordinates.SkyCoord`
+        """
+        dt = (Time(times) - self.epoch).to(u.hour)
+        return self.target_position.spherical_offsets_by(self.ra_rate * dt, self.dec_rate * dt)
+
+    def write(self, directory, overwrite=False):
+        """Write each frame to ``directory/<meta['SSFILE']>`` as FITS.
+
+        Each file is written atomically (a temporary file renamed on success). If any
+        target file exists and ``overwrite`` is False, nothing is written.
+
+        Parameters
+        ----------
+        directory : str or `~pathlib.Path`
+            Created if needed.
+        overwrite : bool
+            Replace existing files.
+
+        Returns
+        -------
+        paths : list of `~pathlib.Path`
+
+        Raises
+        ------
+        shiftstack_ccd.exceptions.OutputExistsError
+            If a file exists and ``overwrite`` is False.
+        """
+        directory = Path(directory)
+        paths = [directory / frame.meta["SSFILE"] for frame in self.frames]
+        if not overwrite:
+            existing = [str(path) for path in paths if path.exists()]
+            if existing:
+                raise OutputExistsError(
+                    f"{existing[0]}: exists ({len(existing)} of the {len(paths)} files do); "
+                    "pass overwrite=True to replace them or choose another directory.")
+        for frame, path in zip(self.frames, paths):
+            with atomic_output(path, overwrite=overwrite) as tmp:
+                frame.write(tmp, format="fits", overwrite=True)
+        return paths
+
+
+def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcsec,
+                         center=None, start=None, exptime=120 * u.s, cadence=150 * u.s,
+                         target_rate=(3.0, -1.5) * u.arcsec / u.hour, target_snr=3.0,
+                         target_flux=None, target_position=None, fwhm=3.0, psf_beta=3.0,
+                         sky=200.0, read_noise=5.0, gain=1.0, n_stars=60,
+                         star_flux_range=(2e3, 2e5), dither=5.0, max_rotation=1.0 * u.deg,
+                         cosmic_rays=True, unit="adu", with_uncertainty=True, noise=True,
+                         object_name="SIMULATED TARGET", seed=0):
+    """Simulate calibrated CCD frames of a star field with a moving target, with the truth.
+
+    The frames are what a reduced (bias-, dark- and flat-corrected) sequence looks like:
+    a flat sky, stars with a Moffat PSF, a target moving along a linear ephemeris, Poisson
+    and read noise, cosmic rays, and a per-frame TAN WCS with random pointing offsets and
+    small rotations.
+
+    The model, frame by frame:
+
+    * **Times.** Frame ``i`` starts at ``start + i * cadence`` and lasts ``exptime``; its
+      mid-exposure time is the truth ``time``. The reference epoch is the mid-exposure time
+      of the middle frame, ``n_frames // 2``.
+    * **WCS.** TAN projection, ``CRPIX`` at the array centre, ``CRVAL`` at ``center`` offset
+      by a random pointing dither (normal, ``dither`` pixels standard deviation in each of
+      the east and north directions) and the CD matrix rotated by a random angle uniform in
+      ``+/- max_rotation`` (the +y axis points ``rotation`` east of north; east is to the
+      left).
+    * **Stars.** ``n_stars`` is the expected number within the nominal field; the catalogue
+      covers a margin around it at the same density so that dithered and rotated frames are
+      uniformly filled. Fluxes follow N(>F) proportional to 1/F between ``star_flux_range``.
+      Each star is placed through each frame's WCS.
+    * **PSF.** A circular Moffat profile, ``(1 + r^2/alpha^2)^-beta`` with ``beta = psf_beta``
+      and FWHM ``fwhm`` pixels, integrated over each pixel (3x3 Gauss-Legendre quadrature,
+      accurate to ~1e-5 of the peak at FWHM 3, so centroids carry no pixel-phase bias),
+      truncated to a square stamp outside which it holds < 0.1 % of its light and
+      normalised so that the stamp holds the whole flux.
+    * **Target.** At time ``t`` it is at
+      ``target_position.spherical_offsets_by(ra_rate * (t - epoch), dec_rate * (t - epoch))``
+      with ``(ra_rate, dec_rate) = target_rate`` (``ra_rate`` is dRA*cos(Dec)/dt), the
+      convention of ``Ephemeris.linear``. Its trail during the exposure is the mean of PSFs at
+      equally spaced times, at most 0.2 pixel apart (one PSF when the trail is shorter);
+      slow targets are thus compact, fast ones trailed. The truth ``x``, ``y`` is the
+      mid-exposure position, which is also the trail's centroid.
+    * **Noise.** The noiseless image in electrons (sky + stars + target) is replaced by a
+      Poisson draw, Gaussian read noise is added, then cosmic rays, and the result is
+      divided by ``gain`` when ``unit='adu'``. The uncertainty is
+      ``sqrt(model + read_noise**2)`` (divided by the gain in ADU): exact for the sky, star
+      and target light, blind to cosmic rays.
+    * **Cosmic rays.** Per frame, a Poisson number of events (``cosmic_rays`` per 10^4
+      pixels per 100 s of exposure; ``True`` means 2, about what HST's CCDs see; ground-based
+      CCDs see less), half single pixels and half straight tracks of 2-6 pixels, with
+      amplitudes between 5 and 100 times the sky-plus-read noise of a pixel.
+
+    **Signal-to-noise.** The S/N of the target in a frame is that of the sum over a circular
+    aperture of radius one FWHM centred on the target's mid-exposure position, with exact
+    pixel-overlap weights ``w`` (photutils ``method='exact'``): ``sum(w * target) /
+    sqrt(sum(w**2 * (model + read_noise**2)))`` in electrons, i.e. the signal over the
+    standard deviation of that sum over noise realisations. The target's flux is the same in
+    every frame; with ``target_snr`` it is solved so that the S/N in the middle frame, with
+    sky and read noise only (no star in the aperture), is exactly ``target_snr``. The truth
+    ``snr`` of each frame is computed from its full noiseless model (so it also counts any
+    star in the aperture); with no star there it differs from ``target_snr`` by about 1 %
+    at most, through the pixel phase of the aperture (which changes ``sum(w**2)`` and the
+    enclosed fraction) and any change of the sky level.
+
+    Parameters
+    ----------
+    n_frames : int
+        Number of frames.
+    shape : tuple of int
+        ``(ny, nx)`` of each frame.
+    pixel_scale : `~astropy.units.Quantity`
+        Angle per pixel (``u.arcsec`` or ``u.arcsec / u.pix``).
+    center : `~astropy.coordinates.SkyCoord`, optional
+        Nominal pointing; default RA 150 deg, Dec 2 deg (ICRS).
+    start : `~astropy.time.Time` or str, optional
+        Start of the first exposure (UTC); default 2024-03-01T03:00:00.
+    exptime, cadence : `~astropy.units.Quantity` or float
+        Exposure time and time between frame starts (seconds if floats);
+        ``cadence >= exptime``.
+    target_rate : `~astropy.units.Quantity`
+        ``(dRA*cos(Dec)/dt, dDec/dt)``, angular velocity.
+    target_snr : float
+        Target S/N per frame (defined above). Ignored when ``target_flux`` is given.
+    target_flux : float or `~astropy.units.Quantity`, optional
+        Target flux in electrons per frame, instead of ``target_snr``.
+    target_position : `~astropy.coordinates.SkyCoord`, optional
+        Target position at the epoch. Default: ``center`` offset by a random amount up to 5 %
+        of the frame size in each direction (so it does not sit on a pixel centre).
+    fwhm : float
+        PSF FWHM in pixels.
+    psf_beta : float
+        Moffat power index (> 1; 3 is typical of ground-based seeing).
+    sky : float or sequence of float
+        Sky in electrons per pixel per frame; a sequence gives one value per frame.
+    read_noise : float
+        Read noise in electrons.
+    gain : float
+        Electrons per ADU.
+    n_stars : int
+        Expected number of stars in the nominal field.
+    star_flux_range : tuple of float
+        Smallest and largest star flux, electrons per frame.
+    dither : float
+        Standard deviation of the pointing offsets, pixels, per axis.
+    max_rotation : `~astropy.units.Quantity` or float
+        Largest rotation of a frame's WCS (degrees if a float).
+    cosmic_rays : bool or float
+        Add cosmic rays; a number sets their rate (events per 10^4 pixels per 100 s).
+    unit : {'adu', 'electron'}
+        Unit of the data.
+    with_uncertainty : bool
+        Attach a `~astropy.nddata.StdDevUncertainty`.
+    noise : bool
+        Draw Poisson and read noise. If False the frames are the noiseless model (cosmic rays
+        are still added if asked); with the same seed, everything else is identical.
+    object_name : str
+        ``OBJECT`` header card.
+    seed : int, `numpy.random.Generator` or None
+        Seed of `numpy.random.default_rng`. The geometry, the noise and the cosmic rays use
+        independent streams spawned from it.
+
+    Returns
+    -------
+    sim : `SimulatedObservation`
+        ``sim.frames``, ``sim.truth``, ``sim.stars``, ``sim.cosmic_ray_masks``,
+        ``sim.ephemeris`` and the parameters.
+
+    Warns
+    -----
+    astropy.utils.exceptions.AstropyUserWarning
+        If the target is outside a frame at mid-exposure.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.datasets import simulate_observation
+    >>> sim = simulate_observation(n_frames=3, shape=(64, 64), n_stars=5, target_snr=5.0,
+    ...                            seed=1)
+    >>> len(sim.frames), sim.frames[0].shape, sim.frames[0].unit
+    (3, (64, 64), Unit("adu"))
+    >>> sim.frames[1].header['DATE-OBS'], sim.frames[1].header['EXPTIME']
+    ('2024-03-01T03:02:30.000000', 120.0)
+    >>> print(sim.truth['time'][1].isot)
+    2024-03-01T03:03:30.000
+    >>> round(float(sim.truth['snr'][1]), 3)
+    5.0
+    """
+    # ---- parameters -------------------------------------------------------------------
+    n_frames = int(n_frames)
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be at least 1; got {n_frames}")
+    if len(shape) != 2 or min(shape) < 8:
+        raise ValueError(f"shape must be (ny, nx), each at least 8 pixels; got {shape!r}")
+    ny, nx = int(shape[0]), int(shape[1])
+    scale = u.Quantity(pixel_scale)
+    if scale.unit.is_equivalent(u.arcsec / u.pix):
+        scale = scale * u.pix
+    scale = _as_quantity(scale, u.arcsec, "pixel_scale")
+    if scale <= 0:
+        raise ValueError(f"pixel_scale must be positive; got {pixel_scale!r}")
+    center = SkyCoord(150.0, 2.0, unit="deg") if center is None else SkyCoord(center)
+    center = SkyCoord(center.icrs.ra, center.icrs.dec, frame="icrs")
+    start = Time("2024-03-01T03:00:00", scale="utc") if start is None else Time(start)
+    start = start.utc
+    exptime = _as_quantity(exptime, u.s, "exptime", u.s)
+    cadence = _as_quantity(cadence, u.s, "cadence", u.s)
+    if exptime <= 0 or cadence < exptime:
+        raise ValueError(f"need 0 < exptime <= cadence; got exptime={exptime}, "
+                         f"cadence={cadence}")
+    rate = _as_quantity(target_rate, u.arcsec / u.hour, "target_rate")
+    if rate.shape != (2,):
+        raise ValueError(f"target_rate must be two rates (dRA*cos(Dec)/dt, dDec/dt); "
+                         f"got {target_rate!r}")
+    ra_rate, dec_rate = rate[0], rate[1]
+    fwhm = float(fwhm)
+    psf_beta = float(psf_beta)
+    if fwhm <= 0 or psf_beta <= 1:
+        raise ValueError(f"need fwhm > 0 and psf_beta > 1; got {fwhm}, {psf_beta}")
+    sky_given = sky
+    sky = np.broadcast_to(np.asarray(sky, dtype=float), (n_frames,)).copy() \
+        if np.ndim(sky) == 0 or len(sky) == n_frames else None
+    if sky is None or np.any(sky < 0):
+        raise ValueError(f"sky must be >= 0, one number or one per frame; got {sky_given!r}")
+    read_noise, gain = float(read_noise), float(gain)
+    if read_noise < 0 or gain <= 0:
+        raise ValueError(f"need read_noise >= 0 and gain > 0; got {read_noise}, {gain}")
+    flux_min, flux_max = (float(f) for f in star_flux_range)
+    if not 0 < flux_min <= flux_max:
+        raise ValueError(f"star_flux_range must be (min, max) with 0 < min <= max; "
+                         f"got {star_flux_range!r}")
+    n_stars, dither = int(n_stars), float(dither)
+    if n_stars < 0 or dither < 0:
+        raise ValueError(f"n_stars and dither must be >= 0; got {n_stars}, {dither}")
+    max_rotation = _as_quantity(max_rotation, u.deg, "max_rotation", u.deg)
+    unit = u.Unit(unit)
+    if unit not in (u.adu, u.electron):
+        raise ValueError(f"unit must be 'adu' or 'electron'; got {unit!r}")
+    cr_rate = _DEFAULT_CR_RATE if cosmic_rays is True else float(cosmic_rays or 0.0)
+    if cr_rate < 0:
+        raise ValueError(f"cosmic_rays must be a bool or a rate >= 0; got {cosmic_rays!r}")
+    if target_flux is not None:
+        target_flux = float(u.Quantity(target_flux, u.electron).value)
+        if target_flux < 0:
+            raise ValueError(f"target_flux must be >= 0; got {target_flux}")
+    elif target_snr is None or target_snr < 0:
+        raise ValueError(f"target_snr must be >= 0 (or give target_flux); got {target_snr!r}")
+
+    rng_geometry, rng_noise, rng_cr = np.random.default_rng(seed).spawn(3)
+    scale_deg = scale.to_value(u.deg)
+    exptime_s, cadence_s = float(exptime.to_value(u.s)), float(cadence.to_value(u.s))
+    aperture_radius = fwhm
+    half = _stamp_half_size(fwhm, psf_beta, aperture_radius)
+    ref = 0.5 * np.array([nx - 1, ny - 1])  # array centre, 0-based (x, y)
+
+    # ---- times ------------------------------------------------------------------------
+    offsets_s = np.arange(n_frames) * cadence_s
+    starts = start + offsets_s * u.s
+    mid_times = start + (offsets_s + exptime_s / 2) * u.s
+    epoch = mid_times[n_frames // 2]
+
+    # ---- geometry: pointings, rotations, target, stars ---------------------------------
+    dithers = rng_geometry.normal(0.0, dither, (n_frames, 2)) * scale  # east, north
+    rotations = rng_geometry.uniform(-1.0, 1.0, n_frames) * max_rotation
+    if target_position is None:
+        jitter = rng_geometry.uniform(-0.05, 0.05, 2) * np.array([nx, ny]) * scale
+        target_position = center.spherical_offsets_by(jitter[0], jitter[1])
+    target_position = SkyCoord(target_position)
+    target_position = SkyCoord(target_position.icrs.ra, target_position.icrs.dec, frame="icrs")
+
+    pointings = center.spherical_offsets_by(dithers[:, 0], dithers[:, 1])
+    wcs_list = []
+    for i in range(n_frames):
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.cunit = ["deg", "deg"]
+        wcs.wcs.radesys = "ICRS"
+        wcs.wcs.crval = [pointings[i].ra.deg, pointings[i].dec.deg]
+        wcs.wcs.crpix = ref + 1.0
+        cos, sin = np.cos(rotations[i]).value, np.sin(rotations[i]).value
+        wcs.wcs.cd = scale_deg * np.array([[-cos, sin], [sin, cos]])
+        wcs.pixel_shape = (nx, ny)
+        wcs.wcs.set()
+        wcs_list.append(wcs)
+
+    # Star catalogue over a box that holds every dithered, rotated frame plus a stamp.
+    margin = np.hypot(nx, ny) / 2 + 4 * dither + half
+    box = 2 * margin
+    n_catalogue = int(np.rint(n_stars * box * box / (nx * ny)))
+    nominal = wcs_list[0].deepcopy()
+    nominal.wcs.crval = [center.ra.deg, center.dec.deg]
+    nominal.wcs.cd = scale_deg * np.array([[-1.0, 0.0], [0.0, 1.0]])
+    nominal.wcs.set()
+    star_px = ref + rng_geometry.uniform(-margin, margin, (n_catalogue, 2))
+    star_ra, star_dec = nominal.wcs_pix2world(star_px[:, 0], star_px[:, 1], 0)
+    # N(>F) ~ 1/F: 1/F is uniform between 1/max and 1/min.
+    star_flux = 1.0 / rng_geometry.uniform(1.0 / flux_max, 1.0 / flux_min, n_catalogue)
+    stars = Table([star_ra * u.deg, star_dec * u.deg, star_flux * u.electron],
+                  names=("ra", "dec", "flux"))
+
+    # Target positions: at mid-exposure, and at the sub-exposure times of the trail.
+    trail_px = float(np.hypot(*rate.to_value(u.arcsec / u.s))) * exptime_s / scale.value
+    n_sub = max(1, int(np.ceil(trail_px / _TRAIL_STEP)))
+    sub_s = ((np.arange(n_sub) + 0.5) / n_sub - 0.5) * exptime_s
+    mid_s = (mid_times - epoch).to_value(u.s)
+    dt = np.column_stack([mid_s[:, None] + sub_s[None, :], mid_s]) * u.s  # last: mid-time
+    track = target_position.spherical_offsets_by(ra_rate * dt, dec_rate * dt)
+    mid_positions = track[:, -1]
+    target_xy = np.empty((n_frames, 2))
+    profiles = []
+    for i, wcs in enumerate(wcs_list):
+        xs, ys = wcs.wcs_world2pix(track.ra.deg[i], track.dec.deg[i], 0)
+        target_xy[i] = xs[-1], ys[-1]
+        profiles.append(_trail_profile(xs[:-1], ys[:-1], half, fwhm, psf_beta))
+    outside = [i for i, (x, y) in enumerate(target_xy)
+               if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)]
+    if outside:
+        warnings.warn(f"the target is outside frames {outside} at mid-exposure; choose a "
+                      "smaller target_rate, fewer frames or a larger shape", AstropyUserWarning)
+
+    # Target flux: solve S/N = F a / sqrt(F b + c) = target_snr in the middle frame.
+    if target_flux is None:
+        profile, x0, y0 = profiles[n_frames // 2]
+        xm, ym = target_xy[n_frames // 2]
+        slices, weights = _aperture_weights(xm - x0, ym - y0, aperture_radius, profile.shape)
+        part = profile[slices]
+        a = np.sum(weights * part)
+        b = np.sum(weights ** 2 * part)
+        c = np.sum(weights ** 2) * (sky[n_frames // 2] + read_noise ** 2)
+        s2 = float(target_snr) ** 2
+        target_flux = (s2 * b + np.sqrt(s2 * s2 * b * b + 4 * a * a * s2 * c)) / (2 * a * a)
+
+    # ---- frames -----------------------------------------------------------------------
+    frames, masks, cr_rows, rows = [], [], [], []
+    expected_cr = cr_rate * (nx * ny / 1e4) * (exptime_s / 100.0)
+    for i, wcs in enumerate(wcs_list):
+        model = np.full((ny, nx), sky[i])
+        sx, sy = wcs.wcs_world2pix(star_ra, star_dec, 0)
+        near = (sx > -half - 1) & (sx < nx + half) & (sy > -half - 1) & (sy < ny + half)
+        if near.any():
+            stamps, ix0, iy0 = _psf_stamps(sx[near], sy[near], half, fwhm, psf_beta)
+            _add_stamps(model, stamps, ix0, iy0, star_flux[near])
+
+        profile, x0, y0 = profiles[i]
+        slices, weights = _aperture_weights(*target_xy[i], aperture_radius, (ny, nx))
+        before = model[slices].copy() if slices is not None else None
+        _add_stamps(model, profile[None], [x0], [y0], [target_flux])
+        if slices is None:
+            snr = 0.0
+        else:
+            signal = np.sum(weights * (model[slices] - before))
+            snr = signal / np.sqrt(np.sum(weights ** 2 * (model[slices] + read_noise ** 2)))
+
+        if noise:
+            electrons = rng_noise.poisson(model).astype(float)
+            electrons += rng_noise.normal(0.0, read_noise, model.shape)
+        else:
+            electrons = model.copy()
+        mask = np.zeros((ny, nx), dtype=bool)
+        n_events = 0
+        if expected_cr > 0:
+            index, charge, n_events = _cosmic_rays(rng_cr, (ny, nx), expected_cr,
+                                                   np.sqrt(sky[i] + read_noise ** 2))
+            electrons.flat[index] += charge
+            mask.flat[index] = True
+            cr_rows.append((np.full(index.size, i), index % nx, index // nx, charge))
+        masks.append(mask)
+
+        to_unit = 1.0 / gain if unit == u.adu else 1.0
+        electrons *= to_unit
+        data = electrons.astype(np.float32)
+        del electrons
+        uncertainty = None
+        if with_uncertainty:
+            model += read_noise ** 2  # the model is not needed after this: work in place
+            np.sqrt(model, out=model)
+            model *= to_unit
+            uncertainty = StdDevUncertainty(model.astype(np.float32))
+        del model
+        name = f"sim_{i:03d}.fits"
+        header = fits.Header()
+        header["OBJECT"] = object_name
+        header["IMAGETYP"] = "object"
+        header["TELESCOP"] = "shiftstack_ccd simulation"
+        header["INSTRUME"] = "shiftstack_ccd simulation"
+        header["DATE-OBS"] = (Time(starts[i], precision=6).isot, "UTC start of exposure")
+        header["TIMESYS"] = "UTC"
+        header["EXPTIME"] = (exptime_s, "[s] exposure time")
+        header["GAIN"] = (gain if unit == u.adu else 1.0, "[e-/ADU] gain of the data")
+        header["RDNOISE"] = (read_noise, "[e-] read noise")
+        header["SIMFRAME"] = (i, "frame index in the simulation")
+        if isinstance(seed, (int, np.integer)):
+            header["SIMSEED"] = (int(seed), "seed of simulate_observation")
+        header["SSFILE"] = name
+        header["HISTORY"] = "Simulated by shiftstack_ccd.datasets.simulate_observation"
+        frames.append(CCDData(data, unit=unit, uncertainty=uncertainty, wcs=wcs, meta=header))
+        rows.append((i, name, target_flux, snr, int(n_events), int(mask.sum())))
+
+    # ---- truth ------------------------------------------------------------------------
+    index, names, fluxes, snrs, n_events, n_pixels = zip(*rows)
+    truth = Table()
+    truth["frame"] = np.array(index)
+    truth["file"] = list(names)
+    truth["time"] = mid_times
+    truth["ra"] = mid_positions.ra.to(u.deg)
+    truth["dec"] = mid_positions.dec.to(u.deg)
+    truth["x"] = target_xy[:, 0]
+    truth["y"] = target_xy[:, 1]
+    truth["flux"] = np.array(fluxes) * u.electron
+    truth["snr"] = np.array(snrs)
+    truth["sky"] = sky * u.electron
+    truth["dither_ra"] = dithers[:, 0].to(u.arcsec)
+    truth["dither_dec"] = dithers[:, 1].to(u.arcsec)
+    truth["rotation"] = rotations.to(u.deg)
+    truth["n_cosmic_rays"] = np.array(n_events)
+    truth["n_cr_pixels"] = np.array(n_pixels)
+    truth.meta["epoch"] = epoch.isot
+    truth.meta["comments"] = [
+        "time: UTC mid-exposure; ra, dec, x, y: target at mid-exposure (x, y 0-based)",
+        f"snr: target S/N in a circular aperture of radius {aperture_radius:g} px (1 FWHM)"]
+
+    if cr_rows:
+        cr = [np.concatenate(column) for column in zip(*cr_rows)]
+    else:
+        cr = [np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), np.zeros(0)]
+    cosmic_rays = Table([cr[0].astype(int), cr[1].astype(int), cr[2].astype(int),
+                         cr[3] * u.electron], names=("frame", "x", "y", "electrons"))
+
+    log.debug("simulated %d frames of %dx%d, target flux %.4g e-", n_frames, nx, ny,
+              target_flux)
+    return SimulatedObservation(
+        frames=frames, truth=truth, stars=stars, cosmic_ray_masks=masks,
+        cosmic_rays=cosmic_rays, target_position=target_position, epoch=epoch,
+        ra_rate=ra_rate, dec_rate=dec_rate, psf_fwhm=fwhm, psf_beta=psf_beta,
+        aperture_radius=aperture_radius,
+        sky=float(sky[0]) if np.ndim(sky_given) == 0 else sky,
+        read_noise=read_noise, gain=gain, pixel_scale=scale, exptime=exptime,
+        cadence=cadence, unit=unit, seed=seed)

@@ -1,0 +1,482 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Reading frames: CCDData with a clean WCS and a trustworthy mid-exposure time.
+
+Real headers are messy. This module reads single-HDU files and HST/JWST-style
+multi-extension files (``SCI`` + ``ERR`` + ``DQ``), repairs the quirks that make
+astropy build a silently wrong WCS, and finds the UTC mid-exposure time from
+whatever cards the header has, saying which ones it used.
+"""
+
+import glob
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
+from astropy.time import Time, TimeDelta
+from astropy.utils.exceptions import AstropyUserWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+from .exceptions import FrameError
+
+__all__ = ["mid_exposure_time", "read_frame", "read_frames"]
+
+log = logging.getLogger(__name__)
+
+# WCS cards whose values must be numbers. Some pipelines (e.g. Lowell's LOIS/SCAMP
+# headers) write them as quoted strings; astropy then ignores them with only a
+# FITSFixedWarning and builds a WCS with CRVAL=0 and a unit CD matrix.
+_NUMERIC_WCS = re.compile(
+    r"^(CRVAL|CRPIX|CDELT|CROTA|CD\d_|PC\d_|PV\d_|PV\d+_|A_|B_|AP_|BP_|LONPOLE|LATPOLE|"
+    r"EQUINOX|EPOCH|MJD-OBS|MJDREF)")
+
+# Cards that describe the celestial WCS (removed from meta once `CCDData.wcs` holds them).
+_WCS_CARD = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|"
+                       r"PC\d_\d|PV\d_\d+|PS\d_\d+|[AB]P?_(\d+_\d+|ORDER|DMAX)|LONPOLE|LATPOLE|"
+                       r"RADESYS|RADECSYS|WCSNAME)$")
+_BENIGN_WCS_WARNINGS = ("datfix", "RADECSYS", "unitfix", "Card is too long",
+                        "redundant SIP distortion")
+_TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
+_OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")  # dd/mm/yy (pre-1999 FITS)
+_EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "TELAPSE")
+_START_TIME_KEYS = ("TIME-OBS", "UTCSTART", "UTC-OBS", "UT", "UTSTART", "TIME-BEG")
+
+
+# --------------------------------------------------------------------------------------
+# Times
+# --------------------------------------------------------------------------------------
+def _label(header, default="header"):
+    return str(header.get("SSFILE", default))
+
+
+def _time_scale(header):
+    scale = str(header.get("TIMESYS", "UTC")).strip().lower()
+    if scale in ("utc", "tt", "tai", "tdb", "tcg", "tcb", "ut1"):
+        return scale
+    if scale == "gps":
+        return "tai"  # handled by the offset below
+    raise FrameError(f"{_label(header)}: TIMESYS = {header['TIMESYS']!r} is not a time scale "
+                     "this reader knows (UTC, TT, TAI, TDB, TCG, TCB, UT1, GPS).")
+
+
+def _parse_date(value, header, key):
+    """Parse a FITS date card: ISO (with or without time) or the old dd/mm/yy form."""
+    text = str(value).strip()
+    match = _OLD_DATE.match(text)
+    if match:
+        day, month, year = (int(g) for g in match.groups())
+        text = f"{1900 + year:04d}-{month:02d}-{day:02d}"
+    try:
+        return Time(text, format="isot" if "T" in text else "iso", scale=_time_scale(header))
+    except ValueError:
+        try:
+            return Time(text, scale=_time_scale(header))
+        except ValueError:
+            raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a date.") \
+                from None
+
+
+def _parse_time_of_day(value, header, key):
+    """Seconds since midnight from 'hh:mm:ss[.sss]'; tolerates '03:24:3.07'."""
+    match = _TIME_OF_DAY.match(str(value))
+    if not match:
+        raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a time of day "
+                         "(expected hh:mm:ss).")
+    h, m, s = int(match.group(1)), int(match.group(2)), float(match.group(3))
+    if h > 23 or m > 59 or s >= 61:
+        raise FrameError(f"{_label(header)}: {key} = {value!r} is not a valid time of day.")
+    return 3600 * h + 60 * m + s
+
+
+def _exposure_time(header):
+    for key in _EXPTIME_KEYS:
+        if key in header:
+            try:
+                value = float(header[key])
+            except (TypeError, ValueError):
+                raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") \
+                    from None
+            if not np.isfinite(value) or value < 0:
+                raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a valid "
+                                 "exposure time.")
+            return key, value
+    return None, None
+
+
+def _mjd(header, key):
+    try:
+        value = float(header[key])
+    except (TypeError, ValueError):
+        raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") from None
+    if value > 2_400_000:  # a Julian Date written where an MJD was expected
+        raise FrameError(f"{_label(header)}: {key} = {value} looks like a Julian Date, not an MJD.")
+    return Time(value, format="mjd", scale=_time_scale(header))
+
+
+def _mid_time_and_source(header):
+    """Return (Time, description) of the mid-exposure, or raise FrameError."""
+    has = header.__contains__
+    if has("EXPSTART") and has("EXPEND"):  # HST, JWST: MJD
+        start, end = _mjd(header, "EXPSTART"), _mjd(header, "EXPEND")
+        return start + (end - start) / 2, "EXPSTART/EXPEND (MJD)"
+    if has("DATE-BEG") and has("DATE-END"):  # FITS 4.0 time cards
+        start = _parse_date(header["DATE-BEG"], header, "DATE-BEG")
+        end = _parse_date(header["DATE-END"], header, "DATE-END")
+        return start + (end - start) / 2, "DATE-BEG/DATE-END"
+    if has("DATE-AVG"):
+        return _parse_date(header["DATE-AVG"], header, "DATE-AVG"), "DATE-AVG"
+    if has("MJD-AVG"):
+        return _mjd(header, "MJD-AVG"), "MJD-AVG"
+
+    exp_key, exptime = _exposure_time(header)
+    start, source = None, None
+    if has("DATE-OBS") and str(header["DATE-OBS"]).strip():
+        date_text = str(header["DATE-OBS"]).strip()
+        if "T" in date_text:
+            start, source = _parse_date(date_text, header, "DATE-OBS"), "DATE-OBS"
+        else:
+            for key in _START_TIME_KEYS:
+                if has(key) and str(header[key]).strip():
+                    day = _parse_date(date_text, header, "DATE-OBS")
+                    seconds = _parse_time_of_day(header[key], header, key)
+                    start = day + TimeDelta(seconds, format="sec")
+                    source = f"DATE-OBS+{key}"
+                    break
+    if start is None and has("MJD-OBS"):
+        start, source = _mjd(header, "MJD-OBS"), "MJD-OBS"
+    if start is None:
+        raise FrameError(
+            f"{_label(header)}: cannot tell when the exposure was taken: none of EXPSTART/"
+            "EXPEND, DATE-BEG/DATE-END, DATE-AVG, MJD-AVG, DATE-OBS with a time (or with "
+            "TIME-OBS/UTCSTART/UTC-OBS/UT), MJD-OBS is in the header.")
+    if exptime is None:
+        raise FrameError(
+            f"{_label(header)}: {source} gives the start of the exposure but no exposure time "
+            f"({'/'.join(_EXPTIME_KEYS)}) is in the header, so the mid-exposure time is unknown.")
+    return start + TimeDelta(exptime / 2, format="sec"), f"{source} + {exp_key}/2"
+
+
+def mid_exposure_time(frame):
+    """Return the UTC mid-exposure time of a frame.
+
+    The cards are tried in this order, and the first complete set wins:
+    ``EXPSTART``/``EXPEND`` (MJD, HST and JWST), ``DATE-BEG``/``DATE-END``, ``DATE-AVG``,
+    ``MJD-AVG``, ``DATE-OBS`` (with a time part, or a date-only ``DATE-OBS`` completed by
+    ``TIME-OBS``, ``UTCSTART``, ``UTC-OBS`` or ``UT``) plus half of ``EXPTIME``, and
+    ``MJD-OBS`` plus half of ``EXPTIME``. ``TIMESYS`` gives the time scale of the cards
+    (UTC when absent); the result is always converted to UTC. Which cards were used is
+    logged and kept in ``time.info.description``.
+
+    Where a ``MIDTIMJD`` card (a Julian Date, as Lowell's pipeline writes) is present, it is
+    compared with the result and a disagreement of more than one second is warned about.
+
+    Parameters
+    ----------
+    frame : `~astropy.nddata.CCDData`, `~astropy.io.fits.Header` or dict-like
+        The frame or its header.
+
+    Returns
+    -------
+    time : `~astropy.time.Time`
+        Mid-exposure time, scale ``utc``.
+
+    Raises
+    ------
+    FrameError
+        If the header does not say when the exposure was taken, or a card cannot be read;
+        the message names the file.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> from shiftstack_ccd import mid_exposure_time
+    >>> header = fits.Header({"DATE-OBS": "2019-03-26", "UTCSTART": "03:13:52.56",
+    ...                       "EXPTIME": 300.0})
+    >>> t = mid_exposure_time(header)
+    >>> t.isot, t.scale
+    ('2019-03-26T03:16:22.560', 'utc')
+    >>> t.info.description
+    'DATE-OBS+UTCSTART + EXPTIME/2'
+    """
+    header = getattr(frame, "meta", frame)
+    time, source = _mid_time_and_source(header)
+    time = time.utc
+    if "MIDTIMJD" in header:
+        try:
+            check = Time(float(header["MIDTIMJD"]), format="jd", scale="utc")
+        except (TypeError, ValueError):
+            check = None
+        if check is not None and abs((check - time).to_value(u.s)) > 1.0:
+            warnings.warn(f"{_label(header)}: mid-exposure from {source} is {time.isot} but "
+                          f"MIDTIMJD (a JD) says {check.isot}; using {source}.",
+                          AstropyUserWarning)
+    time.info.description = source
+    log.debug("%s: mid-exposure %s UTC from %s", _label(header), time.isot, source)
+    return time
+
+
+# --------------------------------------------------------------------------------------
+# Headers and WCS
+# --------------------------------------------------------------------------------------
+def _clean_header(header, label):
+    """Return a copy of the header with numeric WCS cards written as strings cast to float."""
+    header = header.copy()
+    fixed = []
+    for card in header.cards:
+        key, value = card.keyword, card.value
+        if isinstance(value, str) and _NUMERIC_WCS.match(key):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                if key.startswith(("CRVAL", "CRPIX", "CD", "PC", "CDELT")):
+                    raise FrameError(f"{label}: WCS card {key} = {value!r} is not a number.") \
+                        from None
+                continue
+            header[key] = (number, card.comment)
+            fixed.append(key)
+    if fixed:
+        log.info("%s: %d numeric WCS cards were written as strings and were read as numbers "
+                 "(%s...)", label, len(fixed), ", ".join(fixed[:4]))
+    return header
+
+
+def _celestial_wcs(header, label, hdul=None):
+    """Build the celestial WCS of a cleaned header, or None when it has none.
+
+    ``hdul`` is the open file, needed for lookup-table distortions (HST ``D2IMARR``,
+    ``WCSDVARR``).
+    """
+    if not any(str(header.get(f"CTYPE{i}", "")).startswith(("RA", "DEC", "GLON", "GLAT",
+                                                            "ELON", "ELAT"))
+               for i in (1, 2)):
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FITSFixedWarning)
+        try:
+            wcs = WCS(header, fobj=hdul, relax=True)
+        except Exception as exc:  # astropy raises many types for broken WCS headers
+            raise FrameError(f"{label}: the WCS in the header cannot be used: {exc}") from None
+    for warning in caught:
+        message = str(warning.message)
+        if any(text in message for text in _BENIGN_WCS_WARNINGS):
+            log.debug("%s: %s", label, message)
+        else:
+            log.info("%s: WCS: %s", label, message)
+    if not wcs.has_celestial:
+        return None
+    if wcs.naxis > 2:
+        wcs = wcs.celestial
+    cd = wcs.pixel_scale_matrix
+    if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) == 0:
+        raise FrameError(f"{label}: the WCS pixel scale matrix is singular or not finite.")
+    return wcs
+
+
+# --------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------
+_UNIT_ALIASES = {"counts": "count", "electrons": "electron", "e-": "electron", "e": "electron",
+                 "adus": "adu", "dn": "adu", "data number": "adu"}
+
+
+def _parse_unit(text, label):
+    raw = str(text).strip()
+    lower = raw.lower()
+    for alias, canonical in _UNIT_ALIASES.items():
+        lower = re.sub(rf"(?<![a-z]){re.escape(alias)}(?![a-z])", canonical, lower)
+    for candidate in (raw, lower):
+        try:
+            return u.Unit(candidate, parse_strict="raise")
+        except ValueError:
+            continue
+    raise FrameError(f"{label}: BUNIT = {raw!r} is not a unit astropy can read; pass unit=...")
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+def _science_hdu(hdul, hdu, label):
+    if hdu is not None:
+        try:
+            return hdul[hdu]
+        except (KeyError, IndexError):
+            names = [h.name for h in hdul]
+            raise FrameError(f"{label}: has no HDU {hdu!r} (it has {names}).") from None
+    if "SCI" in hdul:
+        return hdul["SCI"]
+    for candidate in hdul:
+        if candidate.is_image and candidate.data is not None and candidate.data.ndim >= 2:
+            return candidate
+    raise FrameError(f"{label}: contains no image HDU.")
+
+
+def _companion(hdul, sci, name):
+    """The ERR/DQ/VAR extension with the same EXTVER as the science HDU, if any."""
+    ver = sci.header.get("EXTVER", 1)
+    for key in ((name, ver), name):
+        try:
+            ext = hdul[key]
+        except (KeyError, IndexError):
+            continue
+        if ext.data is not None and ext.data.shape == sci.data.shape:
+            return ext
+        return None
+    return None
+
+
+def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
+    """Read one frame into a `~astropy.nddata.CCDData`.
+
+    See `read_frames` for the parameters; this reads a single file.
+
+    Returns
+    -------
+    ccd : `~astropy.nddata.CCDData`
+        With ``meta['SSFILE']`` set to the path.
+    """
+    path = Path(path)
+    label = str(path)
+    if not path.is_file():
+        raise FrameError(f"{label}: no such file.")
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            sci = _science_hdu(hdul, hdu, label)
+            if sci.data is None or sci.data.ndim != 2:
+                shape = None if sci.data is None else sci.data.shape
+                raise FrameError(f"{label}: HDU {sci.name!r} holds no 2-D image "
+                                 f"(shape {shape}).")
+            data = np.asarray(sci.data)
+            dtype = np.float64 if data.dtype == np.float64 else np.float32
+            data = data.astype(dtype)  # always a copy: the file's array is never handed out
+            header = hdul[0].header.copy()
+            if sci is not hdul[0]:  # merge: the science header's cards win
+                for card in sci.header.cards:
+                    if card.keyword in ("HISTORY", "COMMENT"):
+                        header.add_history(card.value) if card.keyword == "HISTORY" \
+                            else header.add_comment(card.value)
+                    elif card.keyword not in ("", "XTENSION", "PCOUNT", "GCOUNT"):
+                        header[card.keyword] = (card.value, card.comment)
+            uncertainty = None
+            err = _companion(hdul, sci, "ERR")
+            var = _companion(hdul, sci, "VAR")
+            if err is not None:
+                uncertainty = StdDevUncertainty(np.asarray(err.data, dtype=dtype))
+            elif var is not None:
+                uncertainty = VarianceUncertainty(np.asarray(var.data, dtype=dtype))
+            dq = _companion(hdul, sci, "DQ")
+            mask = None
+            if dq is not None:
+                flags = np.asarray(dq.data).astype(np.int64)
+                if dq_mask_bits is not None:
+                    flags &= int(dq_mask_bits)
+                mask = flags != 0
+            header["SSFILE"] = (str(path), "file this frame was read from")
+            header = _clean_header(header, label)
+            wcs = _celestial_wcs(header, label, hdul)
+    except FrameError:
+        raise
+    except (OSError, ValueError, TypeError) as exc:
+        raise FrameError(f"{label}: cannot be read as FITS: {exc}") from None
+
+    if unit is None:
+        if "BUNIT" in header and str(header["BUNIT"]).strip():
+            unit = _parse_unit(header["BUNIT"], label)
+        else:
+            warnings.warn(f"{label}: no BUNIT in the header; assuming ADU (pass unit= to say "
+                          "otherwise).", AstropyUserWarning)
+            unit = u.adu
+    else:
+        unit = u.Unit(unit)
+
+    nonfinite = ~np.isfinite(data)
+    if nonfinite.any():
+        mask = nonfinite if mask is None else (mask | nonfinite)
+        log.info("%s: %d non-finite pixels masked", label, int(nonfinite.sum()))
+    if mask is not None and mask.all():
+        raise FrameError(f"{label}: every pixel is masked (DQ flags or non-finite values).")
+
+    # Validate the time now, so a frame without one is refused at the door, by name.
+    mid_exposure_time(header)
+    # The WCS cards now live in `wcs`; drop them from meta so the two cannot disagree.
+    if wcs is not None:
+        for key in [k for k in header.keys() if _WCS_CARD.match(k)]:
+            header.remove(key, ignore_missing=True, remove_all=True)
+    return CCDData(data, unit=unit, wcs=wcs, meta=header, mask=mask, uncertainty=uncertainty)
+
+
+def _expand(files):
+    if isinstance(files, (str, Path)):
+        text = str(files)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise FrameError(f"{text}: the pattern matches no file.")
+            return matches
+        if Path(text).is_dir():
+            matches = sorted(str(p) for p in Path(text).iterdir()
+                             if p.suffix.lower() in (".fits", ".fit", ".fts") or
+                             p.name.lower().endswith((".fits.gz", ".fit.gz")))
+            if not matches:
+                raise FrameError(f"{text}: the folder holds no FITS file.")
+            return matches
+        return [text]
+    if hasattr(files, "files_filtered"):  # ccdproc.ImageFileCollection
+        return [str(p) for p in files.files_filtered(include_path=True)]
+    return list(files)
+
+
+def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
+    """Read frames into `~astropy.nddata.CCDData`, nothing guessed silently.
+
+    Parameters
+    ----------
+    files : str, path, list, or `ccdproc.ImageFileCollection`
+        A file, a folder, a glob pattern (``"night1/*.fits"``), a list of paths, or an
+        `~ccdproc.ImageFileCollection` (its filtered files are read). A list may also hold
+        `~astropy.nddata.CCDData` objects, which are passed through as copies.
+    hdu : int or str or tuple, optional
+        The science HDU. By default the ``SCI`` extension when there is one (HST, JWST),
+        else the first HDU with an image. ``("SCI", 2)`` picks the second chip.
+    unit : `~astropy.units.Unit` or str, optional
+        Unit of the data; by default read from ``BUNIT`` (``ELECTRONS/S``, ``COUNTS`` and
+        such spellings are understood). With neither, ADU is assumed with a warning.
+    dq_mask_bits : int, optional
+        Data-quality bits that mask a pixel; by default any non-zero ``DQ`` value masks it.
+
+    Returns
+    -------
+    frames : list of `~astropy.nddata.CCDData`
+        Data as float32 (float64 if the file holds float64); ``ERR`` becomes a
+        `~astropy.nddata.StdDevUncertainty`, ``VAR`` a `~astropy.nddata.VarianceUncertainty`,
+        ``DQ`` and non-finite pixels the mask. The primary header and the science header are
+        merged into ``meta``, with ``SSFILE`` naming the file. A celestial WCS is built after
+        casting numeric WCS cards that were written as strings (astropy would otherwise
+        build a wrong WCS with only a warning); frames without one get ``wcs=None`` and are
+        refused, by name, by the steps that need a WCS.
+
+    Raises
+    ------
+    FrameError
+        For an unreadable file, no image, no usable time, an all-masked frame; the message
+        names the file.
+
+    Notes
+    -----
+    Every frame's mid-exposure time is checked while reading (`mid_exposure_time`), so
+    a frame whose time cannot be told is refused here rather than half-way through a stack.
+    Files are opened read-only and never modified.
+    """
+    frames = []
+    for item in _expand(files):
+        if isinstance(item, CCDData):
+            frames.append(item.copy())
+        else:
+            frames.append(read_frame(item, hdu=hdu, unit=unit, dq_mask_bits=dq_mask_bits))
+    if not frames:
+        raise FrameError("no frames to read.")
+    log.info("read %d frames", len(frames))
+    return frames
