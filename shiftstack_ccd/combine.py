@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from ccdproc import Combiner
 
@@ -25,6 +26,8 @@ def _all_nan_is_expected():
     """Pixels that no frame covers are all-NaN columns: expected, not worth a warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Input data contains invalid values",
+                                AstropyUserWarning)
         yield
 
 

@@ -58,6 +58,12 @@ _BOX9 = np.array([(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5) if (dy,
 # sigma^2 (1 + pi / 16), as the two are independent.
 _RESIDUAL_VAR = 1.0 + np.pi / (2 * len(_RING1))
 _REPAIR_VAR = 1.0 + np.pi / (2 * len(_BOX5))
+# and m1 - m3 (the medians of 8 and of 24 pixels) has variance sigma^2 pi (1/16 + 1/48).
+_BROAD_VAR = np.pi / (2 * len(_RING1)) + np.pi / (2 * len(_RING3))
+# The default sharpness is this margin times the largest value a Gaussian star at least
+# min_fwhm wide can reach (_star_sharpness), with an allowance of _SHARP_NOISE sigma.
+_SHARP_MARGIN = 1.25
+_SHARP_NOISE = 0.5
 # Star-shape test (see _psf_misfit): a Gaussian star may differ from a real PSF by this
 # fraction of its value in each pixel; a 3x3 box whose best star fit has a chi-square above
 # _PSF_CHI2 is not a star. Calibrated on 5856 star peaks (FWHM 1.5-3.5 px) of the ten
@@ -108,7 +114,7 @@ class _Noise:
     def background(self, level, ys, xs):
         """Variance of the background around (ys, xs), at level ``level``."""
         if self.source == "uncertainty":
-            return np.median(_gather(self.variance, ys, xs, _RING3), axis=1)
+            return _median24(_gather(self.variance, ys, xs, _RING3))
         return self.at_level(level)
 
     def at_level(self, level):
@@ -278,6 +284,12 @@ def _median8(rows):
     return 0.5 * (v[3].astype(np.float64) + v[4])
 
 
+def _median24(values):
+    """Median of each row of 24 values (the ring at distance 3), as float64."""
+    part = np.partition(values, (11, 12), axis=1)
+    return 0.5 * (part[:, 11].astype(np.float64) + part[:, 12])
+
+
 def _row_nanmedian(values):
     """Median of each row ignoring NaN (NaN where a row has none): sorting puts NaN last,
     which is much faster than `numpy.nanmedian` on many short rows."""
@@ -314,28 +326,31 @@ def _masked_median(array, bad, ys, xs, fallback, flagged=None):
 # --------------------------------------------------------------------------------------
 # The median method
 # --------------------------------------------------------------------------------------
+def _min5(a, pair, out):
+    """Smallest of five neighbours (up-left, up, up-right, left, right) of the interior of
+    ``a`` (shape (m + 2, n + 2)), into ``out`` (m, n), with 3 array operations: the minimum
+    of the left and right neighbours of each row (into ``pair``, (m + 1, n)) serves twice."""
+    np.minimum(a[:-1, :-2], a[:-1, 2:], out=pair)               # rows 0 .. m
+    np.minimum(pair[:-1], a[:-2, 1:-1], out=out)                # the row above, all three
+    np.minimum(out, pair[1:], out=out)                          # and left and right
+
+
 def _bound_test(a, var, slope, offset, out, buffers):
     """The prescreen's test on the interior of ``a`` (shape (m + 2, n + 2)): local maximum
     among the four edge neighbours, and pixel minus the smallest of five neighbours above
     the threshold, squared (``slope * level + offset``, or ``var`` times ``offset``).
     Writes the verdict, shape (m, n), into ``out``."""
-    h, lo, ex, t = buffers
+    h, lo, ex, t, pair = buffers
     c = a[1:-1, 1:-1]
     up, down, left, right = a[:-2, 1:-1], a[2:, 1:-1], a[1:-1, :-2], a[1:-1, 2:]
     np.maximum(up, down, out=h)          # local maximum among the edge neighbours
     np.maximum(h, left, out=h)
     np.maximum(h, right, out=h)
     np.greater_equal(c, h, out=out)
-    np.minimum(up, down, out=lo)         # smallest of five neighbours
-    np.minimum(lo, left, out=lo)
-    np.minimum(lo, right, out=lo)
-    np.minimum(lo, a[:-2, :-2], out=lo)
+    _min5(a, pair, lo)
     np.subtract(c, lo, out=ex)           # >= 0 wherever out is True
     if var is not None:                  # the variance of the same five neighbours
-        np.minimum(var[:-2, 1:-1], var[2:, 1:-1], out=lo)
-        np.minimum(lo, var[1:-1, :-2], out=lo)
-        np.minimum(lo, var[1:-1, 2:], out=lo)
-        np.minimum(lo, var[:-2, :-2], out=lo)
+        _min5(var, pair, lo)
         lo *= offset
     else:
         # (a negative level only makes the bound looser, so it is not clipped at 0)
@@ -372,7 +387,9 @@ def _prescreen(work, noise, threshold, rows=32):
         slope, offset = 0.0, scale
 
     def buffers(shape):
-        return [np.empty(shape, work.dtype) for _ in range(3)] + [np.empty(shape, bool)]
+        dtype = np.result_type(work.dtype, np.float32 if variance is None else variance.dtype)
+        return ([np.empty(shape, work.dtype) for _ in range(3)] + [np.empty(shape, bool)]
+                + [np.empty((shape[0] + 1, shape[1]), dtype)])
 
     shape = (min(rows, ny), nx - 2)
     bufs, verdict = buffers(shape), np.empty(shape, bool)
@@ -383,7 +400,7 @@ def _prescreen(work, noise, threshold, rows=32):
         block = work[y0 - 1:y1 + 1]
         tops.append(block[1:-1, 1:-1].max())
         _bound_test(block, None if variance is None else variance[y0 - 1:y1 + 1],
-                    slope, offset, verdict[:n], [b[:n] for b in bufs])
+                    slope, offset, verdict[:n], [b[:n] for b in bufs[:4]] + [bufs[4][:n + 1]])
         flat = np.flatnonzero(verdict[:n])
         found.append((flat // (nx - 2) + y0, flat % (nx - 2) + 1))
     # The border: each edge with its mirrored neighbours, as a 3-row strip.
@@ -427,6 +444,28 @@ def _psf_bank(min_fwhm):
     return (bank / bank.max(axis=-1, keepdims=True)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _star_sharpness(min_fwhm):
+    """The largest (x - m1) / (m1 - m3) of a noiseless Gaussian star at least ``min_fwhm``
+    wide, over sub-pixel centres, at the pixel that is its local maximum (a finely sampled
+    7x7 model: m1 is the median of the 8 neighbours, m3 of the 24 pixels at distance 3).
+    It is largest for the sharpest star centred on a pixel corner: 6.7 at FWHM 1.5."""
+    edges = np.arange(-3.5, 4.0)
+    shifts = np.linspace(0.0, 0.5, 11)
+    ring1 = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if (dy, dx) != (0, 0)]
+    ring3 = [tuple(o) for o in _RING3]
+    scale = min_fwhm / (2 * np.sqrt(2 * np.log(2))) * np.sqrt(2)
+    profile = 0.5 * np.diff(erf((edges[None, :] - shifts[:, None]) / scale), axis=1)
+    largest = 0.0
+    for py in profile:
+        for px in profile:
+            star = np.outer(py, px)
+            m1 = np.median([star[3 + dy, 3 + dx] for dy, dx in ring1])
+            m3 = np.median([star[3 + dy, 3 + dx] for dy, dx in ring3])
+            largest = max(largest, (star[3, 3] - m1) / (m1 - m3))
+    return float(largest)
+
+
 def _psf_coarse():
     """Indices (k, i, j) into `_psf_bank` of the coarse grid: 7 widths a factor ~1.3
     apart, centres 1/4 pixel apart with i <= j (patches are transposed to match)."""
@@ -439,7 +478,10 @@ def _psf_chi2(patch, var_bg, templates, inverse_gain):
 
     ``patch`` (n, 9), ``var_bg`` (n,), ``templates`` (m, 9) or (n, m, 9) -> (n, m)."""
     if templates.ndim == 2:
-        amp = patch @ (templates / np.einsum("kp,kp->k", templates, templates)[:, None]).T
+        # (np.dot rather than the @ operator: for these small products the latter went
+        # through multithreaded BLAS, whose wake-up cost milliseconds on a busy machine)
+        amp = np.dot(patch, np.ascontiguousarray(
+            (templates / np.einsum("kp,kp->k", templates, templates)[:, None]).T))
         templates = templates[None]
     else:
         amp = (np.einsum("np,nmp->nm", patch, templates)
@@ -494,7 +536,7 @@ def _psf_misfit(patches, var_bg, gain, min_fwhm=1.0, limit=None):
     todo = np.arange(len(patches))
     if limit is not None and len(patches):
         norm = np.einsum("kp,kp->k", coarse, coarse)
-        projection = patches @ (coarse / norm[:, None]).T               # (n, K)
+        projection = np.dot(patches, np.ascontiguousarray((coarse / norm[:, None]).T))
         residual = (patches * patches).sum(axis=1)[:, None] - projection ** 2 * norm
         residual[projection < 0] = np.inf
         best = np.argpartition(residual, 3, axis=1)[:, :3]
@@ -541,7 +583,10 @@ def _test(work, noise, ys, xs, threshold, sharpness, min_fwhm):
         # Sharpness: a cosmic ray stands out from neighbours that sit on the background;
         # a star's neighbours are themselves well above the wider ring at distance 3.
         m3 = np.median(_gather(work, ys[idx], xs[idx], _RING3), axis=1).astype(np.float64)
-        sharp = excess[idx] > sharpness * (m1[idx] - m3)
+        # (with an allowance of _SHARP_NOISE times the noise of m1 - m3, so that the noise
+        # of a faint star's neighbours does not make it look sharp)
+        allowance = _SHARP_NOISE * np.sqrt(var[idx] * _BROAD_VAR)
+        sharp = excess[idx] > sharpness * (m1[idx] - m3 + allowance)
         # What is not that sharp (thick tracks, 2x2 hits) must still look like a star: a
         # Gaussian at least min_fwhm wide, centred in the pixel, must fit its 3x3 box.
         var_bg = noise.background(m3, ys[idx], xs[idx])
@@ -585,7 +630,7 @@ def _grow(work, flagged, noise, ys, xs, grow_threshold):
     keep = hit[idx]
     idx, others = idx[keep], others[keep]
     if len(idx):
-        m3 = np.median(_gather(work, ys[idx], xs[idx], _RING3), axis=1).astype(np.float64)
+        m3 = _median24(_gather(work, ys[idx], xs[idx], _RING3))
         background[idx] = m3
         var[idx] = noise.background(m3, ys[idx], xs[idx])
         excess = values[idx] - m3
@@ -639,14 +684,15 @@ def _median_method(work, bad, noise, threshold, sharpness, grow_threshold, itera
         floor = m3 + _GROW_PREFILTER * grow_threshold * np.sqrt(var_bg)
         ys = np.clip(ys[:, None] + _RING1[None, :, 0], 0, ny - 1)
         xs = np.clip(xs[:, None] + _RING1[None, :, 1], 0, nx - 1)
-        keep = (work[ys, xs] > floor[:, None]) & ~flagged[ys, xs] & ~bad[ys, xs]
-        unique = np.unique(ys[keep].astype(np.int64) * nx + xs[keep])
-        ys, xs = unique // nx, unique % nx
-        keep = usable(ys, xs)
-        ys, xs = ys[keep], xs[keep]
-        if not len(ys):
+        flat = ys * nx + xs
+        keep = ((np.take(work.reshape(-1), flat) > floor[:, None])
+                & ~np.take(flagged.reshape(-1), flat) & ~np.take(bad.reshape(-1), flat))
+        unique = np.unique(flat[keep])
+        if not len(unique):
             break
+        ys, xs = unique // nx, unique % nx
         hit, var, m3, var_bg = _grow(work, flagged, noise, ys, xs, grow_threshold)
+        hit[hit] = usable(ys[hit], xs[hit])
         ys, xs, var, m3, var_bg = ys[hit], xs[hit], var[hit], m3[hit], var_bg[hit]
         if not len(ys):
             break
@@ -694,7 +740,7 @@ def _saturation_from_data(work, label):
     return _saturation_verdict(top, int(np.count_nonzero(work >= 0.995 * top)), label)
 
 
-def _sample_residuals(work, bad, samples=10_000):
+def _sample_residuals(work, bad, samples=5_000):
     """Residuals (pixel - median of its 8 neighbours) on a sparse grid of about ``samples``
     good pixels.
 
@@ -722,7 +768,7 @@ def _mad_std(values):
 # --------------------------------------------------------------------------------------
 def clean_cosmic_rays(ccd, method="median", *, threshold=5.0, sharpness=None,
                       grow_threshold=3.0, iterations=None, gain=None, read_noise=None,
-                      saturation=None, min_fwhm=1.0, lacosmic_kwargs=None):
+                      saturation=None, min_fwhm=1.5, lacosmic_kwargs=None):
     r"""Find cosmic-ray hits, repair them from their neighbours and mask them.
 
     Parameters
@@ -864,8 +910,11 @@ def clean_cosmic_rays(ccd, method="median", *, threshold=5.0, sharpness=None,
     if grow_threshold > threshold:
         raise FrameError(f"{label}: grow_threshold ({grow_threshold}) must not exceed "
                          f"threshold ({threshold}).")
+    if not min_fwhm > 0:
+        raise FrameError(f"{label}: min_fwhm must be positive, got {min_fwhm}.")
     if sharpness is None:
-        sharpness = 8.0 if method == "median" else 5.0
+        sharpness = (round(_SHARP_MARGIN * _star_sharpness(float(min_fwhm)), 2)
+                     if method == "median" else 5.0)
     if iterations is None:
         iterations = 50 if method == "median" else 4
     unit = ccd.unit if ccd.unit is not None else u.adu

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
 
 from .datasets import simulate_observation
 from .ephemeris import Ephemeris
 from .frames import read_frames
-from .photometry import aperture_snr, centroid_target
+from .photometry import aperture_snr
 from .stack import shift_and_stack
 from .visualization import write_preview
 
@@ -33,16 +34,16 @@ class DemoReport:
         """The human-readable summary printed by the command line."""
         return [
             f"simulated {self.n_frames} frames in {self.frames_dir}",
-            f"target S/N in one frame: {self.snr_single:.1f} (requested {self.snr_requested:.1f})",
+            f"target S/N in one frame: {self.snr_single:.1f} (simulated: {self.snr_requested:.1f};"
+            " mean over the frames)",
             f"target S/N in the {self.method} stack: {self.snr_stack:.1f} "
             f"(ideal sqrt(N) gain: {self.snr_single * np.sqrt(self.n_frames):.1f})",
-            f"target centroid in the stack: {self.centroid_error:.2f} pixel from the prediction",
             f"wrote {self.stack_path}",
             f"wrote {self.preview_path}",
         ]
 
 
-def run_demo(output_dir, n_frames=9, snr=3.0, seed=1, method="mean", overwrite=False):
+def run_demo(output_dir, n_frames=9, snr=3.0, seed=3, method="mean", overwrite=False):
     """Simulate, stack and measure a faint moving target; write FITS and PNG.
 
     Parameters
@@ -65,31 +66,45 @@ def run_demo(output_dir, n_frames=9, snr=3.0, seed=1, method="mean", overwrite=F
     report : `DemoReport`
     """
     out = Path(output_dir)
-    sim = simulate_observation(n_frames=n_frames, target_snr=snr, seed=seed)
+    # A main-belt asteroid near opposition moves about 30"/h: over nine 2.5-minute steps it
+    # crosses ~20 pixels of 0.5", so the stars' and the target's trails are plain to see.
+    sim = simulate_observation(n_frames=n_frames, target_snr=snr, seed=seed,
+                               target_rate=(-28.0, 9.0) * u.arcsec / u.hour)
     paths = sim.write(out / "frames", overwrite=overwrite)
     eph_path = out / "ephemeris.ecsv"
     sim.ephemeris.write(eph_path, overwrite=overwrite)
 
     frames = read_frames([str(p) for p in paths])
     ephemeris = Ephemeris.from_table(eph_path)
-    result = shift_and_stack(frames, ephemeris, method=method)
+    result = shift_and_stack(frames, ephemeris, method=method, sigma_clip=True)
 
+    # Same aperture and the same empty-sky noise estimate in one frame and in the stack;
+    # the single-frame figure averages the nine frames' fluxes and noises, since one S/N-3
+    # measurement alone scatters by +/-1.
     radius = float(sim.psf_fwhm)
+    singles = [aperture_snr(f, (row["x"], row["y"]), radius)
+               for f, row in zip(frames, sim.truth)]
+    snr_single = np.mean([m["flux"] for m in singles]) / np.mean([m["noise"] for m in singles])
+    full = result.coverage == len(frames)
+    stacked = aperture_snr(result.stack, result.target_pixel, radius, region=full)
     x0, y0 = sim.truth["x"][0], sim.truth["y"][0]
-    single = aperture_snr(frames[0], (x0, y0), radius)
-    stacked = aperture_snr(result.stack, result.target_pixel, radius)
-    cx, cy = centroid_target(result.stack, result.target_pixel)
-    error = float(np.hypot(cx - result.target_pixel[0], cy - result.target_pixel[1]))
 
     stack_path = out / "stack.fits"
     preview_path = out / "stack.png"
     result.write(stack_path, overwrite=overwrite)
-    write_preview(preview_path, [frames[0], result.stack, result.sky_stack],
-                  titles=[f"one frame (S/N {single['snr']:.1f})",
-                          f"{method} stack on the target (S/N {stacked['snr']:.1f})",
-                          "stack on the stars"],
-                  marks=[(x0, y0), result.target_pixel, None], overwrite=overwrite)
+    half = 50
+    cx, cy = (int(round(v)) for v in result.target_pixel)
+    fx, fy = int(round(x0)), int(round(y0))
+    write_preview(preview_path,
+                  [frames[0].data[fy - half:fy + half + 1, fx - half:fx + half + 1],
+                   result.stack.data[cy - half:cy + half + 1, cx - half:cx + half + 1],
+                   result.sky_stack.data[cy - half:cy + half + 1, cx - half:cx + half + 1]],
+                  titles=[f"one frame (S/N {singles[0]['snr']:.1f})",
+                          f"{n_frames} frames on the target (S/N {stacked['snr']:.1f})",
+                          f"{n_frames} frames on the stars"],
+                  marks=[(x0 - fx + half, y0 - fy + half), (half, half), None],
+                  overwrite=overwrite)
     return DemoReport(n_frames=n_frames, frames_dir=out / "frames", snr_requested=snr,
-                      snr_single=single["snr"], snr_stack=stacked["snr"], method=method,
-                      centroid_error=error, stack_path=stack_path, preview_path=preview_path,
+                      snr_single=snr_single, snr_stack=stacked["snr"], method=method,
+                      stack_path=stack_path, preview_path=preview_path,
                       result=result)

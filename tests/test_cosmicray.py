@@ -35,15 +35,15 @@ def sky_sigma(sky=SKY, gain=GAIN, read_noise=READ_NOISE):
 
 
 def add_star(data, y, x, flux, fwhm):
-    """A pixel-integrated (finely sampled) circular Gaussian star."""
-    sigma = fwhm / 2.3548
-    yy, xx = np.mgrid[:data.shape[0], :data.shape[1]]
-    sub = np.linspace(-0.45, 0.45, 10)
-    image = np.zeros(data.shape)
-    for dy in sub:
-        for dx in sub:
-            image += np.exp(-((yy + dy - y) ** 2 + (xx + dx - x) ** 2) / (2 * sigma ** 2))
-    data += (flux * image / image.sum()).astype(data.dtype)
+    """A pixel-integrated circular Gaussian star (exact integral over each pixel)."""
+    from scipy.special import erf
+    scale = fwhm / 2.3548 * np.sqrt(2)
+    iy, ix, half = int(round(y)), int(round(x)), int(4 * fwhm) + 3
+    edges = np.arange(-half - 0.5, half + 1.0)
+    py = 0.5 * np.diff(erf((edges + iy - y) / scale))
+    px = 0.5 * np.diff(erf((edges + ix - x) / scale))
+    box = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+    data[box] += (flux * np.outer(py, px)).astype(data.dtype)
 
 
 def frame_with_hits(seed=1):
@@ -105,7 +105,8 @@ def test_header_records_method_parameters_and_count():
     out = clean_cosmic_rays(ccd, threshold=6.0, grow_threshold=3.5)
     meta = out.meta
     assert meta["CRMETHOD"] == "median"
-    assert meta["CRTHRESH"] == 6.0 and meta["CRGROW"] == 3.5 and meta["CRSHARP"] == 8.0
+    assert meta["CRTHRESH"] == 6.0 and meta["CRGROW"] == 3.5
+    assert meta["CRSHARP"] == pytest.approx(8.37)       # from min_fwhm=1.5
     assert meta["CRNFLAG"] == out.mask.sum()
     assert meta["CRNOISE"] == "model"
     assert all(len(key) <= 8 for key in meta)
@@ -125,25 +126,33 @@ def test_no_flags_on_pure_noise_even_with_zero_sky():
     assert 0.9 < out.meta["CRNSRAT"] < 1.1          # the noise model is right
 
 
-def test_star_cores_are_safe():
-    # Undersampled and well-sampled stars, S/N 20 to 5000, at random sub-pixel positions.
+@pytest.mark.parametrize("min_fwhm, widths", [(1.5, (1.5, 1.7, 2.5, 4.0)),
+                                               (1.2, (1.2, 1.3, 1.7, 3.0))])
+def test_star_cores_are_safe(min_fwhm, widths):
+    # Stars at least min_fwhm wide, peak S/N 5 to 5000, at random sub-pixel positions
+    # (the corner of a pixel is the hardest case): none is touched.
     rng = np.random.default_rng(11)
-    data = sky_frame(rng, shape=(240, 240))
+    data = sky_frame(rng, shape=(300, 300))
     s = sky_sigma()
     stars = []
-    for i, (fwhm, peak_snr) in enumerate([(f, p) for f in (1.3, 1.7, 2.5, 4.0)
-                                          for p in (20, 100, 1000, 5000)]):
-        y, x = 20 + 50 * (i // 4) + rng.uniform(-0.5, 0.5), 20 + 60 * (i % 4) + \
-            rng.uniform(-0.5, 0.5)
+    for i, (fwhm, peak_snr) in enumerate([(f, p) for f in widths
+                                          for p in (5, 10, 20, 100, 1000, 5000)]):
+        y = 20 + 70 * (i // 6) + rng.uniform(-0.5, 0.5)
+        x = 20 + 50 * (i % 6) + rng.uniform(-0.5, 0.5)
+        if i % 6 == 3:
+            y, x = np.floor(y) + 0.5, np.floor(x) + 0.5          # on a pixel corner
         flux = peak_snr * s * 2 * np.pi * (fwhm / 2.3548) ** 2
         add_star(data, y, x, flux, fwhm)
         stars.append((y, x, fwhm))
-    out = clean_cosmic_rays(CCDData(data, unit="adu"), gain=GAIN, read_noise=READ_NOISE)
-    yy, xx = np.mgrid[:240, :240]
+    out = clean_cosmic_rays(CCDData(data, unit="adu"), gain=GAIN, read_noise=READ_NOISE,
+                            min_fwhm=min_fwhm)
+    yy, xx = np.mgrid[:300, :300]
     for y, x, fwhm in stars:
         core = (yy - y) ** 2 + (xx - x) ** 2 <= max(fwhm, 1.5) ** 2
         assert not out.mask[core].any(), (y, x, fwhm)
     assert out.meta["CRNFLAG"] <= 1
+    # the default sharpness follows min_fwhm: 1.25 x the sharpest Gaussian star's
+    assert out.meta["CRSHARP"] == pytest.approx({1.5: 8.37, 1.2: 22.68}[min_fwhm], abs=0.01)
 
 
 def test_saturated_star_and_bleed_are_not_flagged():
@@ -346,7 +355,7 @@ def inject_hits(data, sigma, rng, count, avoid, amplitudes=(5, 100)):
             for a, b in zip(np.round(py).astype(int), np.round(px).astype(int)):
                 weights[a, b] = weights.get((a, b), 0) + 1
         offsets = np.array(list(weights))
-        w = np.array(list(weights.values()))
+        w = np.array(list(weights.values()), dtype=float)
         w /= w.max()
         keep = w > 0.02
         ys, xs, w = y + offsets[keep, 0], x + offsets[keep, 1], w[keep]
@@ -450,9 +459,7 @@ def test_gmos_agreement_with_astroscrappy(shared_data):
 
     from shiftstack_ccd.frames import read_frames
     path = shared_data("cosmic-rays/gmos.fits")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)   # no BUNIT: it is electrons
-        ccd = read_frames(path, unit="electron")[0]
+    ccd = read_frames(path, unit="electron")[0]               # (no BUNIT in the file)
     assert isinstance(ccd.uncertainty, VarianceUncertainty)    # the VAR extension
     with fits.open(path) as hdul:
         sky = hdul["SKYFIT"].data.astype(np.float32)
@@ -460,7 +467,10 @@ def test_gmos_agreement_with_astroscrappy(shared_data):
     reference, _ = astroscrappy.detect_cosmics(ccd.data, inbkg=sky,
                                                invar=ccd.uncertainty.array,
                                                readnoise=4.24, gain=1.933)
-    out = clean_cosmic_rays(ccd)
+    # The VAR plane over-predicts the pixel-to-pixel scatter of this resampled spectrum
+    # (measured / predicted = 0.61), which is worth a warning.
+    with pytest.warns(AstropyUserWarning, match="0.61 times what the noise model"):
+        out = clean_cosmic_rays(ccd)
     ours = out.mask
     both = (ours & reference).sum()
     precision, recall = both / ours.sum(), both / reference.sum()
