@@ -100,3 +100,12 @@ def as_header(meta):
     for key, value in (meta or {}).items():
         header[key] = value
     return header
+
+
+def set_card(header, key, value, comment=""):
+    """Set a header card, shortening the comment (never the value) to fit one 80-char card."""
+    from astropy.io import fits
+    bare = fits.Card(key, value).image
+    if len(bare) <= 80:  # a long string value continues on CONTINUE cards: leave it
+        comment = comment[:max(80 - len(bare.rstrip()) - 3, 0)]  # 3 for " / "
+    header[key] = (value, comment) if comment else value

@@ -40,6 +40,8 @@ def _add_motion_options(parser):
                        help="observer for Horizons: MPC code, '@hst', '500@-170', ... "
                             "(default 500, geocentre)")
     group.add_argument("--id-type", default=None, help="Horizons id_type, e.g. smallbody")
+    group.add_argument("--no-cache", action="store_true",
+                       help="ask Horizons again even if the answer is cached")
 
 
 def _motion_model(args, frames):
@@ -60,10 +62,11 @@ def _motion_model(args, frames):
                                 Time(args.epoch, scale="utc"),
                                 args.rates[0] * u.arcsec / u.hour,
                                 args.rates[1] * u.arcsec / u.hour)
+    from .ephemeris import ephemeris_for_times
     from .frames import mid_exposure_time
     times = Time([mid_exposure_time(f) for f in frames])
-    return Ephemeris.from_horizons(args.target, location=args.location, times=times,
-                                   id_type=args.id_type)
+    return ephemeris_for_times(times, args.target, args.location, id_type=args.id_type,
+                               cache=not args.no_cache)
 
 
 def _cmd_stack(args):
@@ -107,14 +110,17 @@ def _cmd_demo(args):
 def _cmd_ephemeris(args):
     from astropy.time import Time
 
-    from .ephemeris import Ephemeris
+    from .ephemeris import ephemeris_for_times
     from .frames import mid_exposure_time, read_frames
     frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
     times = Time([mid_exposure_time(f) for f in frames])
-    eph = Ephemeris.from_horizons(args.target, location=args.location, times=times,
-                                  id_type=args.id_type)
-    eph.write(args.output, overwrite=args.overwrite)
-    print(f"wrote {args.output}: {len(times)} epochs of {args.target} seen from {args.location}")
+    step = args.step * u.min if args.step else None
+    eph = ephemeris_for_times(times, args.target, args.location, id_type=args.id_type,
+                              cache=not args.no_cache, epochs=args.epochs, step=step,
+                              output=args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {args.target} ({eph.meta.get('resolved_name', '?')}) seen "
+          f"from {args.location}, covering the {len(times)} frames' mid-exposure times; "
+          f"{eph.meta.get('n_requests', 0)} Horizons request(s)")
     return 0
 
 
@@ -160,6 +166,14 @@ def build_parser():
     ephem.add_argument("--target", required=True, help="target name, designation or record")
     ephem.add_argument("--location", default="500", help="observer (MPC code, @hst, ...)")
     ephem.add_argument("--id-type", default=None, help="Horizons id_type")
+    ephem.add_argument("--epochs", choices=("auto", "range", "tlist"), default="auto",
+                       help="query a start/stop/step range, the exact epochs, or whichever "
+                            "needs fewer requests (default)")
+    ephem.add_argument("--step", type=float, default=None,
+                       help="range step in minutes (default: chosen for < 1 mas "
+                            "interpolation error)")
+    ephem.add_argument("--no-cache", action="store_true",
+                       help="ask Horizons again even if the answer is cached")
     ephem.add_argument("-o", "--output", default="ephemeris.ecsv")
     ephem.add_argument("--overwrite", action="store_true")
     ephem.set_defaults(func=_cmd_ephemeris)

@@ -14,7 +14,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._utils import atomic_output, frame_label, require_celestial_wcs
+from ._utils import atomic_output, frame_label, require_celestial_wcs, set_card
 from .combine import combine_frames
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frames
@@ -273,12 +273,12 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample):
     header = fits.Header()
     for key, value in meta.items():
         header[key] = value
-    for card in grid.header_cards():
-        header[card[0]] = card[1:]
+    for key, value, comment in grid.header_cards():
+        set_card(header, key, value, comment)
     header["SSRESMP"] = (resample, "requested resampling path")
     if hasattr(ephemeris, "header_cards"):
         for key, value, comment in ephemeris.header_cards():
-            header[key] = (value, comment)
+            set_card(header, key, value, comment)
     times = Time(table["mid_time"])
     header["MJD-AVG"] = (float(np.mean(times.mjd)), "[d] mean mid-exposure time (UTC)")
     header["DATE-AVG"] = (Time(np.mean(times.mjd), format="mjd", scale="utc").isot,
@@ -288,7 +288,7 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample):
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)
     for i, row in enumerate(table[:999], start=1):
-        header[f"SSF{i:03d}"] = (str(row["file"])[-60:], "input frame")
+        set_card(header, f"SSF{i:03d}", str(row["file"])[-60:], "input frame")
         header[f"SST{i:03d}"] = (float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)")
         header[f"SSX{i:03d}"] = (round(float(row["dx"]), 4), "[pix] target offset x")
         header[f"SSY{i:03d}"] = (round(float(row["dy"]), 4), "[pix] target offset y")

@@ -27,43 +27,6 @@ HERE = Path(__file__).parent / "data" / "ephemerides"
 AQ = "ephemerides/astroquery_jplhorizons/"
 
 
-# --------------------------------------------------------------------------- transport mock
-class FakeTransport:
-    """Stands in for the network: records every HTTP request and answers it."""
-
-    def __init__(self):
-        self.urls = []
-        self.answer = None  # str, or callable(params) -> str
-        self.status = 200
-        self.error = None
-
-    def params(self, i=-1):
-        query = urllib.parse.urlsplit(self.urls[i]).query
-        return {k: v[0] for k, v in urllib.parse.parse_qs(query, keep_blank_values=True).items()}
-
-    def send(self, adapter, request, **kwargs):
-        self.urls.append(request.url)
-        if self.error is not None:
-            raise self.error
-        text = self.answer(self.params()) if callable(self.answer) else self.answer
-        resp = requests.Response()
-        resp.status_code = self.status
-        resp._content = text.encode()
-        resp.url = request.url
-        resp.request = request
-        resp.encoding = "utf-8"
-        resp.reason = "OK" if self.status == 200 else "Service Unavailable"
-        return resp
-
-
-@pytest.fixture
-def transport(monkeypatch):
-    fake = FakeTransport()
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
-                        lambda adapter, request, **kw: fake.send(adapter, request, **kw))
-    return fake
-
-
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Never touch the user's cache, even when a test forgets cache_dir."""
