@@ -144,7 +144,7 @@ def build_parser():
     stack.add_argument("--size", type=int, default=None,
                        help="output size in pixels (square; default: large enough for all "
                             "frames)")
-    stack.add_argument("--resample", choices=("auto", "shift", "reproject"), default="auto")
+    stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
     stack.add_argument("-o", "--output", default="stack.fits", help="output FITS file")

@@ -82,7 +82,7 @@ _PSF_COARSE_WIDTHS = (0, 3, 6, 9, 13, 17, 21)    # 1.0, 1.3, 1.7, 2.2, 3.1, 4.4,
 # Growing: a wing pixel stands above its unflagged neighbours by this fraction of its height.
 _GROW_CONTRAST = 0.5
 # Growing candidates must stand this fraction of grow_threshold above the background of
-# the hit they touch (a cheap necessary condition; the exact test uses their own).
+# the hit they touch (a cheap preselection; the growing test then uses their own).
 _GROW_PREFILTER = 0.6
 # Measured / predicted scatter beyond this factor (either way) is warned about.
 _NOISE_TOLERANCE = 1.3
@@ -577,7 +577,11 @@ def _psf_misfit(patches, var_bg, gain, min_fwhm=1.0, limit=None):
 
 
 def _test(work, noise, ys, xs, threshold, sharpness, min_fwhm):
-    """The exact test at local maxima (ys, xs). Returns the verdict and the local variance."""
+    """The exact test at the prescreen's candidates (ys, xs).
+
+    Returns the hits' coordinates, their local variance, and the median and variance of
+    their background (the ring at distance 3), which growing starts from.
+    """
     ring = _gather(work, ys, xs, _RING1, by_offset=True)      # (8, n)
     values = work[ys, xs]
     # New hits start from local maxima: a pixel on the flank of a star has a brighter
@@ -593,7 +597,7 @@ def _test(work, noise, ys, xs, threshold, sharpness, min_fwhm):
     if len(idx):
         # Sharpness: a cosmic ray stands out from neighbours that sit on the background;
         # a star's neighbours are themselves well above the wider ring at distance 3.
-        m3 = np.median(_gather(work, ys[idx], xs[idx], _RING3), axis=1).astype(np.float64)
+        m3 = _median24(_gather(work, ys[idx], xs[idx], _RING3))
         # (with an allowance of _SHARP_NOISE times the noise of m1 - m3, so that the noise
         # of a faint star's neighbours does not make it look sharp)
         allowance = _SHARP_NOISE * np.sqrt(var[idx] * _BROAD_VAR)
@@ -690,8 +694,9 @@ def _median_method(work, bad, noise, threshold, sharpness, grow_threshold, itera
         flag_x.append(xs)
         flag_var.append(var)
         # Next pass: the unflagged neighbours of what was just found that stand clearly
-        # above its background (a cheap necessary condition for the growing test, with a
-        # margin for the background around the neighbour being a little lower).
+        # above its background. A cheap preselection: the growing test compares a pixel
+        # with its own background, which differs from the hit's only by noise, and the
+        # margin (_GROW_PREFILTER) covers that.
         floor = m3 + _GROW_PREFILTER * grow_threshold * np.sqrt(var_bg)
         ys = np.clip(ys[:, None] + _RING1[None, :, 0], 0, ny - 1)
         xs = np.clip(xs[:, None] + _RING1[None, :, 1], 0, nx - 1)

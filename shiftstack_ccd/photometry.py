@@ -159,7 +159,11 @@ def aperture_snr(ccd, position, radius, annulus=None, noise_method="autocovarian
     >>> image = rng.normal(0.0, 1.0, (200, 200))
     >>> image[100, 100] += 50.0
     >>> result = aperture_snr(image, (100, 100), radius=3)
-    >>> bool(40 < result["flux"] < 60), bool(0.95 < result["noise"] / 5.55 < 1.05)
+
+    The noise of unit white noise in this measurement is the root of the sum of the squared
+    pixel weights: 5.21 for a 3-pixel aperture and an 8 to 13 pixel annulus.
+
+    >>> bool(40 < result["flux"] < 60), bool(0.95 < result["noise"] / 5.21 < 1.05)
     (True, True)
     """
     if noise_method not in ("autocovariance", "apertures"):

@@ -1,19 +1,24 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
 """Resampling a frame onto an output grid: data, variance and mask together.
 
-Two paths give the same answer:
+Every output pixel is interpolated at its position in the input frame. Two paths find
+those positions and give the same answer:
 
-* the **shift** fast path, when the frame's WCS equals the output grid up to a translation
-  (checked numerically over the whole frame, to 1e-3 pixel): a subpixel shift done with
-  array slicing and `scipy.ndimage`, with no per-pixel coordinate transform;
-* the **reproject** path otherwise (rotation, scale, distortion), through
-  `reproject.reproject_interp` with the same kernels.
+* **shift**, when the frame's WCS equals the output grid up to a translation (checked
+  numerically over the whole frame, to 1e-3 pixel): the positions are the output pixels
+  minus one constant offset, with no coordinate transform at all;
+* **warp** otherwise (rotation, scale, distortion): the positions go through the sky with
+  both WCS (distortion included), computed exactly on a coarse grid and interpolated between
+  (`pixel_map`, checked to 1e-4 pixel). The result equals `reproject.reproject_interp`'s with
+  the same kernel, which the tests check; it is computed here because reproject transforms
+  every output pixel exactly on every call, which dominates its run time on large frames.
 
-The data are interpolated with a cubic spline by default (``bicubic``), which keeps an
-undersampled PSF sharp; ``bilinear`` is available. A spline cannot take NaN, so bad input
-pixels (masked or non-finite) are first filled from their neighbours; every output pixel
-that a bad pixel touches (bilinear weight above zero), and every pixel outside the frame, is
-then masked and set to NaN: never zero, never a made-up number.
+The data are interpolated with a cubic spline by default (``bicubic``, reproject's kernel of
+that name), which keeps an undersampled PSF sharp; ``bilinear`` is available. A spline
+cannot take NaN, so bad input pixels (masked or non-finite) are first filled from their
+neighbours; every output pixel that a bad pixel touches (bilinear weight above zero), and
+every pixel outside the frame, is then masked and set to NaN: never zero, never a made-up
+number.
 
 The variance is resampled bilinearly with the data weights (sum of w*v rather than sum of
 w**2*v). Interpolation redistributes each input pixel's flux over a few output pixels without
@@ -32,7 +37,7 @@ from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from ._utils import as_header, frame_label, require_celestial_wcs
 from .exceptions import FrameError
 
-__all__ = ["find_translation", "resample_to_target"]
+__all__ = ["find_translation", "pixel_map", "resample_to_target"]
 
 log = logging.getLogger(__name__)
 
@@ -71,84 +76,94 @@ def find_translation(wcs_in, wcs_out, shape_in, tolerance=TRANSLATION_TOLERANCE)
     return round(float(tx), 8), round(float(ty), 8)
 
 
-def _shifted_view(array, ix, iy, shape_out):
-    """out[Y, X] = array[Y - iy, X - ix] where that exists, else NaN (integer shift)."""
-    out = np.full(shape_out, np.nan, dtype=array.dtype)
-    ny, nx = array.shape
-    y0, y1 = max(0, iy), min(shape_out[0], ny + iy)
-    x0, x1 = max(0, ix), min(shape_out[1], nx + ix)
-    if y0 < y1 and x0 < x1:
-        out[y0:y1, x0:x1] = array[y0 - iy:y1 - iy, x0 - ix:x1 - ix]
-    return out
+def _prepare_coordinates(ys, xs, shape_in):
+    """Clip sampling positions with `reproject`'s edge rule; return them and the outside mask.
 
-
-def _shift_bilinear(array, tx, ty, shape_out):
-    """Bilinear shift: out(X, Y) = array(X - tx, Y - ty), NaN outside the frame.
-
-    Written by hand because `scipy.ndimage.shift` cannot change the array's shape and
-    spreads NaN through its spline prefilter; this uses the same kernel and the same
-    edge rule as `reproject.reproject_interp` (points in the outer half of a border
-    pixel take that pixel's value), so both paths agree to rounding.
+    Points in the outer half of a border pixel are moved to its centre; points beyond the
+    frame (or without a position) are flagged, to become NaN.
     """
-    # Pad by one replicated pixel: the outer half of the border pixels is inside the frame.
-    padded = np.pad(array, 1, mode="edge")
-    sx, sy = -tx, -ty                      # input coordinate = output coordinate + (sx, sy)
-    ix, iy = int(np.floor(sx)), int(np.floor(sy))
-    fx, fy = sx - ix, sy - iy
-    # in padded coordinates, input pixel k is padded pixel k + 1
-    out = np.zeros(shape_out, dtype=array.dtype)
-    for dy_, wy in ((0, 1.0 - fy), (1, fy)):
-        if wy < 1e-12:
-            continue
-        for dx_, wx in ((0, 1.0 - fx), (1, fx)):
-            if wx < 1e-12:
-                continue
-            out += np.asarray(wx * wy, dtype=array.dtype) * _shifted_view(
-                padded, -(ix + dx_ + 1), -(iy + dy_ + 1), shape_out)
-    # The padding ring only serves the outer half of the border pixels: output points
-    # that fall beyond it are outside the frame.
-    ny, nx = array.shape
-    xs = np.arange(shape_out[1]) + sx
-    ys = np.arange(shape_out[0]) + sy
-    outside_x = (xs < -0.5) | (xs > nx - 0.5)
-    outside_y = (ys < -0.5) | (ys > ny - 0.5)
-    out[:, outside_x] = np.nan
-    out[outside_y, :] = np.nan
-    return out
+    ny, nx = shape_in
+    outside = (ys < -0.5) | (ys > ny - 0.5) | (xs < -0.5) | (xs > nx - 0.5)
+    finite = np.isfinite(ys) & np.isfinite(xs)
+    if not finite.all():
+        outside |= ~finite
+        ys, xs = np.where(finite, ys, 0), np.where(finite, xs, 0)
+    coords = np.empty((2,) + ys.shape)
+    np.clip(ys, 0, ny - 1, out=coords[0])
+    np.clip(xs, 0, nx - 1, out=coords[1])
+    return coords, outside
 
 
-def _shift_spline(array, tx, ty, shape_out, order):
-    """Spline shift: out(X, Y) = array(X - tx, Y - ty), NaN outside the frame.
+def _sample(array, coords, outside, order):
+    """Interpolate ``array`` at prepared coordinates (`scipy.ndimage.map_coordinates`).
 
-    `scipy.ndimage.map_coordinates` on the shifted pixel grid, with `reproject`'s own edge
-    rule (points in the outer half of a border pixel are moved to its centre) and its
-    boundary mode, so the values equal `reproject.reproject_interp`'s to rounding; what is
-    saved is the per-pixel WCS transform. The array must be finite.
+    The array must be finite: a spline's prefilter would spread a NaN along whole rows and
+    columns.
     """
     from scipy.ndimage import map_coordinates
-    ny, nx = array.shape
-    ys = np.arange(shape_out[0], dtype=float) - ty
-    xs = np.arange(shape_out[1], dtype=float) - tx
-    outside_y = (ys < -0.5) | (ys > ny - 0.5)
-    outside_x = (xs < -0.5) | (xs > nx - 0.5)
-    ys = np.where((ys < 0) & (ys >= -0.5), 0, ys)
-    ys = np.where((ys >= ny - 1) & (ys < ny - 0.5), ny - 1, ys)
-    xs = np.where((xs < 0) & (xs >= -0.5), 0, xs)
-    xs = np.where((xs >= nx - 1) & (xs < nx - 0.5), nx - 1, xs)
-    coords = np.stack(np.meshgrid(ys, xs, indexing="ij"))
     out = map_coordinates(array, coords, order=order, mode="constant", cval=np.nan,
                           output=array.dtype)
-    out[outside_y, :] = np.nan
-    out[:, outside_x] = np.nan
+    out[outside] = np.nan
     return out
 
 
-def _reproject(planes, wcs_in, wcs_out, shape_out, order):
-    from reproject import reproject_interp
-    output = np.empty(planes.shape[:-2] + tuple(shape_out), dtype=planes.dtype)
-    reproject_interp((planes, wcs_in), wcs_out, shape_out=output.shape, order=order,
-                     roundtrip_coords=False, return_footprint=False, output_array=output)
-    return output
+def _translation_coordinates(shape_out, tx, ty):
+    """Input pixel coordinates ``(y, x)`` of every output pixel for a pure translation."""
+    ys = np.arange(shape_out[0], dtype=float)[:, None] - ty
+    xs = np.arange(shape_out[1], dtype=float)[None, :] - tx
+    return np.broadcast_to(ys, shape_out), np.broadcast_to(xs, shape_out)
+
+
+def pixel_map(wcs_in, wcs_out, shape_out, step=32, tolerance=1e-4):
+    """Input pixel coordinates ``(y, x)`` of every output pixel, through the sky.
+
+    The transform (distortion included) is computed exactly on a grid of every ``step``-th
+    output pixel and interpolated with a bicubic spline in between; the interpolation is then
+    checked against the exact transform at 200 random pixels, and if it is off by more than
+    ``tolerance`` pixel anywhere (or the coarse grid is not finite, e.g. beyond a
+    projection's horizon), the exact transform is computed at every pixel instead.
+
+    Parameters
+    ----------
+    wcs_in, wcs_out : `~astropy.wcs.WCS`
+        Celestial WCS of the input frame and of the output grid.
+    shape_out : tuple
+        ``(ny, nx)`` of the output grid.
+    step : int
+        Spacing of the exactly transformed grid, in output pixels.
+    tolerance : float
+        Largest accepted interpolation error, in input pixels.
+
+    Returns
+    -------
+    y, x : `~numpy.ndarray`
+        Arrays of shape ``shape_out``; NaN where an output pixel has no input position.
+    """
+    from astropy.wcs.utils import pixel_to_pixel
+    from scipy.interpolate import RectBivariateSpline
+    ny, nx = shape_out
+
+    def exact(y, x):
+        px, py = pixel_to_pixel(wcs_out, wcs_in, x, y)
+        return np.asarray(py, dtype=float), np.asarray(px, dtype=float)
+
+    gy = np.unique(np.r_[np.arange(0, ny, step), ny - 1]).astype(float)
+    gx = np.unique(np.r_[np.arange(0, nx, step), nx - 1]).astype(float)
+    if len(gy) >= 4 and len(gx) >= 4:
+        cy, cx = exact(*np.meshgrid(gy, gx, indexing="ij"))
+        if np.all(np.isfinite(cy)) and np.all(np.isfinite(cx)):
+            spline_y = RectBivariateSpline(gy, gx, cy, kx=3, ky=3)
+            spline_x = RectBivariateSpline(gy, gx, cx, kx=3, ky=3)
+            rng = np.random.default_rng(0)
+            ty, tx = rng.uniform(0, ny - 1, 200), rng.uniform(0, nx - 1, 200)
+            ey, ex = exact(ty, tx)
+            error = max(np.max(np.abs(spline_y.ev(ty, tx) - ey)),
+                        np.max(np.abs(spline_x.ev(ty, tx) - ex)))
+            if error <= tolerance:
+                rows, cols = np.arange(ny, dtype=float), np.arange(nx, dtype=float)
+                return spline_y(rows, cols), spline_x(rows, cols)
+            log.debug("coarse pixel map off by %.2g px; transforming every pixel", error)
+    return exact(*np.mgrid[0:ny, 0:nx].astype(float))
 
 
 def _fill_bad_pixels(data, bad):
@@ -188,12 +203,12 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         The output grid, e.g. `TargetFrame.wcs_at` for a target-centred grid.
     shape_out : tuple
         ``(ny, nx)`` of the output.
-    method : {'auto', 'shift', 'reproject'}
+    method : {'auto', 'shift', 'warp'}
         ``'auto'`` takes the shift path when the frame's WCS equals the output grid up to
-        a translation, and reproject otherwise. ``'shift'`` insists on the fast path and
-        raises if it does not apply.
+        a translation, and the warp path otherwise (see the module notes). ``'shift'``
+        insists on the shift path and raises if it does not apply.
     interpolation : {'bicubic', 'bilinear'}
-        Kernel for the data. ``'bicubic'`` (a cubic spline, `reproject`'s ``bicubic``)
+        Kernel for the data. ``'bicubic'`` (a cubic spline, as `reproject`'s ``bicubic``)
         keeps an undersampled PSF sharp: bilinear interpolation widens a 2-pixel FWHM by
         about 10% on average. ``'bilinear'`` has no negative lobes. The variance and the
         mask always go bilinear.
@@ -244,48 +259,44 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         raise FrameError(f"{label}: every pixel is masked or not finite.")
     data = _fill_bad_pixels(np.asarray(ccd.data, dtype=dtype), bad)
     # variance and the bad-pixel indicator always go bilinear (see the module notes)
-    aux = np.empty((2,) + ccd.shape, dtype=dtype)
-    aux[0] = np.where(bad, 0, variance)
-    aux[1] = bad
+    variance_filled = np.where(bad, 0, variance).astype(dtype)
 
     translation = None
     if method in ("auto", "shift"):
         translation = find_translation(wcs_in, wcs_out, ccd.shape)
         if translation is None and method == "shift":
             raise FrameError(f"{label}: its WCS is not the output grid up to a translation "
-                             "(rotation, scale or distortion differ); use method='reproject' "
+                             "(rotation, scale or distortion differ); use method='warp' "
                              "or 'auto'.")
-    elif method != "reproject":
-        raise ValueError(f"method must be 'auto', 'shift' or 'reproject', not {method!r}")
+    elif method != "warp":
+        raise ValueError(f"method must be 'auto', 'shift' or 'warp', not {method!r}")
 
     meta = as_header(ccd.meta)
-    order = _SPLINE_ORDER[interpolation]
     if translation is not None:
         tx, ty = translation
-        out_aux = np.stack([_shift_bilinear(p, tx, ty, shape_out) for p in aux])
-        out_data = (_shift_bilinear(data, tx, ty, shape_out) if order == 1
-                    else _shift_spline(data, tx, ty, shape_out, order))
-        meta["SSRESAMP"] = ("shift", "resampling path (subpixel shift)")
+        ys, xs = _translation_coordinates(shape_out, tx, ty)
+        meta["SSRESAMP"] = ("shift", "resampling path (translation only)")
         meta["SSSHIFTX"] = (tx, "[pix] x shift applied onto the output grid")
         meta["SSSHIFTY"] = (ty, "[pix] y shift applied onto the output grid")
     else:
-        if order == 1:  # one transform for all three planes
-            out = _reproject(np.concatenate([data[None], aux]), wcs_in, wcs_out, shape_out,
-                             "bilinear")
-            out_data, out_aux = out[0], out[1:]
-        else:
-            out_aux = _reproject(aux, wcs_in, wcs_out, shape_out, "bilinear")
-            out_data = _reproject(data, wcs_in, wcs_out, shape_out, interpolation)
-        meta["SSRESAMP"] = ("reproject", "resampling path (reproject_interp)")
+        ys, xs = pixel_map(wcs_in, wcs_out, shape_out)
+        meta["SSRESAMP"] = ("warp", "resampling path (through the sky, both WCS)")
+    coords, outside = _prepare_coordinates(ys, xs, ccd.shape)
+    out_var = _sample(variance_filled, coords, outside, 1)
+    # where no input pixel is bad, the bad-pixel plane would resample to zero: skip it
+    out_bad = _sample(bad.astype(dtype), coords, outside, 1) if bad.any() else None
+    out_data = _sample(data, coords, outside, _SPLINE_ORDER[interpolation])
     meta["SSINTERP"] = (interpolation, "resampling interpolation of the data")
     # Masked: outside the frame, or touched (bilinear weight > 0) by a bad input pixel.
-    mask = ~np.isfinite(out_data) | ~np.isfinite(out_aux[0]) | ~(out_aux[1] < 1e-6)
+    mask = ~np.isfinite(out_data) | ~np.isfinite(out_var)
+    if out_bad is not None:
+        mask |= ~(out_bad < 1e-6)
     if mask.all():
         raise FrameError(f"{label}: no part of the frame falls on the output grid.")
     log.debug("%s: resampled by %s, %.1f%% of the output covered", label, meta["SSRESAMP"],
               100 * (1 - mask.mean()))
     # Masked pixels hold NaN: a masked value is never silently a number.
     out_data = np.where(mask, np.nan, out_data).astype(dtype)
-    std = np.where(mask, np.nan, np.sqrt(np.clip(out_aux[0], 0, None))).astype(dtype)
+    std = np.where(mask, np.nan, np.sqrt(np.clip(out_var, 0, None))).astype(dtype)
     return CCDData(out_data, unit=ccd.unit, wcs=wcs_out.deepcopy(), mask=mask,
                    uncertainty=StdDevUncertainty(std), meta=meta)

@@ -150,7 +150,7 @@ def _apply_steps(frame, steps):
 def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
                     resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
                     weights=None, pixel_scale=None, orientation="north", sky_stack=True,
-                    per_frame_steps=None):
+                    per_frame_steps=None, interpolation="bicubic"):
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -166,8 +166,10 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     reference_time : `~astropy.time.Time`, optional
         The epoch of the output's WCS (the target plane's tangent point). Default: the mean
         mid-exposure time.
-    resample : {'auto', 'shift', 'reproject'}
+    resample : {'auto', 'shift', 'warp'}
         Resampling path (see `resample_to_target`).
+    interpolation : {'bicubic', 'bilinear'}
+        Resampling kernel for the data (see `resample_to_target`).
     sigma_clip, sigma_low, sigma_high : bool, float, float
         Outlier rejection before combining.
     weights : array-like, optional
@@ -226,11 +228,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
     on_target, on_sky, paths = [], [], []
     for i, (frame, t) in enumerate(zip(processed, times)):
-        resampled = resample_to_target(frame, grid.wcs_at(t), grid.shape, method=resample)
+        resampled = resample_to_target(frame, grid.wcs_at(t), grid.shape, method=resample,
+                                       interpolation=interpolation)
         paths.append(resampled.meta["SSRESAMP"])
         on_target.append(resampled)
         if sky_stack:
-            on_sky.append(resample_to_target(frame, grid.wcs, grid.shape, method=resample))
+            on_sky.append(resample_to_target(frame, grid.wcs, grid.shape, method=resample,
+                                             interpolation=interpolation))
         log.info("%s: resampled (%s), target offset (%.2f, %.2f) pix", labels[i], paths[-1],
                  offsets[0][i], offsets[1][i])
 

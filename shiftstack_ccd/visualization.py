@@ -25,7 +25,7 @@ def plot_image(ax, ccd, title=None, mark=None, stretch=None):
     title : str, optional
         Axis title.
     mark : (float, float), optional
-        0-based ``(x, y)`` to circle (e.g. the target).
+        0-based ``(x, y)`` to point at with two ticks (e.g. the target).
     stretch : `astropy.visualization.BaseStretch`, optional
         Default `~astropy.visualization.AsinhStretch`.
     """
@@ -39,10 +39,11 @@ def plot_image(ax, ccd, title=None, mark=None, stretch=None):
         norm = ImageNormalize(finite, interval=ZScaleInterval(),
                               stretch=stretch or AsinhStretch(0.3))
     ax.imshow(data, origin="lower", cmap="gray", norm=norm, interpolation="nearest")
-    if mark is not None:
-        from matplotlib.patches import Circle
-        ax.add_patch(Circle(mark, radius=max(data.shape) / 25, fill=False, color="tab:orange",
-                            lw=1.2))
+    if mark is not None:  # two ticks pointing at the position, leaving the source visible
+        gap = max(data.shape) / 30
+        x, y = mark
+        ax.plot([x - 3 * gap, x - gap], [y, y], color="tab:orange", lw=1.5)
+        ax.plot([x, x], [y + gap, y + 3 * gap], color="tab:orange", lw=1.5)
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_xticks([])
@@ -59,7 +60,7 @@ def write_preview(path, images, titles=None, marks=None, overwrite=False, dpi=11
     images : `~astropy.nddata.CCDData` or list of them
         Images to show, left to right.
     titles, marks : list, optional
-        Per-image titles and ``(x, y)`` positions to circle.
+        Per-image titles and ``(x, y)`` positions to point at.
     overwrite : bool
         Replace an existing file.
 

@@ -157,6 +157,6 @@ def test_stack_header_records_the_frames(lowell):
     frames, track, eph, result = lowell
     h = result.stack.meta
     assert h["NCOMBINE"] == 10 and h["EPHKIND"] == "linear"
-    assert set(result.table["resample"]) == {"reproject"}  # TPV distortion, rotated frames
+    assert set(result.table["resample"]) == {"warp"}  # TPV distortion, rotated frames
     assert h["SSF001"].endswith("20190326.0135.fits")
     assert np.all(result.coverage[90:110, 90:110] == 10)

@@ -52,7 +52,7 @@ def test_find_translation():
 
 
 @pytest.mark.parametrize("tx, ty", [(3.27, -1.53), (0.41, 0.62), (-7.9, 12.1)])
-def test_shift_path_equals_reproject_path(tx, ty):
+def test_shift_path_equals_warp_path(tx, ty):
     rng = np.random.default_rng(2)
     data = rng.normal(10, 2, (80, 100))
     mask = np.zeros(data.shape, bool)
@@ -60,8 +60,8 @@ def test_shift_path_equals_reproject_path(tx, ty):
     frame = _frame(data, _wcs(), sigma=2.0, mask=mask)
     out_wcs = _wcs(crpix=(50 + tx, 40 + ty))
     fast = resample_to_target(frame, out_wcs, (90, 110), method="shift")
-    slow = resample_to_target(frame, out_wcs, (90, 110), method="reproject")
-    assert fast.meta["SSRESAMP"] == "shift" and slow.meta["SSRESAMP"] == "reproject"
+    slow = resample_to_target(frame, out_wcs, (90, 110), method="warp")
+    assert fast.meta["SSRESAMP"] == "shift" and slow.meta["SSRESAMP"] == "warp"
     assert np.array_equal(fast.mask, slow.mask)
     good = ~fast.mask
     assert np.allclose(fast.data[good], slow.data[good], atol=1e-4)
@@ -94,14 +94,14 @@ def test_subpixel_position_and_flux_on_shift_path():
     assert abs(np.nansum(out.data) / flux - 1) < 1e-3
 
 
-def test_subpixel_position_and_flux_on_reproject_path():
+def test_subpixel_position_and_flux_on_warp_path():
     """Rotated, rescaled output grid: the source lands where the output WCS says."""
     x0, y0, flux = 47.3, 38.6, 1e4
     w_in = _wcs()
     frame = _frame(_gaussian((80, 100), x0, y0, flux, sigma=2.0), w_in)
     w_out = _wcs(crpix=(45.0, 41.0), rotation_deg=17.0, scale_arcsec=0.9)
     out = resample_to_target(frame, w_out, (90, 100))
-    assert out.meta["SSRESAMP"] == "reproject"
+    assert out.meta["SSRESAMP"] == "warp"
     ex, ey = w_out.world_to_pixel(w_in.pixel_to_world(x0, y0))
     cx, cy = _centroid(out.data, float(ex), float(ey), half=10)
     assert abs(cx - ex) < 0.02 and abs(cy - ey) < 0.02
@@ -176,7 +176,7 @@ def test_errors():
     with pytest.raises(FrameError, match="not the output grid up to a translation"):
         resample_to_target(frame, _wcs(rotation_deg=5), (10, 10), method="shift")
     with pytest.raises(ValueError, match="method must be"):
-        resample_to_target(frame, _wcs(), (10, 10), method="cubic")
+        resample_to_target(frame, _wcs(), (10, 10), method="reproject")
 
 
 def test_input_untouched():
@@ -191,3 +191,28 @@ def test_input_untouched():
     assert np.array_equal(frame.data, before[0]) and np.array_equal(frame.mask, before[1])
     assert np.array_equal(frame.uncertainty.array, before[2])
     assert np.array_equal(frame.wcs.wcs.crpix, before[3])
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_warp_equals_reproject_with_distortion(interpolation):
+    """The warp path reproduces reproject_interp (the reference) on a SIP-distorted frame."""
+    from reproject import reproject_interp
+    rng = np.random.default_rng(5)
+    w_in = _wcs(crpix=(60, 50))
+    w_in.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    from astropy.wcs import Sip
+    a = np.zeros((4, 4)); b = np.zeros((4, 4))
+    a[2, 0], a[0, 2], a[3, 0] = 2e-5, -1e-5, 3e-7
+    b[0, 2], b[1, 1] = 1.5e-5, 1e-5
+    w_in.sip = Sip(a, b, None, None, w_in.wcs.crpix)
+    w_in.wcs.set()
+    data = rng.normal(100, 5, (100, 120)) + _gaussian((100, 120), 61.3, 48.2, 5e3)
+    frame = _frame(data, w_in, sigma=5.0)
+    w_out = _wcs(crpix=(70.0, 64.0), rotation_deg=12.0, scale_arcsec=0.8)
+    out = resample_to_target(frame, w_out, (130, 150), interpolation=interpolation)
+    assert out.meta["SSRESAMP"] == "warp"
+    reference, footprint = reproject_interp((data.astype(np.float32), w_in), w_out,
+                                            shape_out=(130, 150), order=interpolation)
+    assert np.array_equal(out.mask, ~np.isfinite(reference))
+    good = ~out.mask
+    assert np.max(np.abs(out.data[good] - reference[good])) < 1e-3  # of data ~100

@@ -65,7 +65,7 @@ def test_bright_target_position_and_flux():
     # the per-frame table: target pixel in each frame equals the simulation's truth
     assert np.allclose(result.table["x_frame"], sim.truth["x"], atol=0.01)
     assert np.allclose(result.table["y_frame"], sim.truth["y"], atol=0.01)
-    assert set(result.table["resample"]) == {"reproject"}  # rotated frames
+    assert set(result.table["resample"]) == {"warp"}  # rotated frames
 
 
 def test_fast_path_on_unrotated_frames_matches_reproject():
@@ -74,7 +74,7 @@ def test_fast_path_on_unrotated_frames_matches_reproject():
     fast = ss.shift_and_stack(sim.frames, sim.ephemeris, orientation="first", size=101,
                               sky_stack=False)
     slow = ss.shift_and_stack(sim.frames, sim.ephemeris, orientation="first", size=101,
-                              sky_stack=False, resample="reproject")
+                              sky_stack=False, resample="warp")
     assert set(fast.table["resample"]) == {"shift"}
     assert np.array_equal(fast.stack.mask, slow.stack.mask)
     good = ~fast.stack.mask
