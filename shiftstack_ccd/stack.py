@@ -263,6 +263,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     table["resample"] = paths
     table["weight"] = w / w.sum()
     table["rejected_fraction"] = combined.rejected_fraction
+    # what the per-frame steps recorded, where they did (see clean_cosmic_rays, correct_wcs)
+    for key, column in _STEP_COLUMNS.items():
+        values = [f.meta.get(key) for f in processed]
+        if any(v is not None for v in values):
+            table[column] = [np.nan if v is None else float(v) for v in values]
 
     header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample)
     stack.meta = header
@@ -271,6 +276,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         sky.meta["SSKIND"] = ("sky", "stacked on the stars (fixed plane)")
     stack.meta["SSKIND"] = ("target", "stacked on the target's motion")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+#: Header cards written by per-frame steps, copied into the per-frame table.
+_STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
+                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix"}
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample):
