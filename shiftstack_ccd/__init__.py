@@ -21,5 +21,6 @@ from .motion import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
 from .resample import *  # noqa: F401, F403
 from .stack import *  # noqa: F401, F403
+from .static_sky import *  # noqa: F401, F403
 from .target_frame import *  # noqa: F401, F403
 from .visualization import *  # noqa: F401, F403

@@ -8,6 +8,10 @@
     print the target's S/N in one frame and in the stack. Offline.
 ``shiftstack-ccd ephemeris FILES... --target T --location L -o eph.ecsv``
     Query JPL Horizons once for the frames' mid-exposure times and save the table.
+``shiftstack-ccd steps``
+    List the installed steps (this package's and other distributions'), one line each.
+``shiftstack-ccd run pipeline.toml``
+    Validate a pipeline file, then run it (``--check``: validate only).
 """
 
 import argparse
@@ -124,6 +128,33 @@ def _cmd_ephemeris(args):
     return 0
 
 
+def _cmd_steps(args):
+    from .steps import available_steps
+    steps = available_steps(kind=args.kind)
+    width = max((len(name) for name in steps), default=0)
+    for name, info in steps.items():
+        origin = "" if info.distribution == "shiftstack_ccd" else f" [{info.distribution}]"
+        print(f"{name:<{width}}  {info.kind:<8}  {info.summary}{origin}")
+    return 0
+
+
+def _cmd_run(args):
+    from .pipeline import load_pipeline
+    pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None)
+    if args.check:
+        print(f"{args.pipeline}: valid")
+        for line in pipeline.describe():
+            print(f"  {line}")
+        return 0
+    run = pipeline.run()
+    result = run.result
+    print(f"{args.pipeline}: {len(run.frames)} frames stacked, target at pixel "
+          f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
+    for path in run.outputs.values():
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser():
     """The argument parser of ``shiftstack-ccd``."""
     from . import __version__
@@ -177,6 +208,19 @@ def build_parser():
     ephem.add_argument("-o", "--output", default="ephemeris.ecsv")
     ephem.add_argument("--overwrite", action="store_true")
     ephem.set_defaults(func=_cmd_ephemeris)
+
+    steps = sub.add_parser("steps", help="list the installed steps, one line each")
+    steps.add_argument("--kind", choices=("frame", "stack", "input", "resample"),
+                       default=None, help="only steps of this kind")
+    steps.set_defaults(func=_cmd_steps)
+
+    run = sub.add_parser("run", help="run a TOML pipeline file (validated first)")
+    run.add_argument("pipeline", help="the pipeline file (.toml)")
+    run.add_argument("--check", action="store_true",
+                     help="only validate the file and say what it would do")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace existing outputs (overrides [output] overwrite)")
+    run.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -18,7 +18,9 @@ from ._utils import atomic_output, frame_label, require_celestial_wcs, set_card
 from .combine import combine_frames
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frames
+from .photometry import stellar_fwhm
 from .resample import resample_to_target
+from .static_sky import static_sky_template, subtract_static_sky
 from .target_frame import TargetFrame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -150,7 +152,8 @@ def _apply_steps(frame, steps):
 def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
                     resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
                     weights=None, pixel_scale=None, orientation="north", sky_stack=True,
-                    per_frame_steps=None, interpolation="bicubic"):
+                    per_frame_steps=None, interpolation="bicubic", subtract_static=False,
+                    track_radius=None, static_k=5.0):
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -185,6 +188,21 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         Steps applied to each frame before resampling, in order: callables
         ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
         ``[(clean_cosmic_rays, {"method": "median"})]``.
+    subtract_static : bool
+        Subtract a static-sky template (the frames stacked on the stars with the target's
+        track masked) from every frame before stacking on the target, and mask what it
+        cannot remove (see `~shiftstack_ccd.static_sky`). The target stack then holds the
+        target and noise instead of star trails. ``sky_stack`` stays unsubtracted.
+    track_radius : float, optional
+        Radius (output pixels) masked around the target when building the template.
+        Default: 4 times the stars' FWHM measured on the sky stack (at least 5 pixels): a
+        smaller radius lets the target's wings into the template, which then removes them
+        from the target (1.3% of the peak at 2 FWHM, 0.1% at 4 FWHM on simulated frames;
+        1.9% of the flux at 2.6 FWHM on the Lowell frames, 0.9% at 4.2). A larger one
+        leaves the sky near a slow mover unsubtracted.
+    static_k : float
+        Residuals beyond ``static_k`` sigma after subtraction (away from the target) are
+        masked.
 
     Returns
     -------
@@ -225,16 +243,36 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     offsets = grid.offset(times)
     positions = [grid.check_on_frame(f, t, label)
                  for f, t, label in zip(processed, times, labels)]
+    # Only the part of each frame that can land on the output grids is resampled.
+    for i, t in enumerate(times):
+        processed[i], positions[i] = _crop_to_grids(
+            processed[i], positions[i], [grid.wcs_at(t), grid.wcs], grid.shape)
 
-    on_target, on_sky, paths = [], [], []
+    on_sky = []
+    if sky_stack or subtract_static:
+        on_sky = [resample_to_target(frame, grid.wcs, grid.shape, method=resample,
+                                     interpolation=interpolation) for frame in processed]
+    template = None
+    if subtract_static:
+        if track_radius is None:
+            fwhm = stellar_fwhm(combine_frames(on_sky, method="median").image)
+            track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
+            log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
+                     f"{fwhm:.2f}" if fwhm else "unknown", track_radius)
+        cx, cy = grid.center_pixel
+        template = static_sky_template(
+            on_sky, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)], track_radius=track_radius)
+
+    on_target, paths = [], []
     for i, (frame, t) in enumerate(zip(processed, times)):
+        if template is not None:
+            frame = subtract_static_sky(frame, template, positions[i], track_radius=track_radius,
+                                        k=static_k, interpolation=interpolation)
+            processed[i] = frame
         resampled = resample_to_target(frame, grid.wcs_at(t), grid.shape, method=resample,
                                        interpolation=interpolation)
         paths.append(resampled.meta["SSRESAMP"])
         on_target.append(resampled)
-        if sky_stack:
-            on_sky.append(resample_to_target(frame, grid.wcs, grid.shape, method=resample,
-                                             interpolation=interpolation))
         log.info("%s: resampled (%s), target offset (%.2f, %.2f) pix", labels[i], paths[-1],
                  offsets[0][i], offsets[1][i])
 
@@ -248,6 +286,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     if sky_stack:
         sky = combine_frames(on_sky, method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                              sigma_high=sigma_high, weights=weights).image
+    del on_sky
 
     n = len(frames)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
@@ -275,12 +314,48 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         sky.meta = header.copy()
         sky.meta["SSKIND"] = ("sky", "stacked on the stars (fixed plane)")
     stack.meta["SSKIND"] = ("target", "stacked on the target's motion")
+    stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
+    if subtract_static:
+        stack.meta["SSTRACKR"] = (float(track_radius), "[pix] target track masked in template")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+def _crop_to_grids(frame, position, wcses, shape, margin=8):
+    """The frame cut to the box that the output grids can draw on, and the target in it.
+
+    Saves resampling (and static-sky subtraction) of pixels that fall off the output, which
+    for a small ``size`` is most of the frame. The margin covers the interpolation kernel.
+    CCDData slicing keeps the WCS consistent.
+    """
+    ny, nx = shape
+    edge = np.linspace(-0.5, 1, 9)
+    border = np.concatenate([np.column_stack([edge * nx, np.full(9, -0.5)]),
+                             np.column_stack([edge * nx, np.full(9, ny - 0.5)]),
+                             np.column_stack([np.full(9, -0.5), edge * ny]),
+                             np.column_stack([np.full(9, nx - 0.5), edge * ny])])
+    xs, ys = [], []
+    for wcs in wcses:
+        x, y = frame.wcs.world_to_pixel(wcs.pixel_to_world(border[:, 0], border[:, 1]))
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        return frame, position
+    fy, fx = frame.shape
+    x0 = max(0, int(np.floor(xs.min())) - margin)
+    x1 = min(fx, int(np.ceil(xs.max())) + margin + 1)
+    y0 = max(0, int(np.floor(ys.min())) - margin)
+    y1 = min(fy, int(np.ceil(ys.max())) + margin + 1)
+    if (x0, y0, x1, y1) == (0, 0, fx, fy) or x1 - x0 < 2 * margin or y1 - y0 < 2 * margin:
+        return frame, position
+    cropped = frame[y0:y1, x0:x1]
+    return cropped, (position[0] - x0, position[1] - y0)
 
 
 #: Header cards written by per-frame steps, copied into the per-frame table.
 _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
-                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix"}
+                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix",
+                 "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample):

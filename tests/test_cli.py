@@ -149,3 +149,24 @@ def test_stack_write_interrupted_keeps_old_file(sim_files, tmp_path, monkeypatch
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".stack", "stack"))] \
         == ["stack.fits"]
+
+
+def test_stack_with_horizons_inline(shared_data, transport, tmp_path, monkeypatch):
+    """``stack --target --location``: one Horizons request for the frames' times, then stack."""
+    monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path / "cache"))
+    transport.answer = Path(shared_data(
+        "ephemerides/astroquery_jplhorizons/ceres_ephemerides_range.txt")).read_text()
+    start = Time("2022-06-20T02:00:00", scale="utc")
+    recorded = ss.Ephemeris.from_table(shared_data(
+        "ephemerides/astroquery_jplhorizons/ceres_ephemerides_range.txt"))
+    # frames centred on where Ceres is, so that it is on them
+    sim = ss.simulate_observation(n_frames=3, shape=(64, 64), n_stars=5, seed=2, start=start,
+                                  center=recorded.at(start + 5 * u.min))
+    paths = [str(p) for p in sim.write(tmp_path / "frames")]
+    out = tmp_path / "ceres.fits"
+    assert main(["stack", *paths, "--target", "Ceres", "--location", "688", "--id-type",
+                 "smallbody", "--size", "21", "-o", str(out)]) == 0
+    assert len(transport.urls) == 1
+    with fits.open(out) as hdul:
+        assert hdul[0].header["EPHKIND"] == "horizons"
+        assert hdul[0].header["EPHLOC"] == "688"

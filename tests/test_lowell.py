@@ -20,7 +20,7 @@ from astropy.modeling.models import Const2D, Gaussian2D
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.motion import fit_linear_motion, track_target
-from shiftstack_ccd.photometry import measure_fwhm
+from shiftstack_ccd.photometry import aperture_flux, measure_fwhm, source_mask
 
 
 def _detections(frame):
@@ -160,3 +160,28 @@ def test_stack_header_records_the_frames(lowell):
     assert set(result.table["resample"]) == {"warp"}  # TPV distortion, rotated frames
     assert h["SSF001"].endswith("20190326.0135.fits")
     assert np.all(result.coverage[90:110, 90:110] == 10)
+
+
+def test_static_sky_subtraction_removes_trails_keeps_asteroid(lowell):
+    """Static-sky template subtracted: star trails go, the asteroid's flux stays."""
+    frames, track, eph, result = lowell
+    subtracted = ss.shift_and_stack(frames, eph, method="mean", size=201, sky_stack=False,
+                                    subtract_static=True)
+    cx, cy = result.target_pixel
+    # the star trails of the plain target stack: its detected sources, the asteroid excepted
+    trails = source_mask(result.stack, dilate=2)
+    yy, xx = np.indices(trails.shape)
+    trails &= np.hypot(xx - cx, yy - cy) > 8
+
+    def trail_flux(image):
+        data = image.data
+        sky = sigma_clipped_stats(data[~trails & np.isfinite(data)])[1]
+        inside = trails & np.isfinite(data)
+        return float(np.sum(data[inside] - sky)), int(inside.sum())
+    before, n_before = trail_flux(result.stack)
+    after, n_after = trail_flux(subtracted.stack)
+    assert before > 0 and abs(after) <= 0.05 * before, (before, after)
+    assert n_after >= 0.9 * n_before  # removed, not masked away
+    flux_before, _ = aperture_flux(result.stack, (cx, cy), 4)
+    flux_after, _ = aperture_flux(subtracted.stack, (cx, cy), 4)
+    assert abs(flux_after / flux_before - 1) < 0.02, (flux_before, flux_after)

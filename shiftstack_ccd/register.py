@@ -1,0 +1,559 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Subpixel refinement of the target's position by FFT cross-correlation.
+
+When the target is visible in single frames (comets, moons, bright asteroids), the residual
+error of the ephemeris (and of each frame's WCS) can be measured frame by frame: each frame's
+cutout around the target, on the target-centred grid, is cross-correlated with the stack of
+the other frames, and the stack is rebuilt with the measured offsets until they settle.
+
+**Sign convention.** Everything here uses one convention, proven by the tests on known shifts
+(integer and subpixel, odd and even sizes, each axis separately): an offset ``(dx, dy)``
+means that the feature in ``image`` sits at its position in ``reference`` **plus**
+``(dx, dy)`` pixels (``x`` along columns, the second array axis; ``y`` along rows), so that
+``image`` shifted by ``(-dx, -dy)`` lines up with ``reference``. For a cutout on a frame's
+target-centred grid (`TargetFrame.wcs_at`) the target truly is at the centre pixel plus
+``(dx, dy)``: its offset in the target plane is ``grid.offset(t) + (dx, dy)``, and the
+corrected grid is ``wcs_at(t)`` with ``CRPIX`` minus ``(dx, dy)`` (`shifted_wcs`).
+
+**Why this route.** The seed notebook cross-correlated whole frames directly
+(``scipy.signal.correlate2d``, O(N^4): hours at 1000 x 1000) and read its zero lag one pixel
+off for even sizes. Here the correlation is computed by FFT on a cutout and its peak is
+refined to ``1/upsample`` pixel by `skimage.registration.phase_cross_correlation` (the
+matrix-multiply upsampled DFT of Guizar-Sicairos et al. 2008), which is the band-limited
+interpolation of the correlation peak, not a parabola fit. Plain cross-correlation
+(``normalization=None``) is used by default rather than phase correlation: phase
+correlation whitens the spectrum, giving the noise-dominated high spatial frequencies the
+same weight as the target's, and on simulated cutouts it is several times less accurate
+at S/N 10-50 (see ``benchmarks/bench_register.py`` and the module tests); plain
+cross-correlation is the matched filter for a known shape in white noise.
+
+**Preparing a cutout.** Before the FFT, pixels that are masked or not finite are replaced
+by the cutout's median, the median (the background) is subtracted, and the cutout is
+apodized with a Tukey window (flat over the central half, cosine taper to zero at the
+edges), so that the periodic FFT sees no edge step. The window does not bias the peak as
+long as the target and its offset stay inside the flat central half: choose cutouts at
+least about 4 x (target radius + largest offset) wide.
+"""
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+from astropy import units as u
+from astropy.stats import mad_std
+from astropy.table import Table
+
+__all__ = ["Offset", "center_cutout", "measure_offset", "refine_offsets", "shift_bound",
+           "shifted_wcs"]
+
+log = logging.getLogger(__name__)
+
+#: Fraction of the cutout, per axis, over which the Tukey window tapers (0.5: flat centre half).
+WINDOW_TAPER = 0.5
+
+#: Smallest fraction of usable pixels for a cutout to be measured.
+MIN_GOOD_FRACTION = 0.5
+
+#: Detection threshold (sigma of the smoothed template) of the template's soft footprint.
+FOOTPRINT_NSIGMA = 3.0
+
+
+class Offset(NamedTuple):
+    """The result of `measure_offset`.
+
+    Attributes
+    ----------
+    dx, dy : float
+        Measured offset in pixels: the feature in ``image`` sits at its ``reference``
+        position plus ``(dx, dy)`` (``x`` along the second array axis). Set (NaN when nothing
+        could be measured) even when the offset is refused, so that it can be reported.
+    significance : float
+        Height of the cross-correlation peak over its expected noise (a matched-filter S/N,
+        see `measure_offset`); NaN when not computed.
+    accepted : bool
+        False when the peak lies beyond ``max_shift``, is not significant, is an
+        anti-correlation, or the cutouts have too few usable pixels.
+    reason : str
+        Why the offset was refused; empty when accepted.
+    """
+
+    dx: float
+    dy: float
+    significance: float
+    accepted: bool
+    reason: str
+
+
+def _tukey_window(shape, taper=WINDOW_TAPER):
+    from scipy.signal.windows import tukey
+    return np.outer(tukey(shape[0], taper), tukey(shape[1], taper))
+
+
+def _prepare(data, mask, window):
+    """Fill bad pixels with the median, subtract it, apodize; also return the noise and
+    the fraction of usable pixels."""
+    data = np.asarray(data, dtype=float)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= np.asarray(mask, dtype=bool)
+    good_fraction = 1.0 - bad.mean()
+    if good_fraction == 0:
+        return None, np.nan, 0.0
+    values = data[~bad]
+    median = np.median(values)
+    sigma = float(mad_std(values))
+    prepared = np.where(bad, 0.0, data - median) * window
+    return prepared, sigma, good_fraction
+
+
+def _check_bound(dx, dy, max_shift):
+    """Return a refusal message if ``(dx, dy)`` lies beyond ``max_shift``, else ''."""
+    if max_shift is None:
+        return ""
+    bound = np.asarray(max_shift, dtype=float)
+    if bound.ndim == 0:
+        if np.hypot(dx, dy) > bound:
+            return (f"peak at ({dx:+.2f}, {dy:+.2f}) px is {np.hypot(dx, dy):.2f} px away, "
+                    f"beyond max_shift {float(bound):.2f} px")
+        return ""
+    if bound.shape != (2,):
+        raise ValueError(f"max_shift must be a number or a pair (max_dx, max_dy), "
+                         f"not {max_shift!r}")
+    if np.any(bound <= 0):
+        raise ValueError(f"max_shift must be positive, not {max_shift!r}")
+    if (dx / bound[0]) ** 2 + (dy / bound[1]) ** 2 > 1:
+        return (f"peak at ({dx:+.2f}, {dy:+.2f}) px lies outside the max_shift ellipse "
+                f"({bound[0]:.2f}, {bound[1]:.2f}) px")
+    return ""
+
+
+def measure_offset(image, reference, upsample=100, max_shift=None, mask=None, ref_mask=None,
+                   min_significance=5.0, normalization=None):
+    """Measure the subpixel offset of ``image`` relative to ``reference`` by FFT.
+
+    Parameters
+    ----------
+    image, reference : array-like
+        Two 2-D cutouts of the same shape (e.g. a frame's and a template's, around the
+        target on the same grid). NaN and infinite pixels are treated as masked.
+    upsample : int
+        The peak is located to ``1 / upsample`` pixel
+        (`skimage.registration.phase_cross_correlation`'s ``upsample_factor``).
+    max_shift : float or (float, float), optional
+        Largest accepted offset in pixels: a radius, or the semi-axes ``(max_dx, max_dy)``
+        of an ellipse. A peak beyond it is refused (``accepted=False``), not clipped.
+        Default: no bound (the FFT still cannot see beyond half the cutout).
+    mask, ref_mask : array-like of bool, optional
+        True for pixels of ``image`` / ``reference`` to ignore (filled with the median).
+    min_significance : float
+        A peak whose significance is below this is refused.
+    normalization : {None, 'phase'}
+        None (default) for plain cross-correlation, ``'phase'`` for phase correlation; see
+        the module notes for why plain is the default.
+
+    Returns
+    -------
+    offset : `Offset`
+        ``dx, dy, significance, accepted, reason``; the feature in ``image`` sits at its
+        ``reference`` position plus ``(dx, dy)``.
+
+    Notes
+    -----
+    The significance is the cross-correlation of the prepared cutouts (see the module
+    notes) at the peak's nearest whole-pixel lag, divided by its expected noise for
+    independent background-limited noise, ``sqrt(s_i**2 * sum(R**2) + s_r**2 * sum(I**2))``
+    where ``s_i``, ``s_r`` are the robust pixel scatters (`~astropy.stats.mad_std`) of the
+    cutouts and ``I``, ``R`` the prepared cutouts. For a point source against a much deeper
+    template it is close to the source's optimal (PSF-weighted) S/N in ``image``; it counts
+    the noise-times-noise term twice, so it errs low. Resampled noise is correlated, which
+    lowers ``mad_std`` and raises the significance somewhat.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[0:32, 0:32]
+    >>> blob = lambda x0, y0: np.exp(-((x - x0)**2 + (y - y0)**2) / 4.5)
+    >>> off = measure_offset(blob(16.3, 14.0), blob(15.5, 15.5))
+    >>> print(f"{off.dx:.2f} {off.dy:.2f} {off.accepted}")
+    0.80 -1.50 True
+    >>> off = measure_offset(blob(15.5, 20.5), blob(15.5, 15.5), max_shift=3)
+    >>> off.accepted, off.reason
+    (False, 'peak at (+0.00, +5.00) px is 5.00 px away, beyond max_shift 3.00 px')
+    """
+    from skimage.registration import phase_cross_correlation
+
+    image = np.asarray(image)
+    reference = np.asarray(reference)
+    if image.ndim != 2 or image.shape != reference.shape:
+        raise ValueError(f"image and reference must be 2-D arrays of one shape, not "
+                         f"{image.shape} and {reference.shape}")
+    if normalization not in (None, "phase"):
+        raise ValueError(f"normalization must be None or 'phase', not {normalization!r}")
+    upsample = int(upsample)
+    if upsample < 1:
+        raise ValueError(f"upsample must be a positive integer, not {upsample}")
+    window = _tukey_window(image.shape)
+    img, s_img, f_img = _prepare(image, mask, window)
+    ref, s_ref, f_ref = _prepare(reference, ref_mask, window)
+    if min(f_img, f_ref) < MIN_GOOD_FRACTION:
+        return Offset(np.nan, np.nan, np.nan, False,
+                      f"too few usable pixels (image {100 * f_img:.0f}%, reference "
+                      f"{100 * f_ref:.0f}%; need {100 * MIN_GOOD_FRACTION:.0f}%)")
+    if not (np.any(img) and np.any(ref)):
+        return Offset(np.nan, np.nan, np.nan, False, "a cutout is constant (no signal)")
+
+    f_ref_hat = np.fft.fft2(ref)
+    f_img_hat = np.fft.fft2(img)
+    # skimage returns the shift that registers `image` onto `reference`, i.e. minus ours.
+    shift, _, _ = phase_cross_correlation(f_ref_hat, f_img_hat, space="fourier",
+                                          upsample_factor=upsample,
+                                          normalization=normalization)
+    dy, dx = 0.0 - float(shift[0]), 0.0 - float(shift[1])  # no "-0.0"
+
+    # Plain correlation at the nearest whole-pixel lag, for the sign and the significance
+    # (skimage locates the peak of |correlation|, which may be an anti-correlation).
+    cc = np.fft.ifft2(f_ref_hat * np.conj(f_img_hat)).real
+    ny, nx = image.shape
+    peak = cc[int(round(-dy)) % ny, int(round(-dx)) % nx]
+    noise = np.sqrt(s_img ** 2 * np.sum(ref ** 2) + s_ref ** 2 * np.sum(img ** 2))
+    significance = float(peak / noise) if noise > 0 else np.inf
+
+    reason = _check_bound(dx, dy, max_shift)
+    if not reason and peak <= 0:
+        reason = (f"the strongest correlation, at ({dx:+.2f}, {dy:+.2f}) px, is negative "
+                  "(an anti-correlation: an over-subtracted source?)")
+    if not reason and not significance >= min_significance:
+        reason = (f"peak not significant: {significance:.1f} sigma < {min_significance:g}")
+    return Offset(dx, dy, significance, not reason, reason)
+
+
+def center_cutout(image, size):
+    """The central ``size`` (int or ``(ny, nx)``) part of a 2-D array (a view).
+
+    The cutout keeps the array's centre ``((n - 1) / 2)`` exactly at its own centre when
+    ``n - size`` is even on each axis (an odd grid and an odd size); otherwise it is off by
+    half a pixel, the same for every frame, which relative offsets do not see.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> center_cutout(np.arange(49).reshape(7, 7), 3)
+    array([[16, 17, 18],
+           [23, 24, 25],
+           [30, 31, 32]])
+    """
+    image = np.asarray(image)
+    sy, sx = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    ny, nx = image.shape
+    if not (0 < sy <= ny and 0 < sx <= nx):
+        raise ValueError(f"cutout size {(sy, sx)} does not fit in an image of {image.shape}")
+    y0, x0 = (ny - sy) // 2, (nx - sx) // 2
+    return image[y0:y0 + sy, x0:x0 + sx]
+
+
+def shift_bound(ra_sigma, dec_sigma, pixel_scale, nsigma=3.0, minimum=1.0):
+    """Per-frame ``max_shift`` (pixels) from the ephemeris' 1-sigma position uncertainty.
+
+    The bound is the radius of the circle around the ``nsigma`` uncertainty ellipse,
+    ``nsigma * max(ra_sigma, dec_sigma)``, so it holds for any orientation of the grid,
+    and never less than ``minimum`` pixels: the refinement also absorbs each frame's WCS
+    error, which the ephemeris' uncertainty does not count.
+
+    Parameters
+    ----------
+    ra_sigma, dec_sigma : `~astropy.units.Quantity`
+        1-sigma uncertainties (angles, on the sky), scalars or one per frame, e.g. from
+        ``Ephemeris.uncertainty_at(times)``.
+    pixel_scale : `~astropy.units.Quantity`
+        Angle per pixel of the grid.
+    nsigma : float
+        Number of sigmas allowed.
+    minimum : float
+        Smallest bound, pixels.
+
+    Returns
+    -------
+    max_shift : `~numpy.ndarray`
+        In pixels, the shape of the broadcast inputs.
+
+    Examples
+    --------
+    >>> from astropy import units as u
+    >>> shift_bound([0.1, 2.0] * u.arcsec, [0.05, 0.5] * u.arcsec, 0.5 * u.arcsec)
+    array([ 1., 12.])
+    """
+    scale = u.Quantity(pixel_scale, u.arcsec).value
+    ra = u.Quantity(ra_sigma, u.arcsec).value
+    dec = u.Quantity(dec_sigma, u.arcsec).value
+    return np.maximum(nsigma * np.maximum(ra, dec) / scale, float(minimum))
+
+
+def shifted_wcs(wcs, dx, dy):
+    """A copy of a target-centred grid's WCS corrected by a measured offset ``(dx, dy)``.
+
+    The target, found at the centre pixel plus ``(dx, dy)`` on ``wcs``, is on the centre
+    pixel of the returned WCS (``CRPIX`` minus ``(dx, dy)``).
+
+    Examples
+    --------
+    >>> from astropy.wcs import WCS
+    >>> w = WCS(naxis=2); w.wcs.crpix = [51, 51]
+    >>> shifted_wcs(w, 0.25, -1.5).wcs.crpix
+    array([50.75, 52.5 ])
+    """
+    out = wcs.deepcopy()
+    out.wcs.crpix = out.wcs.crpix - np.array([float(dx), float(dy)])
+    out.wcs.set()
+    return out
+
+
+def _as_cutouts(cutouts, masks, size):
+    """Arrays (float64) and bad-pixel masks from arrays or CCDData, cropped if asked."""
+    datas, bads = [], []
+    if masks is not None and len(masks) != len(cutouts):
+        raise ValueError(f"masks must be one per cutout ({len(cutouts)}), not {len(masks)}")
+    for i, cut in enumerate(cutouts):
+        data = np.asarray(getattr(cut, "data", cut), dtype=float)
+        if data.ndim != 2:
+            raise ValueError(f"cutout #{i} is not 2-D (shape {data.shape})")
+        bad = ~np.isfinite(data)
+        own = getattr(cut, "mask", None)
+        if own is not None:
+            bad |= np.asarray(own, dtype=bool)
+        if masks is not None and masks[i] is not None:
+            bad |= np.asarray(masks[i], dtype=bool)
+        if size is not None:
+            data, bad = center_cutout(data, size), center_cutout(bad, size)
+        datas.append(data)
+        bads.append(bad)
+    if len({d.shape for d in datas}) != 1:
+        raise ValueError(f"cutouts must share one shape, not {sorted({d.shape for d in datas})}")
+    return datas, bads
+
+
+def _per_frame_bound(max_shift, n):
+    """max_shift as a list of n per-frame bounds (None, a radius, or a (dx, dy) pair)."""
+    if max_shift is None:
+        return [None] * n
+    bound = np.asarray(max_shift, dtype=float)
+    if bound.ndim == 0 or bound.shape == (2,) and n != 2:
+        return [bound] * n
+    if bound.shape in ((n,), (n, 2)):
+        return list(bound)
+    raise ValueError(f"max_shift must be a number, a (max_dx, max_dy) pair, or one of those "
+                     f"per frame ({n} or {n} x 2 values), not shape {bound.shape}")
+
+
+def _footprint_template(template, bad, nsigma=FOOTPRINT_NSIGMA):
+    """The template, background-subtracted, weighted down to zero outside the target.
+
+    The weight rises from 0 to 1 as the template smoothed by a 1-pixel Gaussian goes from
+    0.5 to 1.5 times ``nsigma`` times its own noise (`~astropy.stats.mad_std`): a soft
+    footprint of whatever the template shows, a point source or a coma. Without it the
+    noise of every template pixel times the image's noise adds a white noise field to the
+    whole correlation surface, which halves the accuracy at S/N 10 on a 48 x 48 cutout.
+    """
+    from scipy.ndimage import gaussian_filter
+    if bad.all():
+        return template
+    background = np.median(template[~bad])
+    data = np.where(bad, 0.0, template - background)
+    smooth = gaussian_filter(data, 1.0, mode="constant")
+    noise = mad_std(smooth[~bad])
+    if not noise > 0:
+        return data
+    weight = np.clip(smooth / (nsigma * noise) - 0.5, 0.0, 1.0)
+    return data * weight
+
+
+def refine_offsets(cutouts, masks=None, max_shift=None, iterations=5, tol=0.01, upsample=100,
+                   min_significance=5.0, weights=None, template="mean", size=None,
+                   normalization=None, footprint=True, footprint_nsigma=FOOTPRINT_NSIGMA):
+    """Measure each frame's residual offset of the target against the stack of the others.
+
+    Parameters
+    ----------
+    cutouts : list of 2-D arrays or `~astropy.nddata.CCDData`
+        One per frame, all on the same target-centred grid (e.g. each frame resampled onto
+        ``grid.wcs_at(t)``), ideally after static-sky subtraction. A CCDData's mask is used.
+    masks : list of array-like of bool, optional
+        True for pixels to ignore (added to non-finite pixels and the CCDData masks).
+    max_shift : float, (float, float), or one of those per frame, optional
+        Largest accepted correction, pixels (a radius or ``(max_dx, max_dy)`` semi-axes;
+        see `shift_bound` to derive it from the ephemeris uncertainty). A frame whose peak
+        lies beyond is refused: its correction is 0, and the table says why.
+    iterations : int
+        Largest number of measure-and-restack passes.
+    tol : float
+        Stop when no correction changes by more than this (pixels) in a pass.
+    upsample : int
+        Subpixel resolution of the peak, ``1 / upsample`` pixel.
+    min_significance : float
+        Frames whose correlation peak is less significant are refused.
+    weights : array-like, optional
+        Per-frame weights of the gauge condition (below) and of the template mean.
+    template : {'mean', 'median'}
+        How the other frames are combined into the template ('median' resists stars and
+        cosmic rays left in the cutouts, at ~25% more noise).
+    size : int or (int, int), optional
+        Crop every cutout to its central ``size`` first (`center_cutout`).
+    normalization : {None, 'phase'}
+        Passed to `measure_offset`.
+    footprint : bool
+        Weight the template down to zero away from the target (a soft footprint at
+        ``footprint_nsigma`` times the smoothed template's noise, see the notes). On by
+        default: it nearly halves the error at S/N 10.
+    footprint_nsigma : float
+        Threshold of the footprint.
+
+    Returns
+    -------
+    dx, dy : `~numpy.ndarray`
+        The correction of each frame, pixels: its target sits at the grid's centre plus
+        ``(dx, dy)``. 0 for refused frames.
+    accepted : `~numpy.ndarray` of bool
+    table : `~astropy.table.Table`
+        One row per frame: ``frame`` (index), ``refine_dx``, ``refine_dy`` (the corrections),
+        ``measured_dx``, ``measured_dy`` (the last measurement, also for refused frames),
+        ``refine_snr`` (peak significance), ``refine_ok``, ``refine_note`` (the reason a frame
+        was refused) and ``max_shift`` (the radius or larger semi-axis, NaN if none). Its
+        ``meta`` holds ``iterations``, ``converged`` and ``last_update``.
+
+    Notes
+    -----
+    Each pass shifts every accepted frame by its current correction (cubic spline,
+    `scipy.ndimage.shift`, the kernel with which the frames are resampled onto the grid; its
+    edges do not matter, the window removes them), then for each frame ``i`` cross-correlates
+    its *unshifted* cutout with the mean of the *other* shifted frames (so that frame ``i``'s
+    noise does not correlate with itself, and is interpolated only once, when the correction
+    is applied). A Fourier shift was not used because the cutouts are not periodic.
+
+    The template of the others sits at minus frame ``i``'s share of the weighted mean
+    position, ``-w_i d_i / W_i`` (``W_i`` the others' total weight); the measurement ``m_i``
+    is corrected for it, ``d_i = (W_i m_i + w_i d_i') / (W_i + w_i)`` with ``d_i'`` the
+    previous estimate. Without this each pass would only shrink the error by ``1 / (n - 1)``
+    (slow for a few frames); with it the offsets settle in two or three passes.
+
+    The template's pixels away from the target carry only noise, which, multiplied by the
+    frame's noise, spreads a white noise field over the whole correlation surface (its
+    variance grows with the cutout's area, unlike the matched-filter term); the soft
+    footprint removes them. With a 3-pixel FWHM target on 48 x 48 cutouts and a perfectly
+    aligned 9-frame template, the error per axis at S/N 10 drops from 0.35 to 0.18 pixel
+    (0.15 against a noiseless template), at S/N 20 from 0.095 to 0.080, unchanged (0.035)
+    at S/N 50. The footprint is symmetric about the aligned target, so it does not bias the
+    offsets.
+
+    Only relative offsets are measurable this way (the template moves with the frames), so
+    the gauge is fixed by making the weighted mean correction of the accepted frames zero:
+    the ephemeris is assumed right on average and wrong only from frame to frame. A common
+    error of the ephemeris over the whole sequence is thus not corrected (nor is it seen:
+    the stack just sits off-centre by it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> y, x = np.mgrid[0:48, 0:48]
+    >>> true = [(0.3, -0.2), (-0.4, 0.5), (0.1, -0.3)]
+    >>> cuts = [500 * np.exp(-((x - 23.5 - a)**2 + (y - 23.5 - b)**2) / 4.5)
+    ...         + rng.normal(0, 1, x.shape) for a, b in true]
+    >>> dx, dy, ok, table = refine_offsets(cuts)
+    >>> np.round(dx, 2), np.round(dy, 2)   # true x minus its mean: 0.300, -0.400, 0.100
+    (array([ 0.3, -0.4,  0.1]), array([-0.2,  0.5, -0.3]))
+    """
+    from scipy.ndimage import shift as ndi_shift
+
+    if template not in ("mean", "median"):
+        raise ValueError(f"template must be 'mean' or 'median', not {template!r}")
+    datas, bads = _as_cutouts(list(cutouts), masks, size)
+    n = len(datas)
+    if n < 2:
+        raise ValueError(f"refining offsets needs at least 2 cutouts, not {n}")
+    bounds = _per_frame_bound(max_shift, n)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be {n} finite non-negative numbers, not {weights!r}")
+    # bad pixels get the cutout's median, so that the spline of a shift can take them
+    filled = []
+    for data, bad in zip(datas, bads):
+        fill = np.median(data[~bad]) if (~bad).any() else 0.0
+        filled.append(np.where(bad, fill, data))
+
+    dx, dy = np.zeros(n), np.zeros(n)
+    accepted = np.ones(n, dtype=bool)
+    results = [None] * n
+    converged, update, passes = False, np.inf, 0
+    for passes in range(1, int(iterations) + 1):
+        in_template = accepted & (w > 0)
+        stack = np.empty((n,) + datas[0].shape)
+        good = np.empty((n,) + datas[0].shape)
+        for j in range(n):
+            shift = (-dy[j], -dx[j])
+            stack[j] = ndi_shift(filled[j], shift, order=3, mode="nearest")
+            # a pixel of the shifted frame is bad if a bad pixel weighs on it (bilinear)
+            spread = ndi_shift(bads[j].astype(float), shift, order=1, mode="constant",
+                               cval=1.0) if bads[j].any() or shift != (0.0, 0.0) else 0.0
+            good[j] = (np.asarray(spread) < 1e-6) * (w[j] if in_template[j] else 0.0)
+        new_dx, new_dy = np.zeros(n), np.zeros(n)
+        new_ok = np.zeros(n, dtype=bool)
+        for i in range(n):
+            others = np.arange(n) != i
+            if not np.any(good[others]):  # no other accepted frame: fall back to all others
+                g = np.broadcast_to((np.arange(n) != i)[:, None, None], good.shape).astype(float)
+            else:
+                g = good * others[:, None, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if template == "mean":
+                    ref = (g * stack).sum(axis=0) / g.sum(axis=0)
+                else:
+                    ref = np.nanmedian(np.where(g > 0, stack, np.nan), axis=0)
+            ref_bad = ~np.isfinite(ref)
+            if footprint:
+                ref = _footprint_template(ref, ref_bad, footprint_nsigma)
+            res = measure_offset(datas[i], ref, upsample=upsample, max_shift=bounds[i],
+                                 mask=bads[i], ref_mask=ref_bad,
+                                 min_significance=min_significance,
+                                 normalization=normalization)
+            results[i] = res
+            if res.accepted:
+                new_dx[i], new_dy[i], new_ok[i] = res.dx, res.dy, True
+                w_others = w[in_template & others].sum()
+                if in_template[i] and w_others > 0:
+                    # The template (the others' mean) sits at minus this frame's share of
+                    # the weighted mean: remove that bias (see the notes).
+                    total = w_others + w[i]
+                    new_dx[i] = (w_others * res.dx + w[i] * dx[i]) / total
+                    new_dy[i] = (w_others * res.dy + w[i] * dy[i]) / total
+        if new_ok.any() and w[new_ok].sum() > 0:
+            # gauge: the weighted mean correction of the accepted frames is zero
+            new_dx[new_ok] -= np.average(new_dx[new_ok], weights=w[new_ok])
+            new_dy[new_ok] -= np.average(new_dy[new_ok], weights=w[new_ok])
+        update = float(max(np.max(np.abs(new_dx - dx)), np.max(np.abs(new_dy - dy))))
+        changed = np.any(new_ok != accepted)
+        dx, dy, accepted = new_dx, new_dy, new_ok
+        log.debug("refine pass %d: largest update %.4f px, %d of %d frames accepted",
+                  passes, update, accepted.sum(), n)
+        if update < tol and not changed:
+            converged = True
+            break
+    if not converged:
+        log.warning("refine_offsets: not converged after %d passes (last update %.3f px > "
+                    "tol %.3f px)", passes, update, tol)
+    for i, res in enumerate(results):
+        if not res.accepted:
+            log.info("frame #%d: offset refused: %s", i, res.reason)
+
+    table = Table()
+    table["frame"] = np.arange(n)
+    table["refine_dx"] = dx * u.pix
+    table["refine_dy"] = dy * u.pix
+    table["measured_dx"] = np.array([r.dx for r in results]) * u.pix
+    table["measured_dy"] = np.array([r.dy for r in results]) * u.pix
+    table["refine_snr"] = np.array([r.significance for r in results])
+    table["refine_ok"] = accepted
+    table["refine_note"] = [r.reason for r in results]
+    table["max_shift"] = np.array([np.nan if b is None else float(np.max(b)) for b in bounds]) * u.pix
+    table.meta.update(iterations=passes, converged=converged, last_update=update,
+                      upsample=upsample, template=template,
+                      gauge="weighted mean correction of accepted frames is zero")
+    return dx, dy, accepted, table

@@ -1,0 +1,155 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Static-sky subtraction: remove the stars before stacking on the target.
+
+The frames are stacked on the stars (the fixed plane of the `TargetFrame`) with the
+target's track masked in each of them; the median of that stack is the *static sky*: the
+stars, galaxies and sky structure, without the target. The template is warped back onto
+each frame's own pixels and subtracted there, before the frame is resampled onto the target,
+so each frame's data is still interpolated only once. What the template cannot remove
+(residuals beyond ``k`` sigma away from the target, e.g. saturated or mismatched star cores)
+is masked. The target stack then holds the target and noise, not star trails.
+
+The template's own noise is added to each subtracted frame's variance. Where the target
+never leaves its own footprint (a slow mover), the template has no data: it is filled there
+with the local sky of the template, so the target is kept rather than subtracted.
+"""
+
+import logging
+
+import numpy as np
+from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
+from astropy.stats import sigma_clipped_stats
+
+from ._utils import as_header, frame_label
+from .combine import combine_frames
+from .resample import _fill_bad_pixels, resample_to_target
+
+__all__ = ["static_sky_template", "subtract_static_sky"]
+
+log = logging.getLogger(__name__)
+
+
+def _track_mask(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return np.hypot(xx - centre[0], yy - centre[1]) <= radius
+
+
+def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="median",
+                        min_frames=3):
+    """The static sky: frames aligned on the stars, the target masked, combined.
+
+    Parameters
+    ----------
+    sky_frames : list of `~astropy.nddata.CCDData`
+        The frames resampled onto one fixed grid (e.g. ``TargetFrame.wcs``).
+    target_pixels : list of (float, float)
+        The target's 0-based ``(x, y)`` on that grid in each frame (at its mid-exposure).
+    track_radius : float
+        Radius, in grid pixels, masked around the target in each frame.
+    method : {'median', 'mean'}
+        How the template is combined (the median also ignores the target's faint wings and
+        any cosmic ray left in one frame).
+    min_frames : int
+        Template pixels that fewer frames cover (once the track is masked) are holes.
+
+    Returns
+    -------
+    template : `~astropy.nddata.CCDData`
+        On the same grid, with a `~astropy.nddata.StdDevUncertainty`. Pixels inside the
+        frames' footprint that fewer than ``min_frames`` frames cover once the track is masked
+        are filled from their neighbours (the local sky; ``template.meta['SSHOLES']`` counts
+        them); pixels outside every frame are masked.
+    """
+    masked = []
+    for frame, position in zip(sky_frames, target_pixels):
+        copy = frame.copy()
+        track = _track_mask(frame.shape, position, track_radius)
+        copy.mask = track if frame.mask is None else (frame.mask | track)
+        masked.append(copy)
+    result = combine_frames(masked, method=method)
+    combined = result.image
+    holes = combined.mask | (result.coverage < min(min_frames, len(sky_frames)))
+    covered_by_any = np.zeros(holes.shape, dtype=bool)
+    for frame in sky_frames:
+        covered_by_any |= ~frame.mask if frame.mask is not None else True
+    # Holes inside the footprint (the target never left them) are filled with the local sky;
+    # outside every frame the template stays undefined.
+    inner = holes & covered_by_any
+    data = combined.data.copy()
+    variance = combined.uncertainty.array.astype(float) ** 2
+    if inner.any():
+        data = _fill_bad_pixels(np.where(holes, 0, data), holes)
+        _, _, sky_sigma = sigma_clipped_stats(combined.data[~holes & np.isfinite(combined.data)])
+        variance = np.where(inner, sky_sigma ** 2, variance)
+        log.info("static sky: %d pixels along the track are covered by fewer than %d frames "
+                 "once the target is masked (a slow mover); filled with the local sky",
+                 int(inner.sum()), min_frames)
+    mask = holes & ~covered_by_any
+    data = np.where(mask, np.nan, data).astype(combined.data.dtype)
+    meta = as_header(combined.meta)
+    meta["SSHOLES"] = (int(inner.sum()), "template pixels filled (never off the target)")
+    meta["SSTRACKR"] = (float(track_radius), "[pix] radius masked around the target")
+    return CCDData(data, unit=combined.unit, wcs=combined.wcs, mask=mask,
+                   uncertainty=StdDevUncertainty(np.sqrt(variance).astype(data.dtype)),
+                   meta=meta)
+
+
+def subtract_static_sky(ccd, template, target_pixel, track_radius=5.0, k=5.0,
+                        interpolation="bicubic"):
+    """Subtract the static-sky template from one frame, in the frame's own pixels.
+
+    Parameters
+    ----------
+    ccd : `~astropy.nddata.CCDData`
+        The frame, with WCS and uncertainty.
+    template : `~astropy.nddata.CCDData`
+        From `static_sky_template`.
+    target_pixel : (float, float)
+        The target's 0-based ``(x, y)`` in this frame; residuals within ``track_radius``
+        (scaled to the frame's pixels) of it are never masked: they are the target.
+    track_radius : float
+        In template pixels.
+    k : float
+        Residuals beyond ``k`` sigma (frame and template noise together) elsewhere are
+        masked, grown by one pixel.
+    interpolation : str
+        Kernel used to warp the template onto the frame.
+
+    Returns
+    -------
+    subtracted : `~astropy.nddata.CCDData`
+        A new frame: data minus template minus the median difference (the frames' sky
+        levels differ), variance plus the template's, mask plus the unsubtractable pixels
+        and the pixels the template does not cover. Header: ``SSSTATIC`` (True),
+        ``SSSKYOFF`` (the sky offset removed), ``SSNSTMSK`` (pixels masked as residuals).
+    """
+    from scipy.ndimage import binary_dilation
+    label = frame_label(ccd)
+    warped = resample_to_target(template, ccd.wcs, ccd.shape, interpolation=interpolation)
+    variance = ccd.uncertainty.represent_as(VarianceUncertainty).array
+    t_variance = warped.uncertainty.array.astype(float) ** 2
+    difference = np.asarray(ccd.data, dtype=float) - warped.data
+    bad = warped.mask.copy()
+    if ccd.mask is not None:
+        bad |= ccd.mask
+    bad |= ~np.isfinite(difference)
+    offset = float(sigma_clipped_stats(difference[~bad], sigma=3)[1])
+    difference -= offset
+    sigma = np.sqrt(variance + t_variance)
+    scale = np.sqrt(abs(np.linalg.det(ccd.wcs.celestial.pixel_scale_matrix))
+                    / abs(np.linalg.det(template.wcs.celestial.pixel_scale_matrix)))
+    target = _track_mask(ccd.shape, target_pixel, track_radius / scale)
+    with np.errstate(invalid="ignore"):
+        residual = (np.abs(difference) > k * sigma) & ~bad & ~target
+    residual = binary_dilation(residual) & ~target
+    mask = bad | residual
+    meta = as_header(ccd.meta)
+    meta["SSSTATIC"] = (True, "static-sky template subtracted")
+    meta["SSSKYOFF"] = (offset, "sky level difference removed with the template")
+    meta["SSNSTMSK"] = (int(residual.sum()), "pixels masked as unsubtractable residuals")
+    log.debug("%s: static sky subtracted, %d residual pixels masked", label,
+              int(residual.sum()))
+    dtype = ccd.data.dtype if ccd.data.dtype.kind == "f" else np.float32
+    return CCDData(np.where(mask, np.nan, difference).astype(dtype), unit=ccd.unit,
+                   wcs=ccd.wcs, mask=mask, meta=meta,
+                   uncertainty=StdDevUncertainty(np.sqrt(variance + t_variance).astype(dtype)))

@@ -1,0 +1,278 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""The step registry: every public step, this package's and other distributions'.
+
+A *step* is a plain function that a script, `shift_and_stack` or a pipeline file
+(:doc:`/pipelines`) can call by name. Steps are registered under the entry-point group
+``shiftstack_ccd.steps`` (``name = package.module:function``); `available_steps` lists
+them and `get_step` returns one. Another distribution adds a step by declaring, in its own
+``setup.cfg``::
+
+    [options.entry_points]
+    shiftstack_ccd.steps =
+        subtract_sky = mypackage.sky:subtract_sky
+
+**The step contract** (the one place it is written down):
+
+*per-frame steps* (kind ``"frame"``)
+    ``step(ccd: CCDData, **params) -> CCDData``. The first positional argument is the
+    frame; every other parameter has a default or is passed by keyword. The step returns a
+    **new** `~astropy.nddata.CCDData` and never modifies its input; it carries the data
+    unit, the mask (or-ed with anything it flags), the uncertainty (propagated or, where it
+    changes pixels, replaced for those pixels), the WCS and the meta through; it records
+    what it did in the header: cards of at most 8 characters and/or a ``HISTORY`` line
+    naming the step and its parameters. It raises
+    `~shiftstack_ccd.exceptions.FrameError` (naming the frame, ``meta['SSFILE']``) when
+    the frame cannot be processed. Per-frame steps are what a pipeline file's
+    ``[[steps]]`` and `shift_and_stack`'s ``per_frame_steps`` run, in order, on every frame.
+*stack steps* (kind ``"stack"``)
+    ``step(frames: list of CCDData, ...) -> result``: a combination of many frames; the
+    result records ``NCOMBINE`` and its own provenance cards.
+*input* and *resample* steps
+    `read_frames` (files -> list of CCDData) and `resample_to_target` (a frame and an
+    output grid -> a new frame on that grid), used by the stack step.
+
+A third-party function may say which kind it is with an attribute,
+``function.step_kind = "stack"``; without one it is taken to be a per-frame step. Its
+parameters are checked against its signature when a pipeline file names it: annotations
+(``threshold: float = 3.0``) are used when present, else the numpydoc ``Parameters``
+section, else the type of the default. Its one-line description is the first line of its
+docstring.
+
+This package's steps, what each writes to the header:
+
+=======================  ========  ========================================================
+step                     kind      header
+=======================  ========  ========================================================
+``read_frames``          input     ``SSFILE`` (source path); WCS cards move to ``.wcs``
+``clean_cosmic_rays``    frame     ``CRMETHOD``, ``CRTHRESH``, ``CRSHARP``, ``CRGROW``,
+                                   ``CRNITER``, ``CRNFLAG``, ``CRNOISE``, ``CRNSRAT``,
+                                   ``HISTORY``
+``correct_wcs``          frame     ``WCSCORR``, ``WCSDX``/``WCSDY``, ``WCSDRA``/``WCSDDEC``,
+                                   ``WCSROT``, ``WCSSCAL``, ``WCSFIT``, ``WCSNSTAR``,
+                                   ``WCSRMS``, ``WCSRMSPX``, ``WCSERR``, ``HISTORY``
+``resample_to_target``   resample  ``SSRESAMP``, ``SSSHIFTX``/``SSSHIFTY``
+``combine_frames``       stack     ``NCOMBINE``, ``SSCOMB``, ``SSCLIP``, ``SSCLIPLO``/``HI``
+``shift_and_stack``      stack     the target plane, the ephemeris, one ``SSF``/``SST``/
+                                   ``SSX``/``SSY`` card per frame, ``HISTORY``
+=======================  ========  ========================================================
+
+The built-in table (`BUILTIN_STEPS`) is the same list as the entry points in this package's
+``setup.cfg`` (a test keeps them equal), so the steps are found from a source checkout that
+is not installed, where no entry point exists.
+"""
+
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+
+from astropy.utils.exceptions import AstropyUserWarning
+
+from .exceptions import ShiftStackError
+
+__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "UnknownStepError",
+           "available_steps", "get_step", "step_info"]
+
+log = logging.getLogger(__name__)
+
+#: The entry-point group steps are registered under.
+ENTRY_POINT_GROUP = "shiftstack_ccd.steps"
+
+#: The kinds of step (see the module docstring).
+STEP_KINDS = ("input", "frame", "resample", "stack")
+
+#: This package's public steps: name -> (``module:function``, kind). Mirrors the
+#: ``shiftstack_ccd.steps`` entry points of ``setup.cfg``.
+BUILTIN_STEPS = {
+    "read_frames": ("shiftstack_ccd.frames:read_frames", "input"),
+    "clean_cosmic_rays": ("shiftstack_ccd.cosmicray:clean_cosmic_rays", "frame"),
+    "correct_wcs": ("shiftstack_ccd.astrometry:correct_wcs", "frame"),
+    "resample_to_target": ("shiftstack_ccd.resample:resample_to_target", "resample"),
+    "combine_frames": ("shiftstack_ccd.combine:combine_frames", "stack"),
+    "shift_and_stack": ("shiftstack_ccd.stack:shift_and_stack", "stack"),
+}
+
+_OWN_DISTRIBUTION = "shiftstack_ccd"
+
+
+class UnknownStepError(ShiftStackError, KeyError):
+    """No step of that name is installed."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One registered step.
+
+    Attributes
+    ----------
+    name : str
+        The name it is registered under.
+    function : callable
+        The step itself.
+    kind : str
+        ``"frame"``, ``"stack"``, ``"input"`` or ``"resample"`` (see the module docstring).
+    summary : str
+        First line of the function's docstring.
+    value : str
+        ``module:function`` it was loaded from.
+    distribution : str
+        Name of the distribution that provides it.
+    """
+
+    name: str
+    function: object
+    kind: str
+    summary: str
+    value: str
+    distribution: str
+
+
+def _load(value):
+    module_name, _, attr = value.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _summary(function):
+    """First line of the docstring, with reST roles reduced to their text."""
+    doc = (inspect.getdoc(function) or "").strip()
+    if not doc:
+        return "(no description)"
+    line = doc.splitlines()[0].strip()
+    line = re.sub(r":\w+:`([^`]*)`", r"`\1`", line)           # :func:`x` -> `x`
+    return re.sub(r"`~?(?:[\w]+\.)*([^`]+)`", r"\1", line)   # `~a.b.CCDData` -> CCDData
+
+
+def _kind(function):
+    kind = getattr(function, "step_kind", "frame")
+    if kind not in STEP_KINDS:
+        raise ValueError(f"step_kind = {kind!r}, not one of {STEP_KINDS}")
+    return kind
+
+
+def _entry_points():
+    """Every entry point of the group, from every installed distribution."""
+    found = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else "unknown distribution"
+        found.append((ep.name, ep.value, dist_name))
+    return found
+
+
+def available_steps(kind=None):
+    """List the installed steps: this package's and those of other distributions.
+
+    Parameters
+    ----------
+    kind : str, optional
+        Only steps of this kind (``"frame"``, ``"stack"``, ``"input"``, ``"resample"``).
+
+    Returns
+    -------
+    steps : dict
+        Step name -> `StepInfo`, sorted by name.
+
+    Warns
+    -----
+    AstropyUserWarning
+        For a third-party entry point that cannot be loaded (naming it, its distribution and
+        the error), or that reuses the name of one of this package's steps (this package's
+        step is kept). Neither stops the others from being listed.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.steps import available_steps
+    >>> steps = available_steps()
+    >>> steps["clean_cosmic_rays"].kind
+    'frame'
+    >>> sorted(available_steps(kind="stack"))[:2]
+    ['combine_frames', 'shift_and_stack']
+    """
+    if kind is not None and kind not in STEP_KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {STEP_KINDS}")
+    steps = {}
+    for name, (value, step_kind) in BUILTIN_STEPS.items():
+        function = _load(value)
+        steps[name] = StepInfo(name, function, step_kind, _summary(function), value,
+                               _OWN_DISTRIBUTION)
+    for name, value, dist_name in _entry_points():
+        if name in steps:
+            if name in BUILTIN_STEPS and value != BUILTIN_STEPS[name][0]:
+                warnings.warn(f"step {name!r} = {value} from the distribution {dist_name!r} "
+                              f"is ignored: shiftstack_ccd has a step of that name.",
+                              AstropyUserWarning)
+            elif name not in BUILTIN_STEPS and value != steps[name].value:
+                warnings.warn(f"step {name!r} = {value} from {dist_name!r} is ignored: "
+                              f"{steps[name].distribution!r} registers that name too "
+                              f"({steps[name].value}).", AstropyUserWarning)
+            continue
+        try:
+            function = _load(value)
+            if not callable(function):
+                raise TypeError(f"{value} is not callable")
+            step_kind = _kind(function)
+        except Exception as exc:  # any error of a broken plug-in: report it, keep going
+            warnings.warn(f"step {name!r} = {value} from the distribution {dist_name!r} "
+                          f"cannot be loaded and is skipped: {type(exc).__name__}: {exc}",
+                          AstropyUserWarning)
+            continue
+        steps[name] = StepInfo(name, function, step_kind, _summary(function), value,
+                               dist_name)
+    return {name: steps[name] for name in sorted(steps)
+            if kind is None or steps[name].kind == kind}
+
+
+def get_step(name):
+    """Return the step registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A name listed by `available_steps` (or ``shiftstack-ccd steps``).
+
+    Returns
+    -------
+    function : callable
+
+    Raises
+    ------
+    UnknownStepError
+        No such step; the message lists the available names and suggests the closest.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.steps import get_step
+    >>> get_step("clean_cosmic_rays").__name__
+    'clean_cosmic_rays'
+    >>> get_step("clean_cosmic_ray")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    UnknownStepError: no step named 'clean_cosmic_ray'; did you mean 'clean_cosmic_rays'? ...
+    """
+    return step_info(name).function
+
+
+def step_info(name, steps=None):
+    """Return the `StepInfo` of a step (see `get_step`)."""
+    steps = available_steps() if steps is None else steps
+    if name in steps:
+        return steps[name]
+    raise UnknownStepError(_unknown_step_message(name, steps))
+
+
+def _unknown_step_message(name, names):
+    """``no step named 'x'; did you mean 'y'? Available: ...`` for an unknown step name."""
+    names = sorted(names)
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return (f"no step named {name!r}{hint} Available steps: {', '.join(names)} "
+            f"(see 'shiftstack-ccd steps').")
