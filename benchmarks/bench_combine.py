@@ -10,7 +10,8 @@ own process so that its peak resident memory (``ru_maxrss``) is its own. Printed
 time per frame, peak RSS, and the peak RSS above the process's RSS after the imports.
 
 ``noise``: stacks of nine rotated simulated frames of empty sky (warp path; the sky level
-is known, so aperture sums need no annulus) made by `shift_and_stack`; aperture sums on a
+is known, so aperture sums need no annulus), resampled onto the target plane as
+`shift_and_stack` does and combined by `combine_frames`; aperture sums on a
 grid of non-overlapping places where all nine frames overlap. Printed, per combine method
 and aperture radius: the empirical standard deviation of the sums over the reported
 uncertainty ``sqrt(sum of the stack variance over the aperture)``.
@@ -95,23 +96,36 @@ def run_memory(args):
         print("(frames in RAM: what holding the N frames alone would take, for comparison)")
 
 
-def _aperture_ratios(seed, method, n_frames, size, radii, combine_kwargs, interpolation):
+def _aperture_ratios(seed, method, n_frames, size, radii, combine_kwargs, interpolation,
+                     skies):
     import numpy as np
     from photutils.aperture import CircularAperture, aperture_photometry
     sys.path.insert(0, str(REPO))
     import shiftstack_ccd as ss
+    sky = [skies[i % len(skies)] for i in range(n_frames)]
     sim = ss.simulate_observation(n_frames=n_frames, shape=(size, size), n_stars=0,
-                                  cosmic_rays=False, seed=seed, target_snr=3.0)
-    result = ss.shift_and_stack(sim.frames, sim.ephemeris, method=method, sky_stack=False,
-                                interpolation=interpolation, **combine_kwargs)
-    data = np.nan_to_num(result.stack.data - 200.0)  # the simulation's sky: 200 e-/pixel
-    var = np.nan_to_num(result.stack.uncertainty.array ** 2)
-    full = result.coverage == n_frames
-    cx, cy = result.target_pixel
+                                  cosmic_rays=False, seed=seed, target_snr=3.0, sky=sky)
+    # the steps of shift_and_stack, with combine_frames called directly
+    from astropy.time import Time
+    from shiftstack_ccd.combine import combine_frames
+    times = Time([ss.mid_exposure_time(f) for f in sim.frames])
+    grid = ss.TargetFrame.for_frames(sim.frames, sim.ephemeris, times=times)
+    resampled = [ss.resample_to_target(f, grid.wcs_at(t), grid.shape,
+                                       interpolation=interpolation)
+                 for f, t in zip(sim.frames, times)]
+    for frame, level in zip(resampled, sky):
+        frame.data -= level  # the simulation's sky, known: aperture sums need no annulus
+    combined = combine_frames(resampled, method=method, **combine_kwargs)
+    stack, coverage = combined.image, combined.coverage
+    data = np.nan_to_num(stack.data)
+    var = np.nan_to_num(stack.uncertainty.array ** 2)
+    full = coverage == n_frames
+    cx, cy = grid.center_pixel
+    ny, nx = data.shape
     out = {}
     for r in radii:
         step = int(2 * r + 3)
-        ys, xs = np.mgrid[step:size - step:step, step:size - step:step]
+        ys, xs = np.mgrid[step:ny - step:step, step:nx - step:step]
         places = np.c_[xs.ravel() + 0.3, ys.ravel() + 0.2]
         keep = [full[int(y - r - 1):int(y + r + 2), int(x - r - 1):int(x + r + 2)].all()
                 and np.hypot(x - cx, y - cy) > 6 * r + 10 for x, y in places]
@@ -126,24 +140,29 @@ def _aperture_ratios(seed, method, n_frames, size, radii, combine_kwargs, interp
 def run_noise(args):
     import numpy as np
     radii = (0.5, 1, 1.5, 2, 3, 4, 6)
-    cases = [("mean", {}, "bicubic"), ("median", {}, "bicubic"),
-             ("mean", {"weights": "inverse-variance"}, "bicubic"),
-             ("mean", {"sigma_clip": True}, "bicubic"),
-             ("median", {}, "bilinear"), ("mean", {}, "bilinear")]
+    flat, varied = (200.0,), (100.0, 200.0, 400.0, 800.0)  # sky e-/pixel, per frame
+    cases = [("mean", {}, "bicubic", flat), ("median", {}, "bicubic", flat),
+             ("mean", {"sigma_clip": True}, "bicubic", flat),
+             ("mean", {}, "bicubic", varied),
+             ("mean", {"weights": "inverse-variance"}, "bicubic", varied),
+             ("median", {}, "bilinear", flat), ("mean", {}, "bilinear", flat)]
     print(f"{args.frames} rotated frames of {args.size}^2, {args.seeds} seeds; "
           "empirical / reported standard deviation of aperture sums (center-method "
           "apertures; r=0.5 is one pixel)")
-    print(f"{'case':<34}" + "".join(f"{'r=' + str(r):>8}" for r in radii))
-    for method, kwargs, interpolation in cases:
+    print(f"{'case':<48}" + "".join(f"{'r=' + str(r):>7}" for r in radii))
+    for method, kwargs, interpolation, skies in cases:
         sums = {r: [0.0, 0.0, 0] for r in radii}
         for seed in range(args.seeds):
             for r, (emp, rep, n) in _aperture_ratios(seed, method, args.frames, args.size,
-                                                     radii, kwargs, interpolation).items():
+                                                     radii, kwargs, interpolation,
+                                                     skies).items():
                 sums[r][0] += emp
                 sums[r][1] += rep
                 sums[r][2] += n
-        label = f"{method} {interpolation} " + " ".join(f"{k}={v}" for k, v in kwargs.items())
-        print(f"{label:<34}" + "".join(f"{np.sqrt(e / p):>8.3f}" for e, p, _ in sums.values()))
+        label = (f"{method} {interpolation} " + " ".join(f"{k}={v}" for k, v in kwargs.items())
+                 + (" sky varies" if len(skies) > 1 else ""))
+        print(f"{label:<48}" + "".join(f"{np.sqrt(e / p):>7.3f}" for e, p, _ in sums.values())
+              + f"   sigma(r=3) {np.sqrt(sums[3][0] / args.seeds):.1f} e-")
     n_small = sums[max(radii)][2]
     print(f"(statistical uncertainty of each ratio: about {1 / np.sqrt(2 * n_small):.3f} at "
           f"r={max(radii)}, less at smaller radii)")

@@ -19,8 +19,11 @@ from .exceptions import *  # noqa: F401, F403
 from .frames import *  # noqa: F401, F403
 from .motion import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
+from .register import *  # noqa: F401, F403
+from .pipeline import *  # noqa: F401, F403
 from .resample import *  # noqa: F401, F403
 from .stack import *  # noqa: F401, F403
 from .static_sky import *  # noqa: F401, F403
+from .steps import *  # noqa: F401, F403
 from .target_frame import *  # noqa: F401, F403
 from .visualization import *  # noqa: F401, F403

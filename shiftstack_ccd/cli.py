@@ -210,7 +210,7 @@ def build_parser():
     ephem.set_defaults(func=_cmd_ephemeris)
 
     steps = sub.add_parser("steps", help="list the installed steps, one line each")
-    steps.add_argument("--kind", choices=("frame", "stack", "input", "resample"),
+    steps.add_argument("--kind", choices=("frame", "stack", "input", "grid"),
                        default=None, help="only steps of this kind")
     steps.set_defaults(func=_cmd_steps)
 
@@ -232,6 +232,9 @@ def main(argv=None):
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("shiftstack_ccd").setLevel(level)
+    # Progress of long steps (per frame, per tile) is shown unless -q.
+    logging.getLogger("shiftstack_ccd.progress").setLevel(
+        logging.ERROR if args.quiet else min(level, logging.INFO))
     try:
         return args.func(args)
     except (ShiftStackError, FileNotFoundError) as exc:

@@ -363,10 +363,15 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
             uncertainty = None
             err = _companion(hdul, sci, "ERR")
             var = _companion(hdul, sci, "VAR")
+            unc = _companion(hdul, sci, "UNCERT")  # as CCDData.write writes it
             if err is not None:
                 uncertainty = StdDevUncertainty(np.asarray(err.data, dtype=dtype))
             elif var is not None:
                 uncertainty = VarianceUncertainty(np.asarray(var.data, dtype=dtype))
+            elif unc is not None:
+                kind = {"VarianceUncertainty": VarianceUncertainty}.get(
+                    unc.header.get("UTYPE"), StdDevUncertainty)
+                uncertainty = kind(np.asarray(unc.data, dtype=dtype))
             dq = _companion(hdul, sci, "DQ")
             mask = None
             if dq is not None:
@@ -374,6 +379,8 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
                 if dq_mask_bits is not None:
                     flags &= int(dq_mask_bits)
                 mask = flags != 0
+            elif _companion(hdul, sci, "MASK") is not None:
+                mask = np.asarray(_companion(hdul, sci, "MASK").data) != 0
             header["SSFILE"] = (str(path), "file this frame was read from")
             header = _clean_header(header, label)
             wcs = _celestial_wcs(header, label, hdul)
@@ -451,8 +458,9 @@ def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
     -------
     frames : list of `~astropy.nddata.CCDData`
         Data as float32 (float64 if the file holds float64); ``ERR`` becomes a
-        `~astropy.nddata.StdDevUncertainty`, ``VAR`` a `~astropy.nddata.VarianceUncertainty`,
-        ``DQ`` and non-finite pixels the mask. The primary header and the science header are
+        `~astropy.nddata.StdDevUncertainty`, ``VAR`` a `~astropy.nddata.VarianceUncertainty`
+        (``UNCERT``, as `~astropy.nddata.CCDData.write` writes it, is read by its ``UTYPE``),
+        ``DQ`` (or a ``MASK`` extension) and non-finite pixels the mask. The primary header and the science header are
         merged into ``meta``, with ``SSFILE`` naming the file. A celestial WCS is built after
         casting numeric WCS cards that were written as strings (astropy would otherwise
         build a wrong WCS with only a warning); frames without one get ``wcs=None`` and are

@@ -1,7 +1,11 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
 """`shift_and_stack`: the whole job, composed from the public steps, and its result."""
 
+import contextlib
+import functools
 import logging
+import pickle
+import tempfile
 import warnings
 
 import numpy as np
@@ -14,10 +18,11 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._utils import atomic_output, frame_label, require_celestial_wcs, set_card
-from .combine import combine_frames
+from ._parallel import map_frames
+from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from .combine import RunningStack, combine_frames, exposure_header_cards
 from .exceptions import FrameError
-from .frames import mid_exposure_time, read_frames
+from .frames import mid_exposure_time, read_frame
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
@@ -149,17 +154,149 @@ def _apply_steps(frame, steps):
     return frame
 
 
+class _Context:
+    """What every per-frame task needs: picklable, so tasks can run in other processes."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+class _ExactWCS:
+    """A grid's TAN WCS that pickles exactly.
+
+    An astropy WCS pickles through its FITS header, which rounds the numbers (CRVAL to about
+    1e-12 degree): enough to make a frame resampled in another process differ in the last
+    bits from the same frame resampled here. The grids are plain TAN projections, so their
+    parameters are kept as arrays and the WCS rebuilt from them.
+    """
+
+    def __init__(self, wcs):
+        w = wcs.wcs
+        self.params = (list(w.ctype), np.array(w.crval), np.array(w.crpix),
+                       np.array(w.cd), w.radesys)
+        self.pixel_shape = wcs.pixel_shape
+        self._wcs = wcs
+
+    def __getstate__(self):
+        return {"params": self.params, "pixel_shape": self.pixel_shape}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._wcs = None
+
+    @property
+    def wcs(self):
+        if self._wcs is None:
+            from astropy.wcs import WCS
+            ctype, crval, crpix, cd, radesys = self.params
+            wcs = WCS(naxis=2)
+            wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.crpix, wcs.wcs.cd = ctype, crval, crpix, cd
+            wcs.wcs.radesys = radesys
+            wcs.wcs.set()
+            wcs.pixel_shape = self.pixel_shape
+            self._wcs = wcs
+        return self._wcs
+
+
+class _Stored:
+    """An intermediate product written to the work folder."""
+
+    def __init__(self, path):
+        self.path = path
+
+
+def _load(source):
+    """A frame in memory, an input file, or an intermediate product from the work folder."""
+    if isinstance(source, CCDData):
+        return source
+    if isinstance(source, _Stored):
+        if source.path.endswith(".pickle"):
+            with open(source.path, "rb") as file:
+                return pickle.load(file)
+        return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
+    return read_frame(source)
+
+
+def _keep(frame, ctx, name, as_fits=True):
+    """Keep a product in memory, or write it to the work folder.
+
+    Products on the output grids go to FITS, which the combine reads in blocks of rows.
+    Input frames go to a pickle: their WCS may carry distortions (SIP, TPV, lookup tables)
+    that a FITS header written by CCDData would round or drop.
+    """
+    if ctx.workdir is None:
+        return frame
+    if as_fits:
+        path = f"{ctx.workdir}/{name}.fits"
+        frame.write(path, hdu_mask="MASK", hdu_uncertainty="UNCERT", overwrite=True)
+    else:
+        path = f"{ctx.workdir}/{name}.pickle"
+        with open(path, "wb") as file:
+            pickle.dump(frame, file, protocol=pickle.HIGHEST_PROTOCOL)
+    return _Stored(path)
+
+
+def _combinable(products):
+    """What `combine_frames` reads: frames in memory, or the products' paths."""
+    return [p.path if isinstance(p, _Stored) else p for p in products]
+
+
+def _prepare_task(job, ctx):
+    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
+    index, source, time, target, label = job
+    frame = _load(source)
+    frame = _ensure_uncertainty(_apply_steps(frame, ctx.steps), label)
+    wcs = require_celestial_wcs(frame, "shift_and_stack", index)
+    x, y = (float(v) for v in wcs.world_to_pixel(target))
+    ny, nx = frame.shape
+    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        raise FrameError(f"{label}: the target is off the frame at its mid-exposure time "
+                         f"(predicted pixel x={x:.1f}, y={y:.1f}; frame is {nx} x {ny}).")
+    step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
+    frame, (cx, cy) = _crop_to_grids(frame, (x, y),
+                                     [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    sky = None
+    if ctx.need_sky:
+        sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
+                                       interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
+    return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
+            "sky": sky,
+            "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+
+
+def _target_task(job, ctx):
+    """Static-sky subtraction (if asked) and the frame on its epoch's target grid."""
+    index, prepared, wcs = job
+    frame = _load(prepared["frame"])
+    if ctx.template is not None:
+        template = ctx.template
+        template = CCDData(template.data, unit=template.unit, mask=template.mask,
+                           uncertainty=template.uncertainty, meta=template.meta,
+                           wcs=ctx.grid_wcs.wcs)  # the exact grid (see _ExactWCS)
+        frame = subtract_static_sky(frame, template, prepared["crop_position"],
+                                    track_radius=ctx.track_radius, k=ctx.static_k,
+                                    interpolation=ctx.interpolation)
+    resampled = resample_to_target(frame, wcs.wcs, ctx.shape, method=ctx.resample,
+                                   interpolation=ctx.interpolation)
+    cards = {key: frame.meta.get(key) for key in ("SSSKYOFF", "SSNSTMSK") if key in frame.meta}
+    return {"index": index, "target": _keep(resampled, ctx, f"target{index:04d}"),
+            "path": resampled.meta["SSRESAMP"], "static_cards": cards}
+
+
 def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
                     resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
-                    weights=None, pixel_scale=None, orientation="north", sky_stack=True,
-                    per_frame_steps=None, interpolation="bicubic", subtract_static=False,
-                    track_radius=None, static_k=5.0):
+                    weights=None, frame_weights=None, clip_gradient=1.0, pixel_scale=None,
+                    orientation="north", sky_stack=True, per_frame_steps=None,
+                    interpolation="bicubic", subtract_static=False, track_radius=None,
+                    static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
+                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
     """Stack frames on the motion of a moving target.
 
     Parameters
     ----------
     frames : list of `~astropy.nddata.CCDData`, or anything `read_frames` accepts
-        The exposures, each with a celestial WCS and a readable mid-exposure time.
+        The exposures, each with a celestial WCS and a readable mid-exposure time. Paths are
+        read one at a time, by the task that processes them (see ``workdir``).
     ephemeris : `~shiftstack_ccd.ephemeris.Ephemeris`
         The target's motion (``ephemeris.at(times)``).
     method : {'mean', 'median', 'sum'}
@@ -171,23 +308,25 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         mid-exposure time.
     resample : {'auto', 'shift', 'warp'}
         Resampling path (see `resample_to_target`).
-    interpolation : {'bicubic', 'bilinear'}
-        Resampling kernel for the data (see `resample_to_target`).
-    sigma_clip, sigma_low, sigma_high : bool, float, float
-        Outlier rejection before combining.
-    weights : array-like, optional
-        One weight per frame.
+    sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
+        Outlier rejection before combining (see `combine_frames`).
+    weights : None, 'inverse-variance', 'exptime' or array-like
+        Per-pixel or per-frame weights of the mean and sum (see `combine_frames`).
+    frame_weights : None, 'exptime' or array-like
+        Per-frame factors multiplied into ``weights``.
     pixel_scale : `~astropy.units.Quantity`, optional
         Output pixel scale (default: the inputs' median).
     orientation : {'north', 'first'} or `~astropy.wcs.WCS`
         Orientation of the output grid (see `TargetFrame`). ``'first'`` keeps the first
-        frame's, which lets unrotated, undistorted frames take the fast shift path.
+        frame's, which lets unrotated, undistorted frames take the shift path.
     sky_stack : bool
         Also combine the frames on the stars.
     per_frame_steps : list, optional
         Steps applied to each frame before resampling, in order: callables
         ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
         ``[(clean_cosmic_rays, {"method": "median"})]``.
+    interpolation : {'bicubic', 'bilinear'}
+        Resampling kernel for the data (see `resample_to_target`).
     subtract_static : bool
         Subtract a static-sky template (the frames stacked on the stars with the target's
         track masked) from every frame before stacking on the target, and mask what it
@@ -203,6 +342,30 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     static_k : float
         Residuals beyond ``static_k`` sigma after subtraction (away from the target) are
         masked.
+    refine : bool
+        Measure each frame's residual offset of the target by FFT cross-correlation against
+        the stack of the others (`~shiftstack_ccd.register.refine_offsets`, after static-sky
+        subtraction when asked) and resample the frames again with the corrections. For
+        targets visible in single frames.
+    refine_max_shift : float, optional
+        Largest accepted correction, pixels. Default: three times the ephemeris' 1-sigma
+        uncertainty (``RA_3sigma``/``DEC_3sigma`` from Horizons), else 2 pixels. Larger
+        peaks are refused (correction 0) and reported in ``result.table``.
+    refine_size : int
+        Side of the cutout around the target used for the refinement.
+    scheduler : None, 'threads', 'processes', address or `distributed.Client`
+        Where the per-frame work runs (see `~shiftstack_ccd._parallel.map_frames`); None runs
+        it here, in order. Results do not depend on it.
+    workdir : str or path, optional
+        A folder for intermediate products: frames are then never all held in memory
+        (each task reads its input, writes its products there, and the combine reads them in
+        blocks of rows within ``mem_limit``). Without it everything stays in memory.
+    mem_limit : int, optional
+        Memory budget of the combine, bytes (see `combine_frames`).
+    intermediate : callable, optional
+        Called as ``intermediate(k, image)`` after each frame is added to a running mean
+        (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
+        frames, at the cost of one frame each time.
 
     Returns
     -------
@@ -218,97 +381,81 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
     Notes
     -----
-    A frame without an uncertainty is given a constant one, its robust sky noise
-    (the sigma-clipped standard deviation of the frame), and this is logged: a background-limited approximation that
-    ignores the target's own photon noise. Give frames a proper uncertainty (e.g.
-    `ccdproc.create_deviation` with gain and read noise) for bright targets.
+    A frame without an uncertainty is given a constant one, its robust sky noise (the
+    sigma-clipped standard deviation of the frame), and this is logged: a
+    background-limited approximation that ignores the target's own photon noise. Give
+    frames a proper uncertainty (e.g. `ccdproc.create_deviation` with gain and read noise)
+    for bright targets.
     """
-    if not (isinstance(frames, (list, tuple)) and frames
-            and all(isinstance(f, CCDData) for f in frames)):
-        frames = read_frames(frames)
-    frames = list(frames)
-    labels = [frame_label(f, i) for i, f in enumerate(frames)]
-    for i, frame in enumerate(frames):
-        require_celestial_wcs(frame, "shift_and_stack", i)
-    times = Time([mid_exposure_time(f) for f in frames])
-
-    processed = []
-    for frame, label in zip(frames, labels):
-        frame = _apply_steps(frame, per_frame_steps)
-        processed.append(_ensure_uncertainty(frame, label))
-
-    grid = TargetFrame.for_frames(processed, ephemeris, reference_time=reference_time,
-                                  size=size, pixel_scale=pixel_scale, orientation=orientation,
-                                  times=times)
+    sources = _sources(frames)
+    headers, shapes, wcses = [], [], []
+    for i, source in enumerate(sources):  # one frame in memory at a time
+        frame = _load(source)
+        headers.append(as_header(frame.meta))
+        shapes.append(frame.shape)
+        wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
+    labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
+    times = Time([mid_exposure_time(h) for h in headers])
+    grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
+                                  ephemeris, reference_time=reference_time, size=size,
+                                  pixel_scale=pixel_scale, orientation=orientation, times=times)
     offsets = grid.offset(times)
-    positions = [grid.check_on_frame(f, t, label)
-                 for f, t, label in zip(processed, times, labels)]
-    # Only the part of each frame that can land on the output grids is resampled.
-    for i, t in enumerate(times):
-        processed[i], positions[i] = _crop_to_grids(
-            processed[i], positions[i], [grid.wcs_at(t), grid.wcs], grid.shape)
+    targets = ephemeris.at(times)
 
-    on_sky = []
-    if sky_stack or subtract_static:
-        on_sky = [resample_to_target(frame, grid.wcs, grid.shape, method=resample,
-                                     interpolation=interpolation) for frame in processed]
-    template = None
-    if subtract_static:
-        if track_radius is None:
-            fwhm = stellar_fwhm(combine_frames(on_sky, method="median").image)
-            track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
-            log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
-                     f"{fwhm:.2f}" if fwhm else "unknown", track_radius)
-        cx, cy = grid.center_pixel
-        template = static_sky_template(
-            on_sky, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)], track_radius=track_radius)
+    with contextlib.ExitStack() as stack_of_contexts:
+        folder = None
+        if workdir is not None:
+            folder = stack_of_contexts.enter_context(
+                tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
+        ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
+                       shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
+                       target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
+                       need_sky=sky_stack or subtract_static, workdir=folder, template=None,
+                       track_radius=track_radius, static_k=static_k)
+        jobs = [(i, source, t, targets[i], label)
+                for i, (source, t, label) in enumerate(zip(sources, times, labels))]
+        prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
+                              "preparing frames")
+        sky_frames = _combinable([p["sky"] for p in prepared])
+        combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
+                               sigma_high=sigma_high, weights=weights,
+                               frame_weights=frame_weights, clip_gradient=clip_gradient,
+                               mem_limit=mem_limit)
+        sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
+        if subtract_static:
+            if ctx.track_radius is None:
+                reference = sky if sky is not None and method == "median" else \
+                    combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
+                fwhm = stellar_fwhm(reference)
+                ctx.track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
+                log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
+                         f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
+            cx, cy = grid.center_pixel
+            ctx.template = static_sky_template(
+                [_load(p["sky"]) for p in prepared],
+                [(cx + dx, cy + dy) for dx, dy in zip(*offsets)], track_radius=ctx.track_radius)
+        target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
+        on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
+                               scheduler, "resampling on the target")
+        refinement = None
+        if refine:
+            refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
+                                 refine_max_shift, refine_size, scheduler)
+        targets_out = _combinable([r["target"] for r in on_target])
+        combined = combine_frames(targets_out, **combine_options)
+        if intermediate is not None:
+            _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)
+        stack = combined.image
+        if sky is not None:
+            sky.meta = as_header(sky.meta)
 
-    on_target, paths = [], []
-    for i, (frame, t) in enumerate(zip(processed, times)):
-        if template is not None:
-            frame = subtract_static_sky(frame, template, positions[i], track_radius=track_radius,
-                                        k=static_k, interpolation=interpolation)
-            processed[i] = frame
-        resampled = resample_to_target(frame, grid.wcs_at(t), grid.shape, method=resample,
-                                       interpolation=interpolation)
-        paths.append(resampled.meta["SSRESAMP"])
-        on_target.append(resampled)
-        log.info("%s: resampled (%s), target offset (%.2f, %.2f) pix", labels[i], paths[-1],
-                 offsets[0][i], offsets[1][i])
-
-    combined = combine_frames(on_target, method=method, sigma_clip=sigma_clip,
-                              sigma_low=sigma_low, sigma_high=sigma_high, weights=weights)
-    stack = combined.image
     # Each frame went onto its own epoch's grid; the stack is described by the plane at the
     # reference time, where the target sits on the centre pixel.
     stack.wcs = grid.wcs
-    sky = None
-    if sky_stack:
-        sky = combine_frames(on_sky, method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
-                             sigma_high=sigma_high, weights=weights).image
-    del on_sky
-
-    n = len(frames)
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    table = Table()
-    table["file"] = [str(label) for label in labels]
-    table["mid_time"] = times.utc
-    table["mjd_mid"] = times.utc.mjd
-    table["x_frame"] = [p[0] for p in positions]
-    table["y_frame"] = [p[1] for p in positions]
-    table["dx"] = offsets[0]
-    table["dy"] = offsets[1]
-    table["dx"].unit = table["dy"].unit = u.pix
-    table["resample"] = paths
-    table["weight"] = w / w.sum()
-    table["rejected_fraction"] = combined.rejected_fraction
-    # what the per-frame steps recorded, where they did (see clean_cosmic_rays, correct_wcs)
-    for key, column in _STEP_COLUMNS.items():
-        values = [f.meta.get(key) for f in processed]
-        if any(v is not None for v in values):
-            table[column] = [np.nan if v is None else float(v) for v in values]
-
-    header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample)
+    table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
+                         weights, frame_weights, refinement)
+    header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers,
+                                frame_weights)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
@@ -316,8 +463,104 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.meta["SSKIND"] = ("target", "stacked on the target's motion")
     stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
     if subtract_static:
-        stack.meta["SSTRACKR"] = (float(track_radius), "[pix] target track masked in template")
+        stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
+    stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+class _Footprint:
+    """Just what `TargetFrame.for_frames` needs of a frame: its WCS and shape."""
+
+    def __init__(self, wcs, shape):
+        self.wcs, self.shape = wcs, shape
+
+
+def _sources(frames):
+    """CCDData in memory stay as they are; anything else becomes a list of paths."""
+    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, CCDData)
+                                                            for f in frames):
+        return list(frames)
+    from .frames import _expand
+    paths = [str(p) for p in _expand(frames)]
+    if not paths:
+        raise FrameError("no frames to stack.")
+    return paths
+
+
+def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, scheduler):
+    """Measure per-frame offsets on the target, then resample the corrected frames again."""
+    from .register import refine_offsets, shift_bound, shifted_wcs
+    if max_shift is None:
+        sigmas = ephemeris.uncertainty_at(times)
+        if sigmas is not None:
+            max_shift = shift_bound(sigmas[0], sigmas[1], grid.pixel_scale)
+        else:
+            max_shift = 2.0
+            log.info("refinement: the ephemeris has no uncertainty; corrections are bounded "
+                     "at %.1f pixels (give refine_max_shift to change it)", max_shift)
+    cutouts = [_load(r["target"]) for r in on_target]  # cropped to `size` by refine_offsets
+    dx, dy, accepted, table = refine_offsets(cutouts, max_shift=max_shift, size=size)
+    redo = [i for i in range(len(on_target)) if accepted[i] and (dx[i] or dy[i])]
+    jobs = [(i, prepared[i], _ExactWCS(shifted_wcs(ctx.target_wcs[i].wcs, dx[i], dy[i])))
+            for i in redo]
+    for result in map_frames(functools.partial(_target_task, ctx=ctx), jobs, scheduler,
+                             "resampling refined frames"):
+        on_target[result["index"]] = result
+    log.info("refinement: %d of %d frames corrected, %s", int(accepted.sum()), len(accepted),
+             "converged" if table.meta.get("converged") else "not converged")
+    return table
+
+
+def _run_intermediate(targets, headers, callback, weights, frame_weights):
+    running = RunningStack(method="mean",
+                           weights="inverse-variance" if weights == "inverse-variance" else None)
+    factors = _per_frame_factors(headers, weights, frame_weights)
+    for k, (target, factor) in enumerate(zip(targets, factors), start=1):
+        running.add(target, weight=factor)
+        callback(k, running.image)
+
+
+def _per_frame_factors(frames, weights, frame_weights):
+    """The per-frame part of the weights (pixel weights excepted), normalised to sum 1."""
+    n = len(frames)
+    factors = np.ones(n)
+    for spec in (weights, frame_weights):
+        if spec is None or (isinstance(spec, str) and spec == "inverse-variance"):
+            continue
+        if isinstance(spec, str) and spec == "exptime":
+            factors = factors * np.array([float(f["EXPTIME"]) for f in frames])
+        else:
+            factors = factors * np.asarray(spec, dtype=float)
+    return factors / factors.sum()
+
+
+def _frame_table(labels, times, prepared, on_target, offsets, combined, headers, weights,
+                 frame_weights, refinement):
+    table = Table()
+    table["file"] = [str(label) for label in labels]
+    table["mid_time"] = times.utc
+    table["mjd_mid"] = times.utc.mjd
+    table["x_frame"] = [p["position"][0] for p in prepared]
+    table["y_frame"] = [p["position"][1] for p in prepared]
+    table["dx"] = offsets[0]
+    table["dy"] = offsets[1]
+    table["dx"].unit = table["dy"].unit = u.pix
+    table["resample"] = [r["path"] for r in on_target]
+    table["weight"] = _per_frame_factors(headers, weights, frame_weights)
+    table["weight"].description = ("per-frame weight (normalised); inverse-variance weights, "
+                                   "if used, vary per pixel on top of it")
+    table["rejected_fraction"] = combined.rejected_fraction
+    # what the per-frame steps recorded, where they did (see clean_cosmic_rays, correct_wcs)
+    cards = [{**p["step_cards"], **r["static_cards"]} for p, r in zip(prepared, on_target)]
+    for key, column in _STEP_COLUMNS.items():
+        values = [c.get(key) for c in cards]
+        if any(v is not None for v in values):
+            table[column] = [np.nan if v is None else float(v) for v in values]
+    if refinement is not None:
+        for name in refinement.colnames:
+            if name != "frame":
+                table[name] = refinement[name]
+    return table
 
 
 def _crop_to_grids(frame, position, wcses, shape, margin=8):
@@ -358,7 +601,7 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
 
 
-def _provenance_header(meta, grid, ephemeris, table, method, resample):
+def _provenance_header(meta, grid, ephemeris, table, method, resample, headers, frame_weights):
     header = fits.Header()
     for key, value in meta.items():
         header[key] = value
@@ -369,10 +612,15 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample):
         for key, value, comment in ephemeris.header_cards():
             set_card(header, key, value, comment)
     times = Time(table["mid_time"])
-    header["MJD-AVG"] = (float(np.mean(times.mjd)), "[d] mean mid-exposure time (UTC)")
-    header["DATE-AVG"] = (Time(np.mean(times.mjd), format="mjd", scale="utc").isot,
-                          "mean mid-exposure time (UTC)")
-    header["TIMESYS"] = ("UTC", "time scale of the time cards")
+    try:  # exposure-weighted, when every frame has an exposure time
+        cards = exposure_header_cards(headers, weights=np.asarray(table["weight"]))
+    except FrameError:
+        mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
+        cards = [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
+                 ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
+                 ("TIMESYS", "UTC", "time scale of the time cards")]
+    for key, value, comment in cards:
+        set_card(header, key, value, comment)
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)

@@ -10,8 +10,9 @@ so each frame's data is still interpolated only once. What the template cannot r
 is masked. The target stack then holds the target and noise, not star trails.
 
 The template's own noise is added to each subtracted frame's variance. Where the target
-never leaves its own footprint (a slow mover), the template has no data: it is filled there
-with the local sky of the template, so the target is kept rather than subtracted.
+never leaves its own footprint (a slow mover), the template has no data: it is set to the
+sky level there, so the target is kept rather than subtracted (and a star that the target
+never moves off is not subtracted either).
 """
 
 import logging
@@ -22,7 +23,7 @@ from astropy.stats import sigma_clipped_stats
 
 from ._utils import as_header, frame_label
 from .combine import combine_frames
-from .resample import _fill_bad_pixels, resample_to_target
+from .resample import resample_to_target
 
 __all__ = ["static_sky_template", "subtract_static_sky"]
 
@@ -57,8 +58,8 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
     template : `~astropy.nddata.CCDData`
         On the same grid, with a `~astropy.nddata.StdDevUncertainty`. Pixels inside the
         frames' footprint that fewer than ``min_frames`` frames cover once the track is masked
-        are filled from their neighbours (the local sky; ``template.meta['SSHOLES']`` counts
-        them); pixels outside every frame are masked.
+        are set to the template's sky level (``template.meta['SSHOLES']`` counts them): no
+        static source is subtracted there. Pixels outside every frame are masked.
     """
     masked = []
     for frame, position in zip(sky_frames, target_pixels):
@@ -78,12 +79,16 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
     data = combined.data.copy()
     variance = combined.uncertainty.array.astype(float) ** 2
     if inner.any():
-        data = _fill_bad_pixels(np.where(holes, 0, data), holes)
-        _, _, sky_sigma = sigma_clipped_stats(combined.data[~holes & np.isfinite(combined.data)])
+        # The sky level, not the neighbours: a star at the edge of a hole would otherwise be
+        # smeared into it, and subtracting that smear would dig a hole beside the target.
+        _, sky_level, sky_sigma = sigma_clipped_stats(
+            combined.data[~holes & np.isfinite(combined.data)])
+        data = np.where(inner, sky_level, data)
         variance = np.where(inner, sky_sigma ** 2, variance)
         log.info("static sky: %d pixels along the track are covered by fewer than %d frames "
-                 "once the target is masked (a slow mover); filled with the local sky",
-                 int(inner.sum()), min_frames)
+                 "once the target is masked (a slow mover); set to the sky level there, so "
+                 "the static sky is not subtracted near the target", int(inner.sum()),
+                 min_frames)
     mask = holes & ~covered_by_any
     data = np.where(mask, np.nan, data).astype(combined.data.dtype)
     meta = as_header(combined.meta)

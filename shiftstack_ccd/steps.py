@@ -27,9 +27,13 @@ them and `get_step` returns one. Another distribution adds a step by declaring, 
 *stack steps* (kind ``"stack"``)
     ``step(frames: list of CCDData, ...) -> result``: a combination of many frames; the
     result records ``NCOMBINE`` and its own provenance cards.
-*input* and *resample* steps
-    `read_frames` (files -> list of CCDData) and `resample_to_target` (a frame and an
-    output grid -> a new frame on that grid), used by the stack step.
+*input* steps
+    `read_frames`: files -> list of CCDData.
+*grid* steps (kind ``"grid"``)
+    ``step(ccd, <what the stack stage made>, **params) -> CCDData``: per-frame steps that
+    need an output grid or a template made from all the frames (`resample_to_target`,
+    `subtract_static_sky`); `shift_and_stack` runs them, a pipeline file's ``[[steps]]``
+    cannot. They keep the per-frame contract otherwise.
 
 A third-party function may say which kind it is with an attribute,
 ``function.step_kind = "stack"``; without one it is taken to be a per-frame step. Its
@@ -50,8 +54,10 @@ step                     kind      header
 ``correct_wcs``          frame     ``WCSCORR``, ``WCSDX``/``WCSDY``, ``WCSDRA``/``WCSDDEC``,
                                    ``WCSROT``, ``WCSSCAL``, ``WCSFIT``, ``WCSNSTAR``,
                                    ``WCSRMS``, ``WCSRMSPX``, ``WCSERR``, ``HISTORY``
-``resample_to_target``   resample  ``SSRESAMP``, ``SSSHIFTX``/``SSSHIFTY``
+``resample_to_target``   grid      ``SSRESAMP``, ``SSSHIFTX``/``SSSHIFTY``
+``subtract_static_sky``  grid      ``SSSTATIC``, ``SSSKYOFF``, ``SSNSTMSK``
 ``combine_frames``       stack     ``NCOMBINE``, ``SSCOMB``, ``SSCLIP``, ``SSCLIPLO``/``HI``
+``static_sky_template``  stack     ``SSHOLES`` (template pixels filled from neighbours)
 ``shift_and_stack``      stack     the target plane, the ephemeris, one ``SSF``/``SST``/
                                    ``SSX``/``SSY`` card per frame, ``HISTORY``
 =======================  ========  ========================================================
@@ -83,7 +89,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "shiftstack_ccd.steps"
 
 #: The kinds of step (see the module docstring).
-STEP_KINDS = ("input", "frame", "resample", "stack")
+STEP_KINDS = ("input", "frame", "grid", "stack")
 
 #: This package's public steps: name -> (``module:function``, kind). Mirrors the
 #: ``shiftstack_ccd.steps`` entry points of ``setup.cfg``.
@@ -91,8 +97,10 @@ BUILTIN_STEPS = {
     "read_frames": ("shiftstack_ccd.frames:read_frames", "input"),
     "clean_cosmic_rays": ("shiftstack_ccd.cosmicray:clean_cosmic_rays", "frame"),
     "correct_wcs": ("shiftstack_ccd.astrometry:correct_wcs", "frame"),
-    "resample_to_target": ("shiftstack_ccd.resample:resample_to_target", "resample"),
+    "resample_to_target": ("shiftstack_ccd.resample:resample_to_target", "grid"),
+    "subtract_static_sky": ("shiftstack_ccd.static_sky:subtract_static_sky", "grid"),
     "combine_frames": ("shiftstack_ccd.combine:combine_frames", "stack"),
+    "static_sky_template": ("shiftstack_ccd.static_sky:static_sky_template", "stack"),
     "shift_and_stack": ("shiftstack_ccd.stack:shift_and_stack", "stack"),
 }
 
@@ -117,7 +125,7 @@ class StepInfo:
     function : callable
         The step itself.
     kind : str
-        ``"frame"``, ``"stack"``, ``"input"`` or ``"resample"`` (see the module docstring).
+        ``"frame"``, ``"stack"``, ``"input"`` or ``"grid"`` (see the module docstring).
     summary : str
         First line of the function's docstring.
     value : str
@@ -175,7 +183,7 @@ def available_steps(kind=None):
     Parameters
     ----------
     kind : str, optional
-        Only steps of this kind (``"frame"``, ``"stack"``, ``"input"``, ``"resample"``).
+        Only steps of this kind (``"frame"``, ``"stack"``, ``"input"``, ``"grid"``).
 
     Returns
     -------

@@ -241,3 +241,25 @@ def test_frame_wcs_roundtrip_to_sky(shared_data):
     center = frame.wcs.pixel_to_world(frame.shape[1] / 2, frame.shape[0] / 2)
     telescope = SkyCoord(frame.meta["TELRA"], frame.meta["TELDEC"], unit=(u.hourangle, u.deg))
     assert center.separation(telescope) < 5 * u.arcmin
+
+
+def test_ccddata_written_files_keep_uncertainty_and_mask(tmp_path):
+    from astropy.nddata import StdDevUncertainty
+    from astropy.wcs import WCS
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [10, 20]
+    w.wcs.crpix = [3, 3]
+    w.wcs.cdelt = [-1e-4, 1e-4]
+    mask = np.zeros((5, 5), bool)
+    mask[1, 2] = True
+    ccd = CCDData(np.arange(25, dtype=np.float32).reshape(5, 5), unit="electron", wcs=w,
+                  mask=mask, uncertainty=StdDevUncertainty(np.full((5, 5), 2.5, np.float32)),
+                  meta={"DATE-OBS": "2020-01-01T00:00:00", "EXPTIME": 10.0})
+    path = tmp_path / "ccd.fits"
+    ccd.write(path)
+    (back,) = read_frames(str(path))
+    assert np.array_equal(back.mask, mask)
+    assert back.uncertainty.uncertainty_type == "std"
+    assert np.all(back.uncertainty.array == 2.5)
+    assert np.array_equal(back.data, ccd.data)

@@ -87,6 +87,7 @@ def test_available_steps_lists_ours_with_kind_and_summary():
     assert steps["shift_and_stack"].function is ss.shift_and_stack
     assert steps["clean_cosmic_rays"].kind == "frame"
     assert steps["combine_frames"].kind == "stack"
+    assert steps["subtract_static_sky"].kind == "grid"
     assert steps["clean_cosmic_rays"].distribution == "shiftstack_ccd"
     # the one-line description is the docstring's first line, roles reduced to text
     assert steps["read_frames"].summary == "Read frames into CCDData, nothing guessed silently."
@@ -156,7 +157,7 @@ def test_cli_steps_lists_every_step_with_a_description(plugin, capsys):
     assert "Find cosmic-ray hits" in by_name["clean_cosmic_rays"]
     assert "frame" in by_name["clean_cosmic_rays"].split()
     assert by_name["scale_frame"].endswith("[ss-test-plugin]")
-    assert names == ["combine_frames", "shift_and_stack", "stack_sum"]
+    assert names == ["combine_frames", "shift_and_stack", "stack_sum", "static_sky_template"]
 
 
 # Arguments that make each built-in per-frame step do something on a simulated frame. A new
@@ -194,3 +195,33 @@ def test_frame_step_contract(name):
     added = set(out.meta.keys()) - set(frame.meta.keys())
     assert added, f"{name} recorded nothing in the header"
     assert all(len(key) <= 8 for key in added)
+
+
+def _grid_step_args(sim):
+    """What the stack stage gives each grid step: an output grid, a static-sky template."""
+    grid = ss.TargetFrame.for_frames(sim.frames, sim.ephemeris, size=41)
+    times = sim.truth["time"]
+    on_sky = [ss.resample_to_target(f, grid.wcs, grid.shape) for f in sim.frames]
+    template = get_step("static_sky_template")(
+        on_sky, [grid.target_pixel_in(f, t) for f, t in zip(on_sky, times)])
+    position = grid.target_pixel_in(sim.frames[0], times[0])
+    return {"resample_to_target": ((grid.wcs, grid.shape), {}),
+            "subtract_static_sky": ((template, position), {})}
+
+
+def test_grid_step_contract():
+    """Grid steps keep the per-frame contract; every built-in one is tested here."""
+    sim = ss.simulate_observation(n_frames=3, shape=(64, 64), n_stars=10, seed=6)
+    calls = _grid_step_args(sim)
+    ours = {name for name, info in available_steps(kind="grid").items()
+            if info.distribution == "shiftstack_ccd"}
+    assert ours == set(calls)
+    frame = sim.frames[0]
+    data, meta = frame.data.copy(), frame.meta.copy()
+    for name, (args, kwargs) in calls.items():
+        out = get_step(name)(frame, *args, **kwargs)
+        assert isinstance(out, CCDData) and out is not frame, name
+        assert np.array_equal(frame.data, data) and dict(frame.meta) == dict(meta), name
+        assert out.unit == frame.unit and out.uncertainty is not None, name
+        added = set(out.meta.keys()) - set(frame.meta.keys())
+        assert added and all(len(key) <= 8 for key in added), (name, added)
