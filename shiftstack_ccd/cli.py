@@ -67,14 +67,16 @@ def _motion_model(args, frames):
                                 args.rates[0] * u.arcsec / u.hour,
                                 args.rates[1] * u.arcsec / u.hour)
     from .ephemeris import ephemeris_for_times
-    from .frames import mid_exposure_time
-    times = Time([mid_exposure_time(f) for f in frames])
+    from .frames import mid_exposure_time, read_frame
+    times = Time([mid_exposure_time(read_frame(f) if isinstance(f, str) else f)
+                  for f in frames])
     return ephemeris_for_times(times, args.target, args.location, id_type=args.id_type,
                                cache=not args.no_cache)
 
 
 def _cmd_stack(args):
-    from .frames import read_frames
+    from .cosmicray import clean_cosmic_rays
+    from .frames import _expand, read_frame, read_frames
     from .stack import shift_and_stack
     from .visualization import write_preview
 
@@ -83,12 +85,21 @@ def _cmd_stack(args):
         raise ShiftStackError(f"{output}: exists; pass --overwrite to replace it")
     if args.preview and Path(args.preview).exists() and not args.overwrite:
         raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
-    frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
+    files = args.files if len(args.files) > 1 else args.files[0]
+    if args.workdir:  # frames are read one at a time by the tasks that process them
+        frames = [str(p) for p in _expand(files)]
+        for path in frames:  # refuse unreadable files before any work starts
+            read_frame(path)
+    else:
+        frames = read_frames(files)
     eph = _motion_model(args, frames)
-    size = args.size
-    result = shift_and_stack(frames, eph, method=args.method, size=size,
+    steps = [clean_cosmic_rays] if args.clean_cosmic_rays else None
+    result = shift_and_stack(frames, eph, method=args.method, size=args.size,
                              resample=args.resample, sigma_clip=args.sigma_clip,
-                             sky_stack=not args.no_sky)
+                             sky_stack=not args.no_sky, weights=args.weights,
+                             subtract_static=args.subtract_static, refine=args.refine,
+                             refine_max_shift=args.refine_max_shift, per_frame_steps=steps,
+                             scheduler=args.scheduler, workdir=args.workdir)
     result.write(output, overwrite=args.overwrite)
     print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
@@ -178,6 +189,22 @@ def build_parser():
     stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
+    stack.add_argument("--weights", choices=("inverse-variance", "exptime"), default=None,
+                       help="weights of the mean and sum (default: equal)")
+    stack.add_argument("--clean-cosmic-rays", action="store_true",
+                       help="clean cosmic rays in every frame first (median method)")
+    stack.add_argument("--subtract-static", action="store_true",
+                       help="subtract the static sky (the stars) before stacking on the target")
+    stack.add_argument("--refine", action="store_true",
+                       help="refine per-frame offsets on the target by cross-correlation")
+    stack.add_argument("--refine-max-shift", type=float, default=None, metavar="PIX",
+                       help="largest refinement accepted (default: the ephemeris' 3 sigma)")
+    stack.add_argument("--scheduler", default=None,
+                       help="run per-frame work through dask: 'threads', 'processes' or a "
+                            "dask.distributed address such as tcp://127.0.0.1:8786")
+    stack.add_argument("--workdir", default=None, metavar="DIR",
+                       help="keep intermediate frames in a temporary folder under DIR, so that "
+                            "memory stays bounded however many frames there are")
     stack.add_argument("-o", "--output", default="stack.fits", help="output FITS file")
     stack.add_argument("--preview", metavar="PNG", help="also write a PNG preview")
     stack.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -224,17 +251,31 @@ def build_parser():
     return parser
 
 
+class _CLIHandler(logging.StreamHandler):
+    """The command line's own log handler (one at a time, on the package's logger)."""
+
+
+def _log_to_stderr(level, progress_level):
+    """Messages of shiftstack_ccd to stderr at ``level``; progress lines (per frame, per
+    tile) at ``progress_level``, i.e. shown unless -q."""
+    package = logging.getLogger("shiftstack_ccd")
+    for handler in [h for h in package.handlers if isinstance(h, _CLIHandler)]:
+        package.removeHandler(handler)
+    handler = _CLIHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("shiftstack-ccd: %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(min(level, progress_level))
+    handler.addFilter(lambda record: record.levelno >= (
+        progress_level if record.name == "shiftstack_ccd.progress" else level))
+
+
 def main(argv=None):
     """Run ``shiftstack-ccd``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("shiftstack_ccd").setLevel(level)
-    # Progress of long steps (per frame, per tile) is shown unless -q.
-    logging.getLogger("shiftstack_ccd.progress").setLevel(
-        logging.ERROR if args.quiet else min(level, logging.INFO))
+    _log_to_stderr(level, logging.ERROR if args.quiet else min(level, logging.INFO))
     try:
         return args.func(args)
     except (ShiftStackError, FileNotFoundError) as exc:

@@ -499,6 +499,7 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
             log.info("refinement: the ephemeris has no uncertainty; corrections are bounded "
                      "at %.1f pixels (give refine_max_shift to change it)", max_shift)
     cutouts = [_load(r["target"]) for r in on_target]  # cropped to `size` by refine_offsets
+    size = min(int(size), *grid.shape)
     dx, dy, accepted, table = refine_offsets(cutouts, max_shift=max_shift, size=size)
     redo = [i for i in range(len(on_target)) if accepted[i] and (dx[i] or dy[i])]
     jobs = [(i, prepared[i], _ExactWCS(shifted_wcs(ctx.target_wcs[i].wcs, dx[i], dy[i])))

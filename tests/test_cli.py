@@ -170,3 +170,21 @@ def test_stack_with_horizons_inline(shared_data, transport, tmp_path, monkeypatc
     with fits.open(out) as hdul:
         assert hdul[0].header["EPHKIND"] == "horizons"
         assert hdul[0].header["EPHLOC"] == "688"
+
+
+def test_stack_options_for_scale_and_quality(sim_files, tmp_path, capsys):
+    sim, paths, eph = sim_files
+    out = tmp_path / "full.fits"
+    assert main(["stack", *paths, "--ephemeris", str(eph), "--size", "41", "-o", str(out),
+                 "--clean-cosmic-rays", "--subtract-static", "--refine", "--weights",
+                 "inverse-variance", "--scheduler", "threads", "--workdir",
+                 str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "resampling on the target: 4/4" in err  # progress, shown by default
+    with fits.open(out) as hdul:
+        h = hdul[0].header
+        assert h["SSSTATIC"] and h["SSREFINE"] and h["SSWEIGHT"] == "inverse-variance"
+        table = hdul["FRAMES"].data
+        assert np.all(table["cr_flagged"] >= 0) and "refine_dx" in table.names
+    # the work folder holds nothing afterwards
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("shiftstack-")]
