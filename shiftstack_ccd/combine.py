@@ -119,6 +119,7 @@ __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_c
            "exposure_weighted_mid_time"]
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("shiftstack_ccd.progress")
 
 
 class Conf(_config.ConfigNamespace):
@@ -762,7 +763,8 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
     coverage = np.zeros((ny, nx), dtype=np.int16)
     valid_before = np.zeros(n, dtype=np.int64)
     n_rejected = np.zeros(n, dtype=np.int64)
-    for r0 in range(0, ny, rows):
+    n_blocks = -(-ny // rows)
+    for block, r0 in enumerate(range(0, ny, rows), start=1):
         r1 = min(ny, r0 + rows)
         h0, h1 = max(0, r0 - halo), min(ny, r1 + halo)
         data = np.empty((n, h1 - h0, nx), dtype=dtype)
@@ -780,6 +782,8 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
         out[r0:r1] = np.where(covered, value, np.nan)
         out_std[r0:r1] = np.where(covered, np.sqrt(np.clip(variance, 0, None)), np.nan)
         coverage[r0:r1] = cov
+        if n_blocks > 1:
+            progress.info("combining %d frames: block %d/%d", n, block, n_blocks)
     rejected_fraction = n_rejected / np.maximum(valid_before, 1)
     mask = coverage == 0
     weighting = _weighting_label(weights, frame_weights)

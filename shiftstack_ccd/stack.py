@@ -432,8 +432,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                          f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
             cx, cy = grid.center_pixel
             ctx.template = static_sky_template(
-                [_load(p["sky"]) for p in prepared],
-                [(cx + dx, cy + dy) for dx, dy in zip(*offsets)], track_radius=ctx.track_radius)
+                sky_frames, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)],
+                track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
         target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
         on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
                                scheduler, "resampling on the target")

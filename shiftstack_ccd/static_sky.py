@@ -36,13 +36,14 @@ def _track_mask(shape, centre, radius):
 
 
 def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="median",
-                        min_frames=3):
+                        min_frames=3, workdir=None, mem_limit=None):
     """The static sky: frames aligned on the stars, the target masked, combined.
 
     Parameters
     ----------
-    sky_frames : list of `~astropy.nddata.CCDData`
-        The frames resampled onto one fixed grid (e.g. ``TargetFrame.wcs``).
+    sky_frames : list of `~astropy.nddata.CCDData` or paths
+        The frames resampled onto one fixed grid (e.g. ``TargetFrame.wcs``); paths are
+        FITS files as `~astropy.nddata.CCDData.write` writes them.
     target_pixels : list of (float, float)
         The target's 0-based ``(x, y)`` on that grid in each frame (at its mid-exposure).
     track_radius : float
@@ -52,6 +53,12 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
         any cosmic ray left in one frame).
     min_frames : int
         Template pixels that fewer frames cover (once the track is masked) are holes.
+    workdir : str or path, optional
+        Write the masked frames there and combine them from disk, one block of rows at a
+        time (`combine_frames` with ``mem_limit``), so that memory does not grow with the
+        number of frames. Without it they are held in memory.
+    mem_limit : int, optional
+        Memory budget of that combine, bytes.
 
     Returns
     -------
@@ -61,18 +68,23 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
         are set to the template's sky level (``template.meta['SSHOLES']`` counts them): no
         static source is subtracted there. Pixels outside every frame are masked.
     """
-    masked = []
-    for frame, position in zip(sky_frames, target_pixels):
+    masked, covered_by_any = [], None
+    for i, (frame, position) in enumerate(zip(sky_frames, target_pixels)):
+        frame = frame if isinstance(frame, CCDData) else \
+            CCDData.read(frame, hdu_mask="MASK", hdu_uncertainty="UNCERT")
+        valid = np.ones(frame.shape, bool) if frame.mask is None else ~frame.mask
+        covered_by_any = valid if covered_by_any is None else (covered_by_any | valid)
         copy = frame.copy()
         track = _track_mask(frame.shape, position, track_radius)
         copy.mask = track if frame.mask is None else (frame.mask | track)
+        if workdir is not None:
+            path = f"{workdir}/static{i:04d}.fits"
+            copy.write(path, hdu_mask="MASK", hdu_uncertainty="UNCERT", overwrite=True)
+            copy = path
         masked.append(copy)
-    result = combine_frames(masked, method=method)
+    result = combine_frames(masked, method=method, mem_limit=mem_limit)
     combined = result.image
     holes = combined.mask | (result.coverage < min(min_frames, len(sky_frames)))
-    covered_by_any = np.zeros(holes.shape, dtype=bool)
-    for frame in sky_frames:
-        covered_by_any |= ~frame.mask if frame.mask is not None else True
     # Holes inside the footprint (the target never left them) are filled with the local sky;
     # outside every frame the template stays undefined.
     inner = holes & covered_by_any
