@@ -73,7 +73,7 @@ def _run_case(case, folder):
         grid = ss.TargetFrame.for_frames(frames, eph, size=size, times=times)
         projected = [ccdproc.wcs_project(f, grid.wcs_at(t), target_shape=grid.shape)
                      for f, t in zip(frames, times)]
-        combined = ccdproc.combine(projected, method="average")
+        ccdproc.combine(projected, method="average")
         paths = ["ccdproc.wcs_project"]
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux

@@ -766,8 +766,8 @@ def _sample_residuals(work, bad, samples=5_000):
     step = max(1, int(np.sqrt(ny * nx / samples)))
     rows, cols = slice(1, ny - 1, step), slice(1, nx - 1, step)
     centre = work[rows, cols]
-    ring = np.stack([work[1 + dy:ny - 1 + dy:step, 1 + dx:nx - 1 + dx:step][:centre.shape[0],
-                                                                           :centre.shape[1]]
+    ring = np.stack([work[1 + dy:ny - 1 + dy:step, 1 + dx:nx - 1 + dx:step]
+                     [:centre.shape[0], :centre.shape[1]]
                      for dy, dx in _RING1]).reshape(8, -1)
     ys, xs = np.mgrid[rows, cols]
     keep = ~bad[rows, cols].ravel()

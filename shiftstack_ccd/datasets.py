@@ -223,8 +223,9 @@ def fetch_example_data(name="lowell42-5945", subset="5945", download=True,
 # Pixel integration of the PSF: 3x3 Gauss-Legendre nodes per pixel. This is exact for
 # polynomials up to degree 5 in each axis and matches the true pixel integral of a Moffat
 # to 1e-5 of the peak at FWHM 3 px, 1e-4 at 2 px, 5e-4 at 1.5 px (5x5 midpoint
-# oversampling: 2e-3, 4e-3, 7e-3) for a third of the cost. astropy's `discretize_model` would evaluate through the modelling
-# machinery on full grids, far slower for thousands of small stamps.
+# oversampling: 2e-3, 4e-3, 7e-3) for a third of the cost. astropy's `discretize_model`
+# would evaluate through the modelling machinery on full grids, far slower for thousands of
+# small stamps.
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)
 _GL_NODES = _GL_NODES / 2.0
 _GL_WEIGHTS = _GL_WEIGHTS / 2.0

@@ -1061,6 +1061,7 @@ def _read_elements(elements, epoch):
     """Return (state or None, info) from the many accepted forms of ``elements``."""
     from astropy.table import Row
     info = {}
+
     def _is_file(x):
         try:
             return Path(str(x)).is_file()

@@ -460,7 +460,8 @@ def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
         Data as float32 (float64 if the file holds float64); ``ERR`` becomes a
         `~astropy.nddata.StdDevUncertainty`, ``VAR`` a `~astropy.nddata.VarianceUncertainty`
         (``UNCERT``, as `~astropy.nddata.CCDData.write` writes it, is read by its ``UTYPE``),
-        ``DQ`` (or a ``MASK`` extension) and non-finite pixels the mask. The primary header and the science header are
+        ``DQ`` (or a ``MASK`` extension) and non-finite pixels the mask. The primary header
+        and the science header are
         merged into ``meta``, with ``SSFILE`` naming the file. A celestial WCS is built after
         casting numeric WCS cards that were written as strings (astropy would otherwise
         build a wrong WCS with only a warning); frames without one get ``wcs=None`` and are

@@ -57,7 +57,8 @@ def fit_linear_motion(times, positions, epoch=None):
     >>> pos = start.spherical_offsets_by([0, 30, 60] * u.arcsec, [0, -10, -20] * u.arcsec)
     >>> eph = fit_linear_motion(t, pos, epoch=t[0])
     >>> ra_rate, dec_rate = eph.rates_at(t[0])
-    >>> print(f"{ra_rate.to_value(u.arcsec / u.hour):.3f} {dec_rate.to_value(u.arcsec / u.hour):.3f}")
+    >>> rates = [r.to_value(u.arcsec / u.hour) for r in (ra_rate, dec_rate)]
+    >>> print(f"{rates[0]:.3f} {rates[1]:.3f}")
     30.000 -10.000
     """
     times = Time(times).utc

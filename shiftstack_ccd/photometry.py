@@ -17,7 +17,8 @@ from photutils.centroids import centroid_2dg, centroid_com
 
 from .exceptions import FrameError
 
-__all__ = ["aperture_flux", "aperture_snr", "centroid_target", "measure_fwhm", "source_mask", "stellar_fwhm"]
+__all__ = ["aperture_flux", "aperture_snr", "centroid_target", "measure_fwhm", "source_mask",
+           "stellar_fwhm"]
 
 log = logging.getLogger(__name__)
 
