@@ -26,7 +26,7 @@ from .frames import mid_exposure_time, read_frame
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
-from .target_frame import TargetFrame
+from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
 
@@ -246,12 +246,8 @@ def _prepare_task(job, ctx):
     index, source, time, target, label = job
     frame = _load(source)
     frame = _ensure_uncertainty(_apply_steps(frame, ctx.steps), label)
-    wcs = require_celestial_wcs(frame, "shift_and_stack", index)
-    x, y = (float(v) for v in wcs.world_to_pixel(target))
-    ny, nx = frame.shape
-    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
-        raise FrameError(f"{label}: the target is off the frame at its mid-exposure time "
-                         f"(predicted pixel x={x:.1f}, y={y:.1f}; frame is {nx} x {ny}).")
+    require_celestial_wcs(frame, "shift_and_stack", index)
+    x, y = check_target_on_frame(frame, target, label)
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)

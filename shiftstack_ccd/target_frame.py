@@ -22,7 +22,7 @@ from ._utils import require_celestial_wcs
 from .exceptions import FrameError
 from .frames import mid_exposure_time
 
-__all__ = ["TargetFrame"]
+__all__ = ["TargetFrame", "check_target_on_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +186,9 @@ class TargetFrame:
         return float(x), float(y)
 
     def check_on_frame(self, frame, time=None, label="frame"):
-        """Raise `FrameError` if the target is off the frame at its epoch."""
-        x, y = self.target_pixel_in(frame, time)
-        ny, nx = frame.shape
-        if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
-            raise FrameError(f"{label}: the target is off the frame at its mid-exposure time "
-                             f"(predicted pixel x={x:.1f}, y={y:.1f}; frame is {nx} x {ny}).")
-        return x, y
+        """The target's pixel in the frame; `FrameError` if it is off the frame then."""
+        return check_target_on_frame(frame, self.ephemeris.at(
+            mid_exposure_time(frame) if time is None else time), label)
 
     def header_cards(self):
         """FITS cards that describe this target frame."""
@@ -203,3 +199,24 @@ class TargetFrame:
             ("SSTDEC", float(self.center.dec.deg), "[deg] target Dec at reference time"),
             ("SSPIXSC", float(self.pixel_scale.to_value(u.arcsec)), "[arcsec] output pixel scale"),
         ]
+
+
+def check_target_on_frame(frame, position, label="frame"):
+    """The 0-based pixel ``(x, y)`` of a sky position in a frame, or a `FrameError`.
+
+    Parameters
+    ----------
+    frame : `~astropy.nddata.CCDData`
+        With a celestial WCS.
+    position : `~astropy.coordinates.SkyCoord`
+        The target at the frame's mid-exposure time.
+    label : str
+        The frame's name, for the message.
+    """
+    x, y = (float(v) for v in require_celestial_wcs(frame, "shift_and_stack")
+            .world_to_pixel(position))
+    ny, nx = frame.shape
+    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        raise FrameError(f"{label}: the target is off the frame at its mid-exposure time "
+                         f"(predicted pixel x={x:.1f}, y={y:.1f}; frame is {nx} x {ny}).")
+    return x, y
