@@ -371,6 +371,15 @@ def _frame_weights(spec, metas, labels, what="weights"):
     return w
 
 
+def _frame_factors(weights, frame_weights, metas, labels):
+    """The per-frame part of ``weights`` times ``frame_weights`` (per-pixel weights aside)."""
+    inverse_variance = isinstance(weights, str) and weights == "inverse-variance"
+    factors = _frame_weights(None if inverse_variance else weights, metas, labels)
+    if frame_weights is not None:
+        factors = factors * _frame_weights(frame_weights, metas, labels, "frame_weights")
+    return factors
+
+
 def exposure_weighted_mid_time(frames, weights=None):
     """Mid-time of a stack: the frames' mid-exposure times weighted by exposure time.
 
@@ -738,9 +747,7 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
             raise FrameError(f"{s.label}: its unit ({s.unit}) differs from the first "
                              f"frame's ({sources[0].unit}); convert the frames first.")
     inverse_variance = isinstance(weights, str) and weights == "inverse-variance"
-    frame_w = _frame_weights(None if inverse_variance else weights, metas, labels)
-    if frame_weights is not None:
-        frame_w = frame_w * _frame_weights(frame_weights, metas, labels, "frame_weights")
+    frame_w = _frame_factors(weights, frame_weights, metas, labels)
     if method == "median" and (weights is not None or frame_weights is not None):
         warnings.warn("the median ignores weights; use method='mean' for weighted "
                       "combining.", AstropyUserWarning)

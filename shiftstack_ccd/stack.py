@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 
 from ._parallel import map_frames
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
-from .combine import RunningStack, combine_frames, exposure_header_cards
+from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
 from .photometry import stellar_fwhm
@@ -243,11 +243,9 @@ def _combinable(products):
 
 def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
-    index, source, time, target, label = job
-    frame = _load(source)
-    frame = _ensure_uncertainty(_apply_steps(frame, ctx.steps), label)
-    require_celestial_wcs(frame, "shift_and_stack", index)
-    x, y = check_target_on_frame(frame, target, label)
+    index, source, target, label = job
+    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
@@ -256,8 +254,7 @@ def _prepare_task(job, ctx):
         sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
                                        interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
     return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky,
-            "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
 
 
 def _target_task(job, ctx):
@@ -408,8 +405,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
                        need_sky=sky_stack or subtract_static, workdir=folder, template=None,
                        track_radius=track_radius, static_k=static_k)
-        jobs = [(i, source, t, targets[i], label)
-                for i, (source, t, label) in enumerate(zip(sources, times, labels))]
+        jobs = [(i, source, targets[i], label)
+                for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
@@ -450,8 +447,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.wcs = grid.wcs
     table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
                          weights, frame_weights, refinement)
-    header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers,
-                                frame_weights)
+    header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
@@ -517,17 +513,11 @@ def _run_intermediate(targets, headers, callback, weights, frame_weights):
         callback(k, running.image)
 
 
-def _per_frame_factors(frames, weights, frame_weights):
-    """The per-frame part of the weights (pixel weights excepted), normalised to sum 1."""
-    n = len(frames)
-    factors = np.ones(n)
-    for spec in (weights, frame_weights):
-        if spec is None or (isinstance(spec, str) and spec == "inverse-variance"):
-            continue
-        if isinstance(spec, str) and spec == "exptime":
-            factors = factors * np.array([float(f["EXPTIME"]) for f in frames])
-        else:
-            factors = factors * np.asarray(spec, dtype=float)
+def _per_frame_factors(headers, weights, frame_weights):
+    """The per-frame part of the weights (pixel weights aside), as the combine uses them,
+    normalised to sum 1."""
+    labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
+    factors = _frame_factors(weights, frame_weights, headers, labels)
     return factors / factors.sum()
 
 
@@ -598,7 +588,7 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
 
 
-def _provenance_header(meta, grid, ephemeris, table, method, resample, headers, frame_weights):
+def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
     header = fits.Header()
     for key, value in meta.items():
         header[key] = value
