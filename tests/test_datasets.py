@@ -379,7 +379,7 @@ def test_fetch_example_data_local(shared_data):
     assert [p.name for p in paths] == LOWELL_FILES
     assert paths[0] == get_data_path("lowell42-5945/5945/20190326.0135.fits")
     # the recorded digests are those of the local copies
-    from shiftstack_ccd.datasets import _EXAMPLE_DATA
+    from shiftstack_ccd.datasets.example_data import _EXAMPLE_DATA
     digests = _EXAMPLE_DATA["lowell42-5945"]["subsets"]["5945"]
     for path in paths:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[path.name]

@@ -1,17 +1,12 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""Data sets: simulated observations with known truth, and the real example data.
+"""Simulated observations: frames of a star field with a moving target and known truth.
 
 `simulate_observation` makes a sequence of calibrated CCD frames of a star field
 with a moving target whose position, flux and signal-to-noise ratio are known
-exactly; tests, the demo and the documentation use it. `get_data_path` and
-`fetch_example_data` find the real example frames (the Lowell 42-inch frames of
-asteroid (5945) Roachapproach), locally through the environment variable
-``SHIFTSTACK_CCD_DATA`` or, failing that, by downloading the public originals.
+exactly; tests, the demo and the documentation use it.
 """
 
-import hashlib
 import logging
-import os
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -26,353 +21,15 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._utils import atomic_output
-from .exceptions import OutputExistsError
+from .._utils import atomic_output
+from ..exceptions import OutputExistsError
+from ._cosmic_rays import DEFAULT_CR_RATE, draw_cosmic_rays
+from ._render import (TRAIL_STEP, add_stamps, aperture_weights, as_quantity, psf_stamps,
+                      stamp_half_size, trail_profile)
 
-__all__ = ["DATA_ENV", "SimulatedObservation", "fetch_example_data", "get_data_path",
-           "simulate_observation"]
+__all__ = ["SimulatedObservation", "simulate_observation"]
 
 log = logging.getLogger(__name__)
-
-#: Environment variable naming the folder of real example data (laid out like the
-#: project's ``shared/data``: ``lowell42-5945/``, ``ephemerides/``, ...).
-DATA_ENV = "SHIFTSTACK_CCD_DATA"
-
-
-def get_data_path(relative=""):
-    """Return the path of a file or folder of the real example data.
-
-    The data are found through one setting, the environment variable
-    ``SHIFTSTACK_CCD_DATA``, which names the folder that holds them.
-
-    Parameters
-    ----------
-    relative : str
-        Path inside that folder, e.g. ``"lowell42-5945/5945"``.
-
-    Returns
-    -------
-    path : `~pathlib.Path`
-
-    Raises
-    ------
-    FileNotFoundError
-        If the variable is unset or the path does not exist; the message says how to get the data.
-    """
-    root = os.environ.get(DATA_ENV)
-    if not root:
-        raise FileNotFoundError(
-            f"the real example data are not configured: set the environment variable "
-            f"{DATA_ENV} to the folder that holds them")
-    path = Path(root).expanduser() / relative
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found under {DATA_ENV}={root}")
-    return path
-
-
-# --------------------------------------------------------------------------------------
-# Real example data
-# --------------------------------------------------------------------------------------
-# The public originals. The SHA-256 digests are those of the copies in the project's
-# shared/data folder (recorded there as taken from this commit); a download that differs
-# (e.g. a Git LFS pointer or an HTML error page) is refused rather than handed on.
-_EXAMPLE_DATA = {
-    "lowell42-5945": {
-        "description": "Lowell 42-inch Hall telescope, NASA42 CCD (3x3 binned), 2019-03-26: "
-                       "asteroid (5945) Roachapproach, 300 s VR frames, one bias, one flat",
-        "base_url": "https://raw.githubusercontent.com/LowellObservatory/DeadParrots/"
-                    "1306ec5e376686c4198b98d015809b1b73b29765/Asteroid_Photometry/data",
-        "subsets": {
-            "5945": {
-                "20190326.0135.fits":
-                    "49bd02cca8970d079b3beec4206f0d925c8cad6b6539e7680b8abad6ee8e53de",
-                "20190326.0136.fits":
-                    "827c5ed40709db06f5f9b5c13d06f2034b79646c6785519d600e3c208a7e92f2",
-                "20190326.0137.fits":
-                    "3c3c4e2861b2df8e4b05aa370ce93401f8455122785d27e647214334661cb783",
-                "20190326.0138.fits":
-                    "47deb380df99aaff3efc0994e9c81ed340c5d2c1be636144baf980082761e650",
-                "20190326.0139.fits":
-                    "2435bde25b88d47c3ea791cbb499fac168cb9d09f959c6ed7e6a9777136d43de",
-                "20190326.0140.fits":
-                    "484dea863a2e4e6a6cce5e49a7c7909509c3646d61167e0f8eb90087c4b357c3",
-                "20190326.0141.fits":
-                    "e23b2f4571b92b16989429928ab0e4f5332b8e750bb0470c6bdb5139f208099a",
-                "20190326.0142.fits":
-                    "a76732e0e82bc49787c29002aa623447bd2f4d0531de68e1769125f117124ac5",
-                "20190326.0143.fits":
-                    "41fe1ae047113e4f751184350a1dc8e41e8d19a306db049de1c20ab78ffc5cad",
-                "20190326.0144.fits":
-                    "f9b1aa844a553cab5dbe1fc682e2036a6a1b6990d88e94b11dbf43fd07ab19bb",
-            },
-            "zero": {
-                "20190326.0001.fits":
-                    "3a93b1e234e276273e284a2b41c506a867ff36eb4583953274fc1d580c0cf0a5",
-            },
-            "flat": {
-                "20190326.0111.fits":
-                    "cd8cf61cd0112dbbf6d9510e0e698c1691710486b110d6f0901ff9c62b2af052",
-            },
-        },
-    },
-}
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_example_data(name="lowell42-5945", subset="5945", download=True,
-                       show_progress=False, timeout=None):
-    """Return the paths of a set of real example frames, downloading them if needed.
-
-    The frames are looked for first under the folder named by the environment
-    variable ``SHIFTSTACK_CCD_DATA`` (see `get_data_path`), as
-    ``<name>/<subset>/<file>``. When any is missing there and ``download`` is
-    True, the public originals are downloaded into the astropy download cache
-    with `astropy.utils.data.download_file` (``cache=True``, so only once) and
-    checked against known SHA-256 digests.
-
-    Parameters
-    ----------
-    name : str
-        The data set. ``"lowell42-5945"``: ten consecutive 300 s VR frames of
-        asteroid (5945) Roachapproach from the Lowell 42-inch Hall telescope
-        (2019-03-26, NASA42 CCD binned 3x3, SCAMP/Gaia WCS; about 3.9 MB each),
-        from GitHub ``LowellObservatory/DeadParrots``, folder
-        ``Asteroid_Photometry/data/``, commit 1306ec5e.
-    subset : str
-        Which frames of the set: ``"5945"`` (the science frames), ``"zero"``
-        (one bias) or ``"flat"`` (one VR twilight flat).
-    download : bool
-        Download what is not found locally. If False, a missing file raises
-        `FileNotFoundError`.
-    show_progress : bool
-        Show a progress bar while downloading.
-    timeout : float, optional
-        Seconds to wait for the server (astropy's default if None).
-
-    Returns
-    -------
-    paths : list of `~pathlib.Path`
-        One path per frame, in observing order. Local copies keep their
-        original names; downloaded ones live under astropy's cache names
-        (the original name is in each file's ``FILENAME`` header card).
-
-    Raises
-    ------
-    ValueError
-        If ``name`` or ``subset`` is unknown.
-    FileNotFoundError
-        If a frame is missing locally and ``download`` is False.
-    OSError
-        If a download fails or does not match the original.
-
-    Examples
-    --------
-    >>> from shiftstack_ccd.datasets import fetch_example_data
-    >>> paths = fetch_example_data("lowell42-5945")  # doctest: +SKIP
-    >>> len(paths)  # doctest: +SKIP
-    10
-    """
-    if name not in _EXAMPLE_DATA:
-        raise ValueError(f"unknown example data set {name!r}; known: "
-                         f"{', '.join(sorted(_EXAMPLE_DATA))}")
-    entry = _EXAMPLE_DATA[name]
-    if subset not in entry["subsets"]:
-        raise ValueError(f"data set {name!r} has no subset {subset!r}; known: "
-                         f"{', '.join(entry['subsets'])}")
-    files = entry["subsets"][subset]
-    local = []
-    for filename in files:
-        try:
-            local.append(get_data_path(f"{name}/{subset}/{filename}"))
-        except FileNotFoundError as exc:
-            reason = str(exc)
-            break
-    else:
-        return local
-    if not download:
-        raise FileNotFoundError(
-            f"example data {name}/{subset} not found locally ({reason}); set {DATA_ENV} "
-            f"to a folder that holds them or call fetch_example_data(download=True)")
-
-    from astropy.utils.data import download_file  # only needed here
-
-    paths = []
-    for filename, digest in files.items():
-        url = f"{entry['base_url']}/{subset}/{filename}"
-        log.info("downloading %s", url)
-        path = Path(download_file(url, cache=True, show_progress=show_progress,
-                                  timeout=timeout))
-        if _sha256(path) != digest:
-            raise OSError(f"{url}: the downloaded file ({path}) is not the original (SHA-256 "
-                          "differs); remove it from the cache with "
-                          "astropy.utils.data.clear_download_cache(url) and try again")
-        paths.append(path)
-    return paths
-
-
-# --------------------------------------------------------------------------------------
-# Simulated observations
-# --------------------------------------------------------------------------------------
-# Pixel integration of the PSF: 3x3 Gauss-Legendre nodes per pixel. This is exact for
-# polynomials up to degree 5 in each axis and matches the true pixel integral of a Moffat
-# to 1e-5 of the peak at FWHM 3 px, 1e-4 at 2 px, 5e-4 at 1.5 px (5x5 midpoint
-# oversampling: 2e-3, 4e-3, 7e-3) for a third of the cost. astropy's `discretize_model`
-# would evaluate through the modelling machinery on full grids, far slower for thousands of
-# small stamps.
-_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)
-_GL_NODES = _GL_NODES / 2.0
-_GL_WEIGHTS = _GL_WEIGHTS / 2.0
-
-#: Fraction of a star's light allowed outside its stamp (before renormalisation).
-_STAMP_TRUNCATION = 1e-3
-#: Largest trail step between sub-exposure renderings of the moving target, in pixels.
-_TRAIL_STEP = 0.2
-#: Cosmic-ray events per 10^4 pixels per 100 s when ``cosmic_rays=True``.
-_DEFAULT_CR_RATE = 2.0
-#: Amplitude range of cosmic-ray pixels, in units of the sky-plus-read noise.
-_CR_AMPLITUDE = (5.0, 100.0)
-#: Bytes of scratch memory per rendering chunk.
-_CHUNK_BYTES = 32 * 2**20
-
-
-def _moffat_alpha(fwhm, beta):
-    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-
-
-def _stamp_half_size(fwhm, beta, aperture_radius):
-    alpha = _moffat_alpha(fwhm, beta)
-    # Radius outside which a Moffat holds a fraction _STAMP_TRUNCATION of its light:
-    # (1 + r^2/alpha^2)^(1 - beta) = fraction.
-    radius = alpha * np.sqrt(_STAMP_TRUNCATION ** (1.0 / (1.0 - beta)) - 1.0)
-    radius = min(radius, 10.0 * fwhm)  # shallow wings (beta near 1): cap the stamp
-    return int(max(np.ceil(radius), np.ceil(aperture_radius) + 2))
-
-
-def _psf_stamps(x, y, half, fwhm, beta):
-    """Render unit-flux Moffat PSFs integrated over pixels, one square stamp per position.
-
-    Returns ``(stamps, ix0, iy0)``: stamps of shape ``(n, 2*half+1, 2*half+1)`` each
-    summing to one, and the frame indices of each stamp's first column and row.
-    """
-    x = np.atleast_1d(np.asarray(x, dtype=float))
-    y = np.atleast_1d(np.asarray(y, dtype=float))
-    ixc = np.rint(x).astype(np.int64)
-    iyc = np.rint(y).astype(np.int64)
-    dx, dy = x - ixc, y - iyc
-    size = 2 * half + 1
-    nodes = len(_GL_NODES)
-    sub = (np.arange(-half, half + 1)[:, None] + _GL_NODES[None, :]).ravel()
-    inv_alpha2 = 1.0 / _moffat_alpha(fwhm, beta) ** 2
-    stamps = np.empty((x.size, size, size))
-    chunk = max(1, _CHUNK_BYTES // (8 * 3 * (size * nodes) ** 2))
-    for start in range(0, x.size, chunk):
-        stop = min(start + chunk, x.size)
-        xx = (sub[None, :] - dx[start:stop, None]) ** 2 * inv_alpha2
-        yy = (sub[None, :] - dy[start:stop, None]) ** 2 * inv_alpha2
-        values = yy[:, :, None] + xx[:, None, :]
-        values += 1.0
-        if beta == 3.0:  # the default: two products instead of a power
-            np.reciprocal(values, out=values)
-            values = values * values * values
-        else:
-            np.power(values, -beta, out=values)
-        values = values.reshape(stop - start, size, nodes, size, nodes)
-        # Weighted sums over the quadrature nodes of each pixel (rows, then columns).
-        rows = sum(weight * values[:, :, j] for j, weight in enumerate(_GL_WEIGHTS))
-        block = sum(weight * rows[..., j] for j, weight in enumerate(_GL_WEIGHTS))
-        # Renormalise: the PSF is the Moffat truncated to the stamp, so a source's whole
-        # flux is in the image (the lost wings are below _STAMP_TRUNCATION anyway).
-        block /= block.sum(axis=(1, 2), keepdims=True)
-        stamps[start:stop] = block
-    return stamps, ixc - half, iyc - half
-
-
-def _add_stamps(image, stamps, ix0, iy0, fluxes):
-    """Add ``flux * stamp`` into ``image`` at each place, clipping at the edges."""
-    ny, nx = image.shape
-    height, width = stamps.shape[1:]
-    for stamp, x0, y0, flux in zip(stamps, ix0, iy0, fluxes):
-        xa, xb = max(x0, 0), min(x0 + width, nx)
-        ya, yb = max(y0, 0), min(y0 + height, ny)
-        if xa < xb and ya < yb:
-            image[ya:yb, xa:xb] += flux * stamp[ya - y0:yb - y0, xa - x0:xb - x0]
-
-
-def _trail_profile(xs, ys, half, fwhm, beta):
-    """Unit-flux image of a source seen at the positions (xs, ys) for equal times.
-
-    Returns ``(profile, x0, y0)``: a local array and the frame indices of its first
-    column and row.
-    """
-    stamps, ix0, iy0 = _psf_stamps(xs, ys, half, fwhm, beta)
-    size = stamps.shape[1]
-    x0, y0 = int(ix0.min()), int(iy0.min())
-    profile = np.zeros((int(iy0.max()) - y0 + size, int(ix0.max()) - x0 + size))
-    weight = 1.0 / len(stamps)
-    for stamp, sx, sy in zip(stamps, ix0 - x0, iy0 - y0):
-        profile[sy:sy + size, sx:sx + size] += weight * stamp
-    return profile, x0, y0
-
-
-def _aperture_weights(x, y, radius, shape):
-    """Exact-overlap weights of a circular aperture on an array of ``shape``.
-
-    Returns ``(slices, weights)`` or ``(None, None)`` when the aperture misses the array.
-    """
-    from photutils.aperture import CircularAperture
-
-    mask = CircularAperture((x, y), r=radius).to_mask(method="exact")
-    large, small = mask.get_overlap_slices(shape)
-    if large is None:
-        return None, None
-    return large, mask.data[small]
-
-
-def _as_quantity(value, unit, name, default_unit=None):
-    quantity = u.Quantity(value, default_unit) if default_unit is not None else u.Quantity(value)
-    if not quantity.unit.is_equivalent(unit):
-        raise ValueError(f"{name} must be a quantity in {unit} (or equivalent); got {value!r}")
-    return quantity.to(unit)
-
-
-def _cosmic_rays(rng, shape, expected, sigma):
-    """Draw cosmic-ray hits: single pixels and short straight tracks of 2-6 pixels.
-
-    Returns the flat indices of the hit pixels, the electrons in each, and the number of
-    events. Amplitudes are drawn per event, log-uniformly between 5 and 100 times
-    ``sigma``, and vary by a factor 0.6-1 along a track (never below 5 sigma).
-    """
-    ny, nx = shape
-    n_events = int(rng.poisson(expected))
-    xs, ys, amps = [], [], []
-    low, high = _CR_AMPLITUDE
-    for _ in range(n_events):
-        x, y = rng.integers(0, nx), rng.integers(0, ny)
-        amplitude = sigma * np.exp(rng.uniform(np.log(low), np.log(high)))
-        length = 1 if rng.random() < 0.5 else int(rng.integers(2, 7))
-        angle = rng.uniform(0.0, np.pi)
-        step = np.array([np.cos(angle), np.sin(angle)])
-        step /= np.abs(step).max()  # one pixel a step along the dominant axis: no repeats
-        k = np.arange(length)
-        px = x + np.rint(k * step[0]).astype(np.int64)
-        py = y + np.rint(k * step[1]).astype(np.int64)
-        keep = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        xs.append(px[keep])
-        ys.append(py[keep])
-        amps.append(np.maximum(amplitude * rng.uniform(0.6, 1.0, keep.sum()), low * sigma))
-    if not n_events:
-        return np.zeros(0, np.int64), np.zeros(0), 0
-    flat = np.concatenate(ys) * nx + np.concatenate(xs)
-    amps = np.concatenate(amps)
-    index, inverse = np.unique(flat, return_inverse=True)  # two events may share a pixel
-    return index, np.bincount(inverse, weights=amps), n_events
 
 
 class SimulatedObservation:
@@ -441,7 +98,7 @@ class SimulatedObservation:
 
         Its positions equal the ``ra``/``dec`` columns of ``truth`` at the ``time`` column.
         """
-        from .ephemeris import Ephemeris  # imported here: ephemeris is a higher concern
+        from ..ephemeris import Ephemeris  # imported here: ephemeris is a higher concern
 
         return Ephemeris.linear(self.target_position, self.epoch, self.ra_rate, self.dec_rate)
 
@@ -650,19 +307,19 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     scale = u.Quantity(pixel_scale)
     if scale.unit.is_equivalent(u.arcsec / u.pix):
         scale = scale * u.pix
-    scale = _as_quantity(scale, u.arcsec, "pixel_scale")
+    scale = as_quantity(scale, u.arcsec, "pixel_scale")
     if scale <= 0:
         raise ValueError(f"pixel_scale must be positive; got {pixel_scale!r}")
     center = SkyCoord(150.0, 2.0, unit="deg") if center is None else SkyCoord(center)
     center = SkyCoord(center.icrs.ra, center.icrs.dec, frame="icrs")
     start = Time("2024-03-01T03:00:00", scale="utc") if start is None else Time(start)
     start = start.utc
-    exptime = _as_quantity(exptime, u.s, "exptime", u.s)
-    cadence = _as_quantity(cadence, u.s, "cadence", u.s)
+    exptime = as_quantity(exptime, u.s, "exptime", u.s)
+    cadence = as_quantity(cadence, u.s, "cadence", u.s)
     if exptime <= 0 or cadence < exptime:
         raise ValueError(f"need 0 < exptime <= cadence; got exptime={exptime}, "
                          f"cadence={cadence}")
-    rate = _as_quantity(target_rate, u.arcsec / u.hour, "target_rate")
+    rate = as_quantity(target_rate, u.arcsec / u.hour, "target_rate")
     if rate.shape != (2,):
         raise ValueError(f"target_rate must be two rates (dRA*cos(Dec)/dt, dDec/dt); "
                          f"got {target_rate!r}")
@@ -686,11 +343,11 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     n_stars, dither = int(n_stars), float(dither)
     if n_stars < 0 or dither < 0:
         raise ValueError(f"n_stars and dither must be >= 0; got {n_stars}, {dither}")
-    max_rotation = _as_quantity(max_rotation, u.deg, "max_rotation", u.deg)
+    max_rotation = as_quantity(max_rotation, u.deg, "max_rotation", u.deg)
     unit = u.Unit(unit)
     if unit not in (u.adu, u.electron):
         raise ValueError(f"unit must be 'adu' or 'electron'; got {unit!r}")
-    cr_rate = _DEFAULT_CR_RATE if cosmic_rays is True else float(cosmic_rays or 0.0)
+    cr_rate = DEFAULT_CR_RATE if cosmic_rays is True else float(cosmic_rays or 0.0)
     if cr_rate < 0:
         raise ValueError(f"cosmic_rays must be a bool or a rate >= 0; got {cosmic_rays!r}")
     if target_flux is not None:
@@ -704,7 +361,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     scale_deg = scale.to_value(u.deg)
     exptime_s, cadence_s = float(exptime.to_value(u.s)), float(cadence.to_value(u.s))
     aperture_radius = fwhm
-    half = _stamp_half_size(fwhm, psf_beta, aperture_radius)
+    half = stamp_half_size(fwhm, psf_beta, aperture_radius)
     ref = 0.5 * np.array([nx - 1, ny - 1])  # array centre, 0-based (x, y)
 
     # ---- times ------------------------------------------------------------------------
@@ -754,7 +411,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
 
     # Target positions: at mid-exposure, and at the sub-exposure times of the trail.
     trail_px = float(np.hypot(*rate.to_value(u.arcsec / u.s))) * exptime_s / scale.value
-    n_sub = max(1, int(np.ceil(trail_px / _TRAIL_STEP)))
+    n_sub = max(1, int(np.ceil(trail_px / TRAIL_STEP)))
     sub_s = ((np.arange(n_sub) + 0.5) / n_sub - 0.5) * exptime_s
     mid_s = (mid_times - epoch).to_value(u.s)
     dt = np.column_stack([mid_s[:, None] + sub_s[None, :], mid_s]) * u.s  # last: mid-time
@@ -765,7 +422,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     for i, wcs in enumerate(wcs_list):
         xs, ys = wcs.wcs_world2pix(track.ra.deg[i], track.dec.deg[i], 0)
         target_xy[i] = xs[-1], ys[-1]
-        profiles.append(_trail_profile(xs[:-1], ys[:-1], half, fwhm, psf_beta))
+        profiles.append(trail_profile(xs[:-1], ys[:-1], half, fwhm, psf_beta))
     outside = [i for i, (x, y) in enumerate(target_xy)
                if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)]
     if outside:
@@ -776,7 +433,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     if target_flux is None:
         profile, x0, y0 = profiles[n_frames // 2]
         xm, ym = target_xy[n_frames // 2]
-        slices, weights = _aperture_weights(xm - x0, ym - y0, aperture_radius, profile.shape)
+        slices, weights = aperture_weights(xm - x0, ym - y0, aperture_radius, profile.shape)
         part = profile[slices]
         a = np.sum(weights * part)
         b = np.sum(weights ** 2 * part)
@@ -792,13 +449,13 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         sx, sy = wcs.wcs_world2pix(star_ra, star_dec, 0)
         near = (sx > -half - 1) & (sx < nx + half) & (sy > -half - 1) & (sy < ny + half)
         if near.any():
-            stamps, ix0, iy0 = _psf_stamps(sx[near], sy[near], half, fwhm, psf_beta)
-            _add_stamps(model, stamps, ix0, iy0, star_flux[near])
+            stamps, ix0, iy0 = psf_stamps(sx[near], sy[near], half, fwhm, psf_beta)
+            add_stamps(model, stamps, ix0, iy0, star_flux[near])
 
         profile, x0, y0 = profiles[i]
-        slices, weights = _aperture_weights(*target_xy[i], aperture_radius, (ny, nx))
+        slices, weights = aperture_weights(*target_xy[i], aperture_radius, (ny, nx))
         before = model[slices].copy() if slices is not None else None
-        _add_stamps(model, profile[None], [x0], [y0], [target_flux])
+        add_stamps(model, profile[None], [x0], [y0], [target_flux])
         if slices is None:
             snr = 0.0
         else:
@@ -813,8 +470,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         mask = np.zeros((ny, nx), dtype=bool)
         n_events = 0
         if expected_cr > 0:
-            index, charge, n_events = _cosmic_rays(rng_cr, (ny, nx), expected_cr,
-                                                   np.sqrt(sky[i] + read_noise ** 2))
+            index, charge, n_events = draw_cosmic_rays(rng_cr, (ny, nx), expected_cr,
+                                                       np.sqrt(sky[i] + read_noise ** 2))
             electrons.flat[index] += charge
             mask.flat[index] = True
             cr_rows.append((np.full(index.size, i), index % nx, index // nx, charge))
