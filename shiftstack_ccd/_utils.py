@@ -3,10 +3,11 @@
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from .exceptions import FrameError, OutputExistsError
+from .exceptions import FrameError, OutputError, OutputExistsError
 
 __all__ = []
 
@@ -45,13 +46,82 @@ def require_celestial_wcs(ccd, step, index=None):
     return wcs.celestial
 
 
+def _umask():
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def _first_existing(path):
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")
+
+
+def check_output_path(path, overwrite=False, inputs=(), what="output"):
+    """Refuse, before anything is computed, an output that cannot or must not be written.
+
+    Parameters
+    ----------
+    path : str or `~pathlib.Path`
+        The output file.
+    overwrite : bool
+        Whether an existing file may be replaced.
+    inputs : iterable of str or path
+        Files read by the same job: an output that is one of them (after resolving links)
+        is refused even with ``overwrite``; inputs are never replaced.
+    what : str
+        What the output is called in messages (an option name such as ``--output``).
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+
+    Raises
+    ------
+    OutputError
+        The output is an input, a folder, under a file, or in a folder that cannot be written.
+    OutputExistsError
+        It exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for source in inputs:
+        if isinstance(source, (str, Path)) and Path(source).resolve() == resolved:
+            raise OutputError(f"{path}: the {what} is one of the input files ({source}); inputs "
+                              "are never replaced, even with overwrite. Choose another name.")
+    if path.is_dir():
+        raise OutputError(f"{path}: the {what} is a folder; give a file name.")
+    existing = _first_existing(path.parent)
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot write the {what} there: {existing} is a file, not a "
+                          "folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: the folder {existing} is not "
+                          "writable.")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --overwrite) "
+                                "to replace it.")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path, overwrite=False):
     """Write a file atomically: yield a temporary path, rename it on success.
 
     The temporary file lives in the destination folder, so the final rename is
     atomic on POSIX file systems; on any error it is removed and an existing
-    file at ``path`` is left untouched.
+    file at ``path`` is left untouched. The file gets the mode of the file it replaces,
+    else the usual mode of a new file (0666 less the umask), not the temporary file's 0600.
 
     Parameters
     ----------
@@ -60,18 +130,29 @@ def atomic_output(path, overwrite=False):
     overwrite : bool
         Replace an existing file. If False and ``path`` exists,
         `~shiftstack_ccd.exceptions.OutputExistsError` is raised before anything is written.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be created or written, or the path is a folder
+        (see `check_output_path`).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --overwrite) "
-                                "to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    path = check_output_path(path, overwrite=overwrite)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, mode)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written: {exc.strerror or exc}.") from None
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot be written: {exc.strerror or exc}.") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -7,7 +7,7 @@ bad input, so code written against plain Python exceptions still works.
 """
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
-           "OutputExistsError"]
+           "OutputExistsError", "OutputError", "ParameterError"]
 
 
 class ShiftStackError(Exception):
@@ -28,3 +28,14 @@ class HorizonsError(EphemerisError):
 
 class OutputExistsError(ShiftStackError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class OutputError(ShiftStackError, OSError):
+    """An output cannot be written where asked: an input file, a folder, an unwritable place."""
+
+
+class ParameterError(ShiftStackError, ValueError):
+    """A parameter's value is outside what it can mean (a negative size, a sigma below 0...).
+
+    The message names the parameter, the value given and what is expected.
+    """

@@ -41,6 +41,7 @@ _WCS_CARD = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA
 _BENIGN_WCS_WARNINGS = ("datfix", "RADECSYS", "unitfix", "Card is too long",
                         "redundant SIP distortion")
 _TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
+_DATE_WITH_TIME = re.compile(r"^\s*[+-]?\d{4,}-\d{1,2}-\d{1,2}[T ]\s*\d{1,2}:\d")
 _OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")  # dd/mm/yy (pre-1999 FITS)
 _EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "TELAPSE")
 _START_TIME_KEYS = ("TIME-OBS", "UTCSTART", "UTC-OBS", "UT", "UTSTART", "TIME-BEG")
@@ -65,19 +66,27 @@ def _time_scale(header):
 
 def _parse_date(value, header, key):
     """Parse a FITS date card: ISO (with or without time) or the old dd/mm/yy form."""
+    scale = _time_scale(header)  # outside the try: its own message must not be swallowed
     text = str(value).strip()
     match = _OLD_DATE.match(text)
     if match:
         day, month, year = (int(g) for g in match.groups())
         text = f"{1900 + year:04d}-{month:02d}-{day:02d}"
+    if text.endswith("Z"):  # ISO 8601 'Zulu': UTC, which astropy's parser does not take
+        text = text[:-1]
+        if scale != "utc":
+            raise FrameError(f"{_label(header)}: {key} = {value!r} says UTC ('Z') but TIMESYS "
+                             f"is {header.get('TIMESYS')!r}.")
     try:
-        return Time(text, format="isot" if "T" in text else "iso", scale=_time_scale(header))
+        return Time(text, format="isot" if "T" in text else "iso", scale=scale)
     except ValueError:
-        try:
-            return Time(text, scale=_time_scale(header))
-        except ValueError:
-            raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a date.") \
-                from None
+        raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a date "
+                         "(expected YYYY-MM-DD[Thh:mm:ss]).") from None
+
+
+def _has_time_of_day(text):
+    """Whether a DATE-OBS value carries a time of day ('2024-03-01T03:00' or '... 03:00')."""
+    return bool(_DATE_WITH_TIME.match(text))
 
 
 def _parse_time_of_day(value, header, key):
@@ -108,25 +117,37 @@ def _exposure_time(header):
 
 
 def _mjd(header, key):
+    scale = _time_scale(header)
     try:
         value = float(header[key])
     except (TypeError, ValueError):
         raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") from None
+    if not np.isfinite(value):
+        raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a finite MJD.")
     if value > 2_400_000:  # a Julian Date written where an MJD was expected
         raise FrameError(f"{_label(header)}: {key} = {value} looks like a Julian Date, not an MJD.")
-    return Time(value, format="mjd", scale=_time_scale(header))
+    if value < 0:  # before 1858: no CCD frame
+        raise FrameError(f"{_label(header)}: {key} = {value} is not a plausible MJD (negative).")
+    return Time(value, format="mjd", scale=scale)
+
+
+def _start_end(header, start_key, end_key, parse):
+    start, end = parse(header, start_key), parse(header, end_key)
+    if end < start:
+        raise FrameError(f"{_label(header)}: {end_key} ({end.isot}) is before {start_key} "
+                         f"({start.isot}).")
+    return start + (end - start) / 2, f"{start_key}/{end_key}"
 
 
 def _mid_time_and_source(header):
     """Return (Time, description) of the mid-exposure, or raise FrameError."""
     has = header.__contains__
     if has("EXPSTART") and has("EXPEND"):  # HST, JWST: MJD
-        start, end = _mjd(header, "EXPSTART"), _mjd(header, "EXPEND")
-        return start + (end - start) / 2, "EXPSTART/EXPEND (MJD)"
+        mid, source = _start_end(header, "EXPSTART", "EXPEND", _mjd)
+        return mid, source + " (MJD)"
     if has("DATE-BEG") and has("DATE-END"):  # FITS 4.0 time cards
-        start = _parse_date(header["DATE-BEG"], header, "DATE-BEG")
-        end = _parse_date(header["DATE-END"], header, "DATE-END")
-        return start + (end - start) / 2, "DATE-BEG/DATE-END"
+        return _start_end(header, "DATE-BEG", "DATE-END",
+                          lambda h, key: _parse_date(h[key], h, key))
     if has("DATE-AVG"):
         return _parse_date(header["DATE-AVG"], header, "DATE-AVG"), "DATE-AVG"
     if has("MJD-AVG"):
@@ -136,18 +157,29 @@ def _mid_time_and_source(header):
     start, source = None, None
     if has("DATE-OBS") and str(header["DATE-OBS"]).strip():
         date_text = str(header["DATE-OBS"]).strip()
-        if "T" in date_text:
+        time_key = next((key for key in _START_TIME_KEYS
+                         if has(key) and str(header[key]).strip()), None)
+        if _has_time_of_day(date_text):  # 'T' or a space: the time of day is in DATE-OBS
             start, source = _parse_date(date_text, header, "DATE-OBS"), "DATE-OBS"
-        else:
-            for key in _START_TIME_KEYS:
-                if has(key) and str(header[key]).strip():
-                    day = _parse_date(date_text, header, "DATE-OBS")
-                    seconds = _parse_time_of_day(header[key], header, key)
-                    start = day + TimeDelta(seconds, format="sec")
-                    source = f"DATE-OBS+{key}"
-                    break
+            if time_key is not None:  # redundant; refuse rather than pick one if they differ
+                seconds = _parse_time_of_day(header[time_key], header, time_key)
+                of_day = (start - Time(start.iso[:10], scale=start.scale)).to_value(u.s)
+                if abs(of_day - seconds) > 1.0 and abs(abs(of_day - seconds) - 86400) > 1.0:
+                    raise FrameError(
+                        f"{_label(header)}: DATE-OBS = {date_text!r} and {time_key} = "
+                        f"{header[time_key]!r} give different start times; fix one of them.")
+        elif time_key is not None:
+            day = _parse_date(date_text, header, "DATE-OBS")
+            seconds = _parse_time_of_day(header[time_key], header, time_key)
+            start = day + TimeDelta(seconds, format="sec")
+            source = f"DATE-OBS+{time_key}"
     if start is None and has("MJD-OBS"):
         start, source = _mjd(header, "MJD-OBS"), "MJD-OBS"
+    if start is None and has("DATE-OBS") and str(header["DATE-OBS"]).strip():
+        _parse_date(header["DATE-OBS"], header, "DATE-OBS")  # is it a date at all?
+        raise FrameError(
+            f"{_label(header)}: DATE-OBS = {header['DATE-OBS']!r} has no time of day, and none "
+            f"of {'/'.join(_START_TIME_KEYS)} or MJD-OBS gives the start of the exposure.")
     if start is None:
         raise FrameError(
             f"{_label(header)}: cannot tell when the exposure was taken: none of EXPSTART/"

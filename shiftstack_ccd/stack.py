@@ -19,7 +19,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
+                     set_card)
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
@@ -82,7 +83,9 @@ class StackResult:
         if self.sky_stack is not None:
             sky = fits.ImageHDU(self.sky_stack.data, name="SKY")
             sky.header.update(self.sky_stack.wcs.to_header())
-            sky.header["BUNIT"] = self.sky_stack.unit.to_string("fits")
+            # as CCDData writes BUNIT: the FITS format raises for units outside the standard
+            # (electron, which HST/JWST frames carry)
+            sky.header["BUNIT"] = self.sky_stack.unit.to_string()
             hdul.append(sky)
             skyunc = fits.ImageHDU(self.sky_stack.uncertainty.array, name="SKYUNC")
             skyunc.header.update(self.sky_stack.wcs.to_header())
@@ -101,8 +104,17 @@ class StackResult:
             Output file name.
         overwrite : bool
             Replace an existing file; otherwise an existing file is an error and is left as
-            it was.
+            it was. A file that is one of the stacked frames is never replaced.
+
+        Raises
+        ------
+        OutputError
+            ``path`` is one of the input frames, a folder, or cannot be written.
+        OutputExistsError
+            ``path`` exists and ``overwrite`` is False.
         """
+        inputs = [] if self.table is None else [str(f) for f in self.table["file"]]
+        check_output_path(path, overwrite=overwrite, inputs=inputs)
         hdul = self.to_hdulist()
         with atomic_output(path, overwrite=overwrite) as tmp:
             hdul.writeto(tmp, overwrite=True)
