@@ -105,9 +105,14 @@ def check_output_path(path, overwrite=False, inputs=(), what="output"):
     if not existing.is_dir():
         raise OutputError(f"{path}: cannot write the {what} there: {existing} is a file, not a "
                           "folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write the {what}: the folder {existing} is not "
-                          "writable.")
+    try:  # the folder is made now (it would be anyway), and a file tried in it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the {what} in {path.parent}: "
+                          f"{exc.strerror or exc}.") from None
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --overwrite) "
                                 "to replace it.")

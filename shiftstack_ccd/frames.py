@@ -9,6 +9,7 @@ whatever cards the header has, saying which ones it used.
 
 import glob
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from astropy.wcs import WCS
 
 from .exceptions import FrameError
 
-__all__ = ["mid_exposure_time", "read_frame", "read_frames"]
+__all__ = ["expand_files", "mid_exposure_time", "read_frame", "read_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -447,25 +448,86 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
     return CCDData(data, unit=unit, wcs=wcs, meta=header, mask=mask, uncertainty=uncertainty)
 
 
-def _expand(files):
+def _is_stack_product(path):
+    """Whether a file was written by `shift_and_stack` (its ``SSKIND`` provenance card)."""
+    try:
+        return "SSKIND" in fits.getheader(path, 0)
+    except (OSError, ValueError, TypeError):
+        return False  # not readable as FITS: read_frame says so, by name
+
+
+def expand_files(files):
+    """The frames that ``files`` names, in order, each once.
+
+    Parameters
+    ----------
+    files : str, path, list, or `ccdproc.ImageFileCollection`
+        A file, a folder, a glob pattern, a list of paths (or of
+        `~astropy.nddata.CCDData`, passed through), or a collection (its filtered files).
+
+    Returns
+    -------
+    items : list
+        Paths as str (and CCDData as given). A path listed twice (the same file after
+        resolving links) is kept once, with a warning. Stacks written by this package (files
+        with an ``SSKIND`` card) found through a folder, a pattern or among other frames are
+        left out, with a warning: a second run would otherwise stack the first run's output.
+        A stack is taken as a frame only when named alone, or in a list of stacks only.
+
+    Raises
+    ------
+    FrameError
+        A pattern that matches nothing, a folder without FITS files, nothing left.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.frames import expand_files
+    >>> expand_files(["a.fits", "b.fits"])
+    ['a.fits', 'b.fits']
+    """
+    named = False
     if isinstance(files, (str, Path)):
         text = str(files)
         if any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text))
-            if not matches:
+            items = sorted(glob.glob(text))
+            if not items:
                 raise FrameError(f"{text}: the pattern matches no file.")
-            return matches
-        if Path(text).is_dir():
-            matches = sorted(str(p) for p in Path(text).iterdir()
-                             if p.suffix.lower() in (".fits", ".fit", ".fts") or
-                             p.name.lower().endswith((".fits.gz", ".fit.gz")))
-            if not matches:
+        elif Path(text).is_dir():
+            items = sorted(str(p) for p in Path(text).iterdir()
+                           if p.suffix.lower() in (".fits", ".fit", ".fts") or
+                           p.name.lower().endswith((".fits.gz", ".fit.gz")))
+            if not items:
                 raise FrameError(f"{text}: the folder holds no FITS file.")
-            return matches
-        return [text]
-    if hasattr(files, "files_filtered"):  # ccdproc.ImageFileCollection
-        return [str(p) for p in files.files_filtered(include_path=True)]
-    return list(files)
+        else:
+            return [text]
+    elif hasattr(files, "files_filtered"):  # ccdproc.ImageFileCollection
+        items = [str(p) for p in files.files_filtered(include_path=True)]
+    else:
+        items = [str(f) if isinstance(f, Path) else f for f in files]
+        named = True
+    unique, seen = [], {}
+    for item in items:
+        if not isinstance(item, str):
+            unique.append(item)
+            continue
+        key = os.path.realpath(item)
+        if key in seen:
+            warnings.warn(f"{item}: given twice (as {seen[key]} before); used once.",
+                          AstropyUserWarning)
+            continue
+        seen[key] = item
+        unique.append(item)
+    paths = [item for item in unique if isinstance(item, str)]
+    stacks = {p for p in paths if _is_stack_product(p)}
+    if stacks and not (named and len(stacks) == len(paths)):
+        for path in sorted(stacks):
+            warnings.warn(f"{path}: a stack written by shiftstack_ccd (SSKIND card), not a "
+                          "frame; left out (name it alone to use it as a frame).",
+                          AstropyUserWarning)
+        unique = [item for item in unique if item not in stacks]
+        if not unique:
+            raise FrameError(f"{files}: holds only stacks written by shiftstack_ccd, no frame.")
+    return unique
 
 
 def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
@@ -509,10 +571,12 @@ def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
     -----
     Every frame's mid-exposure time is checked while reading (`mid_exposure_time`), so
     a frame whose time cannot be told is refused here rather than half-way through a stack.
-    Files are opened read-only and never modified.
+    Files are opened read-only and never modified. A file listed twice is read once, and
+    stacks written by this package are left out unless named on their own (see
+    `expand_files`); both with a warning.
     """
     frames = []
-    for item in _expand(files):
+    for item in expand_files(files):
         if isinstance(item, CCDData):
             frames.append(item.copy())
         else:

@@ -870,7 +870,13 @@ def load_pipeline(path, overwrite=None):
         The file itself does not exist.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise PipelineError(path, [(None, "is a folder; give the pipeline file (.toml)")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PipelineError(path, [(None, "is not a text file; a pipeline file is TOML "
+                                          "text")]) from None
     try:
         config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # its message names the line and column

@@ -22,8 +22,9 @@ from ._parallel import map_frames
 from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
                      set_card)
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
-from .exceptions import FrameError
-from .frames import mid_exposure_time, read_frame
+from ._validate import check_stack_memory, per_frame_weights, stack_parameters
+from .exceptions import FrameError, ParameterError
+from .frames import _exposure_time, mid_exposure_time, read_frame
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
@@ -392,7 +393,23 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     frames a proper uncertainty (e.g. `ccdproc.create_deviation` with gain and read noise)
     for bright targets.
     """
+    params = stack_parameters(
+        method=method, size=size, reference_time=reference_time, resample=resample,
+        sigma_clip=sigma_clip, sigma_low=sigma_low, sigma_high=sigma_high, weights=weights,
+        frame_weights=frame_weights, clip_gradient=clip_gradient, pixel_scale=pixel_scale,
+        orientation=orientation, sky_stack=sky_stack, per_frame_steps=per_frame_steps,
+        interpolation=interpolation, subtract_static=subtract_static,
+        track_radius=track_radius, static_k=static_k, refine=refine,
+        refine_max_shift=refine_max_shift, refine_size=refine_size, scheduler=scheduler,
+        workdir=workdir, mem_limit=mem_limit, intermediate=intermediate)
+    size, reference_time, pixel_scale = params["size"], params["reference_time"], \
+        params["pixel_scale"]
+    if not hasattr(ephemeris, "at"):
+        raise ParameterError(f"ephemeris: must be an Ephemeris (or have .at(times)), not "
+                             f"{type(ephemeris).__name__}.")
     sources = _sources(frames)
+    for name, value in (("weights", weights), ("frame_weights", frame_weights)):
+        per_frame_weights(value, name, len(sources))
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
         frame = _load(source)
@@ -404,6 +421,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
                                   ephemeris, reference_time=reference_time, size=size,
                                   pixel_scale=pixel_scale, orientation=orientation, times=times)
+    _check_frame_weights(headers, labels, weights, frame_weights)
+    check_stack_memory(grid.shape, len(sources), 2 if (sky_stack or subtract_static) else 1,
+                       workdir)
     offsets = grid.offset(times)
     targets = ephemeris.at(times)
 
@@ -472,6 +492,20 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     return StackResult(stack, sky, combined.coverage, table, grid)
 
 
+def _check_frame_weights(headers, labels, weights, frame_weights):
+    """Refuse, before any work, per-frame weights that would leave a frame (or all) at 0."""
+    for name, spec in (("weights", weights), ("frame_weights", frame_weights)):
+        if isinstance(spec, str) and spec == "exptime":
+            for header, label in zip(headers, labels):
+                key, value = _exposure_time(header)
+                if value is None:
+                    raise FrameError(f"{label}: has no exposure time (EXPTIME) in its header; "
+                                     f"{name}='exptime' needs one.")
+                if value <= 0:
+                    raise FrameError(f"{label}: {key} = {value}, so {name}='exptime' gives it "
+                                     "no weight; leave the frame out or choose other weights.")
+
+
 class _Footprint:
     """Just what `TargetFrame.for_frames` needs of a frame: its WCS and shape."""
 
@@ -484,8 +518,8 @@ def _sources(frames):
     if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, CCDData)
                                                             for f in frames):
         return list(frames)
-    from .frames import _expand
-    paths = [str(p) for p in _expand(frames)]
+    from .frames import expand_files
+    paths = [str(p) for p in expand_files(frames)]
     if not paths:
         raise FrameError("no frames to stack.")
     return paths
