@@ -428,10 +428,13 @@ def main(argv=None):
     work folder and partial outputs removed in both cases).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.verbose = args.verbose or 0
-    if args.quiet and args.verbose:
-        parser.error("-q and -v together")
+    try:
+        args = parser.parse_args(argv)
+        args.verbose = args.verbose or 0
+        if args.quiet and args.verbose:
+            parser.error("-q and -v together")
+    except SystemExit as exc:  # --help, --version, usage errors: a status, not an exit
+        return exc.code
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     _log_to_stderr(level, logging.ERROR if args.quiet else min(level, logging.INFO))

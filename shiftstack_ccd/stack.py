@@ -93,7 +93,11 @@ class StackResult:
             hdul.append(skyunc)
         table = self.table.copy()
         table["mid_time"] = table["mid_time"].utc.isot
-        hdul.append(fits.BinTableHDU(table, name="FRAMES"))
+        frames = fits.BinTableHDU(table, name="FRAMES")
+        for i, name in enumerate(table.colnames, start=1):  # units and conventions, in FITS
+            if table[name].description:
+                set_card(frames.header, f"TTYPE{i}", name, table[name].description)
+        hdul.append(frames)
         return hdul
 
     def write(self, path, overwrite=False):
@@ -575,6 +579,8 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
     table["mjd_mid"] = times.utc.mjd
     table["x_frame"] = [p["position"][0] for p in prepared]
     table["y_frame"] = [p["position"][1] for p in prepared]
+    table["x_frame"].description = "target x in the frame (0-based pixel; FITS is 1-based)"
+    table["y_frame"].description = "target y in the frame (0-based pixel; FITS is 1-based)"
     table["dx"] = offsets[0]
     table["dy"] = offsets[1]
     table["dx"].unit = table["dy"].unit = u.pix
