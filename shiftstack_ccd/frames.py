@@ -45,6 +45,7 @@ _TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
 _DATE_WITH_TIME = re.compile(r"^\s*[+-]?\d{4,}-\d{1,2}-\d{1,2}[T ]\s*\d{1,2}:\d")
 _OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")  # dd/mm/yy (pre-1999 FITS)
 _EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "TELAPSE")
+_LONGEST_EXPOSURE = 10 * 86400.0  # seconds; anything longer is a wrong card, not an exposure
 _START_TIME_KEYS = ("TIME-OBS", "UTCSTART", "UTC-OBS", "UT", "UTSTART", "TIME-BEG")
 
 
@@ -105,14 +106,16 @@ def _parse_time_of_day(value, header, key):
 def _exposure_time(header):
     for key in _EXPTIME_KEYS:
         if key in header:
+            if isinstance(header[key], bool):  # a FITS logical, T or F: not a duration
+                raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.")
             try:
                 value = float(header[key])
             except (TypeError, ValueError):
                 raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") \
                     from None
-            if not np.isfinite(value) or value < 0:
+            if not np.isfinite(value) or value < 0 or value > _LONGEST_EXPOSURE:
                 raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a valid "
-                                 "exposure time.")
+                                 "exposure time (seconds, 0 to 10 days).")
             return key, value
     return None, None
 
@@ -120,6 +123,8 @@ def _exposure_time(header):
 def _mjd(header, key):
     scale = _time_scale(header)
     try:
+        if isinstance(header[key], bool):  # a FITS logical, T or F: not a date
+            raise TypeError
         value = float(header[key])
     except (TypeError, ValueError):
         raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") from None
@@ -236,14 +241,21 @@ def mid_exposure_time(frame):
     'DATE-OBS+UTCSTART + EXPTIME/2'
     """
     header = getattr(frame, "meta", frame)
-    time, source = _mid_time_and_source(header)
-    time = time.utc
+    try:
+        time, source = _mid_time_and_source(header)
+        time = time.utc
+    except FrameError:
+        raise
+    except (ValueError, ArithmeticError) as exc:  # e.g. erfa: a date it cannot convert
+        raise FrameError(f"{_label(header)}: the time cards give an impossible date "
+                         f"({exc}).") from None
     if "MIDTIMJD" in header:
         try:
             check = Time(float(header["MIDTIMJD"]), format="jd", scale="utc")
-        except (TypeError, ValueError):
-            check = None
-        if check is not None and abs((check - time).to_value(u.s)) > 1.0:
+            difference = abs((check - time).to_value(u.s))
+        except (TypeError, ValueError, ArithmeticError):  # not a JD: no check to make
+            check, difference = None, 0.0
+        if check is not None and not difference <= 1.0:
             warnings.warn(f"{_label(header)}: mid-exposure from {source} is {time.isot} but "
                           f"MIDTIMJD (a JD) says {check.isot}; using {source}.",
                           AstropyUserWarning)
@@ -265,7 +277,7 @@ def _clean_header(header, label):
             try:
                 number = float(value.strip())
             except ValueError:
-                if key.startswith(("CRVAL", "CRPIX", "CD", "PC", "CDELT")):
+                if not key.startswith(("EQUINOX", "EPOCH", "MJD")):  # astropy would drop it
                     raise FrameError(f"{label}: WCS card {key} = {value!r} is not a number.") \
                         from None
                 continue
@@ -275,6 +287,13 @@ def _clean_header(header, label):
         log.info("%s: %d numeric WCS cards were written as strings and were read as numbers "
                  "(%s...)", label, len(fixed), ", ".join(fixed[:4]))
     return header
+
+
+def _wcslib_message(exc):
+    """wcslib's multi-line error as one line, without its C source locations."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not re.match(r"^ERROR \d+ in \w+\(\)", line)]
+    return "; ".join(kept) or type(exc).__name__
 
 
 def _celestial_wcs(header, label, hdul=None):
@@ -287,12 +306,22 @@ def _celestial_wcs(header, label, hdul=None):
                                                             "ELON", "ELAT"))
                for i in (1, 2)):
         return None
+    for key in ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2"):  # FITS lets them default to 0:
+        if key not in header:  # for a real frame that is a broken header, not a WCS
+            raise FrameError(f"{label}: the header has a celestial CTYPE but no {key}; the WCS "
+                             "is incomplete.")
+    diagonal = [key for key in ("CD1_1", "CD2_2") if key in header]
+    if len(diagonal) == 1:  # a lost diagonal card would default to 0: a wrong WCS, not none
+        missing = "CD2_2" if diagonal == ["CD1_1"] else "CD1_1"
+        raise FrameError(f"{label}: the header has {diagonal[0]} but no {missing}; the WCS is "
+                         "incomplete.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every WCS complaint is logged below, none leaks
         try:
             wcs = WCS(header, fobj=hdul, relax=True)
         except Exception as exc:  # astropy raises many types for broken WCS headers
-            raise FrameError(f"{label}: the WCS in the header cannot be used: {exc}") from None
+            raise FrameError(f"{label}: the WCS in the header cannot be used: "
+                             f"{_wcslib_message(exc)}") from None
     for warning in caught:
         message = str(warning.message)
         if any(text in message for text in _BENIGN_WCS_WARNINGS):
