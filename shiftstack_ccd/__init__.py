@@ -17,7 +17,6 @@ from .datasets import *  # noqa: F401, F403
 from .ephemeris import *  # noqa: F401, F403
 from .exceptions import *  # noqa: F401, F403
 from .frames import *  # noqa: F401, F403
-from .motion import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
 from .register import *  # noqa: F401, F403
 from .pipeline import *  # noqa: F401, F403
