@@ -23,7 +23,7 @@ from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
-from .photometry import stellar_fwhm
+from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
 from .target_frame import TargetFrame, check_target_on_frame
