@@ -22,7 +22,7 @@ from shiftstack_ccd.ephemeris import Ephemeris, ephemeris_for_times
 from shiftstack_ccd.ephemeris._sphere import unit_vectors
 from shiftstack_ccd.exceptions import EphemerisError, HorizonsError
 from shiftstack_ccd.ephemeris.horizons import (CACHE_ENV, default_step, horizons_cache_dir,
-                                     parse_horizons_text, plan_epochs)
+                                               parse_horizons_text, plan_epochs)
 
 HERE = Path(__file__).parent / "data" / "ephemerides"
 AQ = "ephemerides/astroquery_jplhorizons/"
