@@ -24,7 +24,7 @@ from astropy.wcs import WCS
 
 from .exceptions import FrameError
 
-__all__ = ["expand_files", "mid_exposure_time", "read_frame", "read_frames"]
+__all__ = ["mid_exposure_time", "read_frame", "read_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,15 @@ def _parse_time_of_day(value, header, key):
     return 3600 * h + 60 * m + s
 
 
-def _exposure_time(header):
+def exposure_time(header):
+    """The exposure time of a header: ``(key, seconds)`` from the first of the usual cards
+    present, or ``(None, None)`` when none is.
+
+    Raises
+    ------
+    shiftstack_ccd.exceptions.FrameError
+        The card holds no number, or a negative or non-finite one.
+    """
     for key in _EXPTIME_KEYS:
         if key in header:
             if isinstance(header[key], bool):  # a FITS logical, T or F: not a duration
@@ -159,7 +167,7 @@ def _mid_time_and_source(header):
     if has("MJD-AVG"):
         return _mjd(header, "MJD-AVG"), "MJD-AVG"
 
-    exp_key, exptime = _exposure_time(header)
+    exp_key, exptime = exposure_time(header)
     start, source = None, None
     if has("DATE-OBS") and str(header["DATE-OBS"]).strip():
         date_text = str(header["DATE-OBS"]).strip()

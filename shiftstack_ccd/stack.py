@@ -21,11 +21,11 @@ from astropy.wcs import WCS
 from ._parallel import map_frames
 from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
                      set_card)
-from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
+from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .exceptions import FrameError, ParameterError
-from .frames import _exposure_time, mid_exposure_time, read_frame
-from .photometry import stellar_fwhm
+from .frames import exposure_time, mid_exposure_time, read_frame
+from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
 from .target_frame import TargetFrame, check_target_on_frame
@@ -501,7 +501,7 @@ def _check_frame_weights(headers, labels, weights, frame_weights):
     for name, spec in (("weights", weights), ("frame_weights", frame_weights)):
         if isinstance(spec, str) and spec == "exptime":
             for header, label in zip(headers, labels):
-                key, value = _exposure_time(header)
+                key, value = exposure_time(header)
                 if value is None:
                     raise FrameError(f"{label}: has no exposure time (EXPTIME) in its header; "
                                      f"{name}='exptime' needs one.")
@@ -567,7 +567,7 @@ def _per_frame_factors(headers, weights, frame_weights):
     """The per-frame part of the weights (pixel weights aside), as the combine uses them,
     normalised to sum 1."""
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
-    factors = _frame_factors(weights, frame_weights, headers, labels)
+    factors = frame_factors(weights, frame_weights, headers, labels)
     return factors / factors.sum()
 
 
