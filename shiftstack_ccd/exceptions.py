@@ -7,7 +7,7 @@ bad input, so code written against plain Python exceptions still works.
 """
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
-           "OutputExistsError", "OutputError", "ParameterError", "PipelineError",
+           "OutputExistsError", "OutputError", "ParameterError", "PipelineError", "DownloadError",
            "UnknownStepError"]
 
 
@@ -62,3 +62,7 @@ class UnknownStepError(ShiftStackError, KeyError):
 
     def __str__(self):  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DownloadError(ShiftStackError, OSError):
+    """Example data could not be downloaded (no network, or not the original file)."""

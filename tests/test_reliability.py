@@ -536,3 +536,81 @@ def test_signal_cleans_the_work_folder(tmp_path, signum, status):
     assert list(work.iterdir()) == []
     assert not (tmp_path / "s.fits").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------------------
+# Horizons cache entries checked on read; offline errors name the offline alternatives
+# ----------------------------------------------------------------------------------------
+def _recorded(shared_data, name):
+    return Path(shared_data(f"ephemerides/astroquery_jplhorizons/{name}")).read_text()
+
+
+def _without_rows(text, n):
+    """A Horizons answer with its first ``n`` rows removed."""
+    head, rest = text.split("$$SOE\n", 1)
+    return head + "$$SOE\n" + rest.split("\n", n)[n]
+
+
+@pytest.mark.parametrize("mangle, reason", [
+    (lambda entry: [entry], "JSON list"),
+    (lambda entry: None, "JSON NoneType"),
+    (lambda entry: 42, "JSON int"),
+    (lambda entry: {k: v for k, v in entry.items() if k != "url"}, "no 'url'"),
+    (lambda entry: {**entry, "text": entry["text"][:entry["text"].index("$$EOE")]},
+     "cut short"),
+    (lambda entry: {**entry, "text": _without_rows(entry["text"], 2)}, "covers"),
+    (lambda entry: {**entry, "format": 99}, "format 99"),
+])
+def test_malformed_cache_entries_are_named_and_fetched_again(shared_data, transport, tmp_path,
+                                                             mangle, reason):
+    import json
+    from astropy.time import Time
+    transport.answer = _recorded(shared_data, "ceres_ephemerides_range.txt")
+    frames = Time("2022-06-20T02:00:00", scale="utc") + np.arange(50) * 6 * u.min
+    first = ss.Ephemeris.from_horizons("Ceres", "688", times=frames, id_type="smallbody",
+                                       cache_dir=tmp_path)
+    (path,) = (tmp_path / "horizons").glob("*.json")
+    path.write_text(json.dumps(mangle(json.loads(path.read_text()))))
+    with pytest.warns(AstropyUserWarning, match="malformed Horizons cache entry") as caught:
+        again = ss.Ephemeris.from_horizons("Ceres", "688", times=frames, id_type="smallbody",
+                                           cache_dir=tmp_path)
+    message = str(caught[0].message)
+    assert str(path) in message and reason in message
+    assert len(transport.urls) == 2  # fetched again ...
+    assert again.meta["from_cache"] is False
+    assert again.at(frames).separation(first.at(frames)).max() == 0 * u.deg
+    entry = json.loads(path.read_text())  # ... and the entry replaced by a sound one
+    assert entry["url"] == transport.urls[-1] and "$$EOE" in entry["text"]
+    ss.Ephemeris.from_horizons("Ceres", "688", times=frames, id_type="smallbody",
+                               cache_dir=tmp_path)
+    assert len(transport.urls) == 2
+
+
+def test_offline_horizons_names_the_command_line_alternatives(night, transport, tmp_path,
+                                                               capsys, monkeypatch):
+    import requests
+    sim, paths, eph = night
+    monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path / "cache"))
+    transport.error = requests.exceptions.ConnectionError("Name or service not known")
+    status, _, err = run(["stack", *paths, "--target", "Ceres", "-o", tmp_path / "o.fits"],
+                         capsys)
+    assert status == 1
+    assert_one_line_error(err, "No network?", "--ephemeris TABLE", "--rates DRA DDEC")
+
+
+def test_fetch_example_data_offline(tmp_path, monkeypatch):
+    import urllib.error
+
+    from shiftstack_ccd.datasets import fetch_example_data
+    from shiftstack_ccd.exceptions import DownloadError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setenv("SHIFTSTACK_CCD_DATA", str(tmp_path))
+    monkeypatch.setattr("astropy.utils.data.download_file", offline)
+    with pytest.raises(DownloadError) as info:
+        fetch_example_data("lowell42-5945")
+    text = str(info.value)
+    assert "No network?" in text and "SHIFTSTACK_CCD_DATA" in text and "\n" not in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert isinstance(info.value, OSError)
