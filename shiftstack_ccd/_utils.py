@@ -69,7 +69,7 @@ def _first_existing(path):
     return Path(".")
 
 
-def check_output_path(path, overwrite=False, inputs=(), what="output"):
+def check_output_path(path, overwrite=False, inputs=(), what="output", create=True):
     """Refuse, before anything is computed, an output that cannot or must not be written.
 
     Parameters
@@ -83,6 +83,9 @@ def check_output_path(path, overwrite=False, inputs=(), what="output"):
         is refused even with ``overwrite``; inputs are never replaced.
     what : str
         What the output is called in messages (an option name such as ``--output``).
+    create : bool
+        Create the output's folder now (it would be anyway) and try a file in it; without,
+        nothing is made and the nearest existing folder must be writable.
 
     Returns
     -------
@@ -107,6 +110,11 @@ def check_output_path(path, overwrite=False, inputs=(), what="output"):
     if not existing.is_dir():
         raise OutputError(f"{path}: cannot write the {what} there: {existing} is a file, not a "
                           "folder.")
+    if not create and existing != path.parent:  # nothing made: the nearest folder must do
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: cannot write the {what}: the folder {existing} is not "
+                              "writable.")
+        return path
     try:  # the folder is made now (it would be anyway), and a file tried in it
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)

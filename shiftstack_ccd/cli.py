@@ -216,7 +216,8 @@ def _cmd_steps(args):
 
 def _cmd_run(args):
     from .pipeline import load_pipeline
-    pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None)
+    pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None,
+                             allow_scheduler=args.allow_scheduler)
     if args.check:
         print(f"{args.pipeline}: valid")
         for line in pipeline.describe():
@@ -338,6 +339,9 @@ def build_parser():
                      help="only validate the file and say what it would do")
     run.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (overrides [output] overwrite)")
+    run.add_argument("--allow-scheduler", action="store_true",
+                     help="let the file's [stack] scheduler name a dask.distributed address "
+                          "(frames and pickled tasks are sent there)")
     run.set_defaults(func=_cmd_run)
 
     for subparser in sub.choices.values():  # every subcommand, those added later too

@@ -614,3 +614,88 @@ def test_fetch_example_data_offline(tmp_path, monkeypatch):
     assert "No network?" in text and "SHIFTSTACK_CCD_DATA" in text and "\n" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert isinstance(info.value, OSError)
+
+
+# ----------------------------------------------------------------------------------------
+# Pipeline files: --check refuses what would crash or harm; what passes it runs
+# ----------------------------------------------------------------------------------------
+def _pipeline(folder, stack="", output='stack = "out/stack.fits"', extra=""):
+    import textwrap
+    path = Path(folder) / "p.toml"
+    path.write_text(textwrap.dedent(f"""
+        [inputs]
+        files = "night/*.fits"
+        {extra}
+        [motion]
+        ephemeris = "eph.ecsv"
+
+        [stack]
+        {stack if "size" in stack else "size = 31"}
+        {"" if "size" in stack else stack}
+
+        [output]
+        {output}
+        """))
+    return path
+
+
+@pytest.mark.parametrize("stack, words", [
+    ("size = 0", ["size", "at least 1"]),
+    ("weights = [1.0, 2.0]", ["weights", "one weight per frame (4)"]),
+    ('pixel_scale = "0.5 m"', ["pixel_scale"]),
+    ("refine_size = 0", ["refine_size", "at least 8"]),
+    ('intermediate = "os.system"', ["intermediate"]),
+    ('scheduler = "bogus"', ["scheduler", "bogus"]),
+    ("sigma_low = -1.0", ["sigma_low", "above 0"]),
+    ("static_k = -1", ["static_k"]),
+    ("track_radius = 0.5", ["track_radius", "at least 2"]),
+    ('scheduler = "tcp://203.0.113.5:8786"', ["--allow-scheduler"]),
+])
+def test_check_refuses_what_would_crash(night, tmp_path, capsys, stack, words):
+    sim, paths, eph = night
+    toml = _pipeline(tmp_path, stack)
+    status, _, err = run(["run", toml, "--check"], capsys)
+    assert status == 1, err
+    line = assert_one_line_error(err, "p.toml", *words)
+    assert "line " in line  # the line of the file
+    status, _, err = run(["run", toml], capsys)  # and run refuses the same, before any work
+    assert status == 1 and "preparing" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_refuses_an_output_that_is_an_input(night, tmp_path, capsys, digests):
+    sim, paths, eph = night
+    before = digests(paths + [eph])
+    for output in (f'stack = "{paths[0]}"', 'stack = "eph.ecsv.fits"\npreview = "eph.ecsv"'):
+        toml = _pipeline(tmp_path, output=output + "\noverwrite = true")
+        status, _, err = run(["run", toml, "--check"], capsys)
+        assert status == 1
+        assert "is one of the input files" in err or "should end in" in err, err
+        assert run(["run", toml, "--overwrite"], capsys)[0] == 1
+    assert digests(paths + [eph]) == before
+
+
+def test_check_refuses_a_3d_bias(night, tmp_path, capsys):
+    sim, paths, eph = night
+    fits.writeto(tmp_path / "bias.fits", np.zeros((2, 96, 96), np.float32))
+    toml = _pipeline(tmp_path, extra='\n[calibration]\nbias = "bias.fits"\n')
+    status, _, err = run(["run", toml, "--check"], capsys)
+    assert status == 1
+    assert_one_line_error(err, "bias", "not a 2-D image (NAXIS = 3)")
+
+
+def test_a_file_that_passes_check_runs(night, tmp_path, capsys):
+    sim, paths, eph = night
+    toml = _pipeline(tmp_path, 'scheduler = "threads"\nweights = [1.0, 1.0, 2.0, 1.0]')
+    assert run(["run", toml, "--check"], capsys)[0] == 0
+    status, out, err = run(["run", toml], capsys)
+    assert status == 0, err
+    assert fits.getheader(tmp_path / "out" / "stack.fits")["NCOMBINE"] == 4
+
+
+def test_allow_scheduler_lets_an_address_through(night, tmp_path, capsys):
+    sim, paths, eph = night
+    toml = _pipeline(tmp_path, 'scheduler = "tcp://127.0.0.1:8786"')
+    status, out, err = run(["run", toml, "--check", "--allow-scheduler"], capsys)
+    assert status == 0, err
+    assert "valid" in out
