@@ -52,9 +52,8 @@ def _science_header(path, ext):
             for card in hdul[ext].header.cards:
                 if card.keyword not in STRUCTURE:
                     header[card.keyword] = (card.value, card.comment)
-    for key in [k for k in header if k in STRUCTURE or k.startswith(("NAXIS", "D2IM", "CPDIS",
-                                                                      "DP1", "DP2", "WCSDVARR",
-                                                                      "CPERR"))]:
+    lookup = ("NAXIS", "D2IM", "CPDIS", "DP1", "DP2", "WCSDVARR", "CPERR")  # no tables here
+    for key in [k for k in header if k in STRUCTURE or k.startswith(lookup)]:
         header.remove(key, ignore_missing=True, remove_all=True)
     return header
 

@@ -318,8 +318,7 @@ def _no_bunit_frames(paths, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_quiet_before_or_after_the_subcommand_silences_warnings(night, tmp_path, capsys,
-                                                                 where):
+def test_quiet_before_or_after_the_subcommand_silences_warnings(night, tmp_path, capsys, where):
     sim, paths, eph = night
     frames = _no_bunit_frames(paths, tmp_path)
     argv = ["stack", *frames, "--ephemeris", eph, "--size", 31, "-o", tmp_path / "q.fits"]
@@ -507,6 +506,18 @@ def test_subprocess_errors(night, tmp_path, digests):
     assert digests(paths) == before
 
 
+def _watchdog(proc, seconds=180, group=False):
+    """Kill a process (or its group) that hangs, so that the test fails instead."""
+    import threading
+
+    def kill():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+    timer = threading.Timer(seconds, kill)
+    timer.start()
+    return timer
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_cleans_the_work_folder(tmp_path, signum, status):
     sim = ss.simulate_observation(n_frames=40, shape=(200, 200), n_stars=30, target_snr=10,
@@ -520,6 +531,7 @@ def test_signal_cleans_the_work_folder(tmp_path, signum, status):
         [sys.executable, "-m", "shiftstack_ccd.cli", "stack", *map(str, paths), "--ephemeris",
          str(tmp_path / "eph.ecsv"), "--workdir", str(work), "--clean-cosmic-rays",
          "-o", str(tmp_path / "s.fits")], stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = _watchdog(proc)
     try:
         for line in proc.stderr:  # wait until frames are being prepared in the work folder
             if "preparing frames: 2/" in line:
@@ -527,8 +539,9 @@ def test_signal_cleans_the_work_folder(tmp_path, signum, status):
         assert any(work.iterdir())
         proc.send_signal(signum)
         rest = proc.stderr.read()
-        proc.wait(timeout=60)
+        proc.wait()
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == status, rest
@@ -586,8 +599,8 @@ def test_malformed_cache_entries_are_named_and_fetched_again(shared_data, transp
     assert len(transport.urls) == 2
 
 
-def test_offline_horizons_names_the_command_line_alternatives(night, transport, tmp_path,
-                                                               capsys, monkeypatch):
+def test_offline_horizons_names_the_command_line_alternatives(night, transport, tmp_path, capsys,
+                                                              monkeypatch):
     import requests
     sim, paths, eph = night
     monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path / "cache"))
@@ -699,3 +712,50 @@ def test_allow_scheduler_lets_an_address_through(night, tmp_path, capsys):
     status, out, err = run(["run", toml, "--check", "--allow-scheduler"], capsys)
     assert status == 0, err
     assert "valid" in out
+
+
+@pytest.mark.parametrize("step, words", [("0", ["--step", "above 0"]),
+                                         ("nan", ["--step", "finite"]),
+                                         ("0.2", ["at least 1 minute"])])
+def test_ephemeris_step_is_checked_before_any_request(night, transport, tmp_path, capsys,
+                                                      step, words):
+    sim, paths, eph = night
+    status, _, err = run(["ephemeris", *paths, "--target", "Ceres", "--step", step,
+                          "-o", tmp_path / "e.ecsv"], capsys)
+    assert status == 1
+    assert_one_line_error(err, *words)
+    assert transport.urls == []
+
+
+def test_ctrl_c_with_processes_prints_no_worker_tracebacks(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: one line, exit 130."""
+    sim = ss.simulate_observation(n_frames=30, shape=(200, 200), n_stars=30, target_snr=10,
+                                  seed=5, cosmic_rays=False)
+    paths = sim.write(tmp_path / "frames")
+    sim.ephemeris.write(tmp_path / "eph.ecsv")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "MPLBACKEND": "agg"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shiftstack_ccd.cli", "stack", *map(str, paths), "--ephemeris",
+         str(tmp_path / "eph.ecsv"), "--scheduler", "processes", "--workdir", str(work),
+         "--clean-cosmic-rays", "-o", str(tmp_path / "s.fits")],
+        stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    watchdog = _watchdog(proc, group=True)
+    try:
+        for line in proc.stderr:
+            if "preparing frames: 1/" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process
+        rest = proc.stderr.read()
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert [line for line in rest.splitlines() if "preparing" not in line] == \
+        ["shiftstack-ccd: interrupted; no partial output was left"]
+    assert list(work.iterdir()) == []
+    assert not (tmp_path / "s.fits").exists()

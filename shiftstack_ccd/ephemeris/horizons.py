@@ -207,6 +207,8 @@ def _step_minutes(step):
     except (u.UnitsError, TypeError) as exc:
         raise EphemerisError(f"step must be a time Quantity (e.g. 10*u.min), not {step!r}") \
             from exc
+    if not np.isscalar(minutes) or not np.isfinite(minutes):
+        raise EphemerisError(f"step must be one finite time (e.g. 10*u.min), not {step!r}")
     minutes = int(round(minutes))
     if minutes < 1:
         raise EphemerisError("the Horizons step must be at least 1 minute")
