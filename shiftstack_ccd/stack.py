@@ -4,9 +4,12 @@
 import contextlib
 import functools
 import logging
+import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
@@ -21,11 +24,13 @@ from astropy.wcs import WCS
 from ._parallel import map_frames
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .ephemeris import Ephemeris
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
 from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
+from .steps import run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -144,16 +149,6 @@ def _ensure_uncertainty(frame, label):
     return out
 
 
-def _apply_steps(frame, steps):
-    for step in steps or ():
-        if isinstance(step, tuple):
-            function, kwargs = step
-        else:
-            function, kwargs = step, {}
-        frame = function(frame, **kwargs)
-    return frame
-
-
 class _Context:
     """What every per-frame task needs: picklable, so tasks can run in other processes."""
 
@@ -244,7 +239,7 @@ def _combinable(products):
 def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    frame = _ensure_uncertainty(run_steps(_load(source), ctx.steps), label)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
@@ -276,13 +271,25 @@ def _target_task(job, ctx):
             "path": resampled.meta["SSRESAMP"], "static_cards": cards}
 
 
-def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
-                    resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
-                    weights=None, frame_weights=None, clip_gradient=1.0, pixel_scale=None,
-                    orientation="north", sky_stack=True, per_frame_steps=None,
-                    interpolation="bicubic", subtract_static=False, track_radius=None,
-                    static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
+def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,
+                    ephemeris: Ephemeris, method: Literal["mean", "median", "sum"] = "mean",
+                    size: int | tuple[int, int] | u.Quantity | None = None,
+                    reference_time: Time | None = None,
+                    resample: Literal["auto", "shift", "warp"] = "auto",
+                    sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
+                    weights: Literal["inverse-variance", "exptime"] | Sequence[float] | None
+                    = None,
+                    frame_weights: Literal["exptime"] | Sequence[float] | None = None,
+                    clip_gradient: float = 1.0, pixel_scale: u.Quantity | None = None,
+                    orientation: Literal["north", "first"] | WCS = "north",
+                    sky_stack: bool = True, per_frame_steps: list | None = None,
+                    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+                    subtract_static: bool = False, track_radius: float | None = None,
+                    static_k: float = 5.0, refine: bool = False,
+                    refine_max_shift: float | None = None, refine_size: int = 64,
+                    scheduler: str | None = None, workdir: str | os.PathLike | None = None,
+                    mem_limit: float | None = None,
+                    intermediate: Callable | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters

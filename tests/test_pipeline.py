@@ -298,6 +298,62 @@ def test_every_problem_reported_with_its_line_before_any_work(sim_dir, monkeypat
     assert not (folder / "out").exists()
 
 
+def test_parameter_types_are_the_steps_annotations(sim_dir, tmp_path, monkeypatch):
+    """--check takes each parameter's type from the step's annotations: a union with None,
+    a Literal of strings, a Literal beside an array; a plug-in's too."""
+    sim, folder = sim_dir
+    plugin = tmp_path / "annotated_step.py"
+    plugin.write_text(textwrap.dedent("""
+        from typing import Literal
+
+        def tilt(ccd, axis: Literal["x", "y"] = "x", amount: float | None = None,
+                 label: str = "tilt"):
+            \"\"\"Add a gradient (a test step).\"\"\"
+            return ccd.copy()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ss.steps.BUILTIN_STEPS, "tilt", ("annotated_step:tilt", "frame"))
+    toml = write_toml(folder, """
+        [inputs]
+        files = "frames/*.fits"
+
+        [[steps]]
+        step = "tilt"
+        axis = "z"
+        amount = "lots"
+        label = 3
+
+        [[steps]]
+        step = "clean_cosmic_rays"
+        iterations = 2.5
+        sharpness = true
+
+        [motion]
+        ephemeris = "eph.ecsv"
+
+        [stack]
+        weights = "exptime"
+        frame_weights = "inverse-variance"
+
+        [output]
+        stack = "out/stack.fits"
+    """)
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(toml)
+    problems = dict(info.value.problems)
+    expected = {
+        6: "tilt: axis must be one of 'x', 'y', not 'z'",
+        7: "tilt: amount must be a number, not the string 'lots'",
+        8: "tilt: label must be a string, not the integer 3",
+        12: "clean_cosmic_rays: iterations must be an integer, not the number 2.5",
+        13: "clean_cosmic_rays: sharpness must be a number, not a boolean",
+        20: "[stack]: frame_weights must be one of 'exptime', not 'inverse-variance'",
+    }
+    assert sorted(problems) == sorted(expected)  # weights = "exptime" (line 19) is fine
+    for line, text in expected.items():
+        assert text in problems[line], (line, problems[line])
+
+
 def test_toml_syntax_error_names_its_line(tmp_path):
     toml = write_toml(tmp_path, """
         [inputs]

@@ -16,6 +16,7 @@ from .._utils import frame_label, set_card
 from ..calibration import (calibrate_frame, combine_bias, combine_flat, read_calibration_frame,
                            subtract_overscan_and_trim)
 from ..exceptions import ShiftStackError
+from ..steps import run_step
 from ._checker import header_key, is_header_ref
 
 __all__ = ["Pipeline", "PipelineResult"]
@@ -111,7 +112,7 @@ class Pipeline:
                 added = [card for card in frame.meta.cards if card.keyword not in before
                          and card.keyword not in ("HISTORY", "COMMENT", "")]
             for name, function, params in self.steps:
-                frame = _run_step(name, function, frame, params)
+                frame = run_step(function, frame, params, name=name)
             frames.append(frame)
             log.info("%s: calibrated%s", frame_label(frame),
                      f", then {', '.join(s[0] for s in self.steps)}" if self.steps else "")
@@ -257,16 +258,6 @@ class PipelineResult:
         self.result = result
         self.frames = frames
         self.outputs = outputs
-
-
-def _run_step(name, function, frame, params):
-    from astropy.nddata import CCDData
-    out = function(frame, **params)
-    if not isinstance(out, CCDData):
-        raise ShiftStackError(f"{frame_label(frame)}: the step {name!r} returned "
-                              f"{type(out).__name__}, not a CCDData (see the step contract in "
-                              "shiftstack_ccd.steps).")
-    return out
 
 
 def _format_args(params):
