@@ -200,7 +200,7 @@ class _Stored:
         self.path = path
 
 
-def _load(source):
+def _load(source, hdu=None, unit=None):
     """A frame in memory, an input file, or an intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
@@ -209,7 +209,7 @@ def _load(source):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source)
+    return read_frame(source, hdu=hdu, unit=unit)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -239,7 +239,7 @@ def _combinable(products):
 def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(run_steps(_load(source), ctx.steps), label)
+    frame = _ensure_uncertainty(run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps), label)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
@@ -289,7 +289,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                     refine_max_shift: float | None = None, refine_size: int = 64,
                     scheduler: str | None = None, workdir: str | os.PathLike | None = None,
                     mem_limit: float | None = None,
-                    intermediate: Callable | None = None) -> StackResult:
+                    intermediate: Callable | None = None, hdu: int | str | None = None,
+                    unit: str | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -322,9 +323,13 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     sky_stack : bool
         Also combine the frames on the stars.
     per_frame_steps : list, optional
-        Steps applied to each frame before resampling, in order: callables
-        ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
-        ``[(clean_cosmic_rays, {"method": "median"})]``.
+        Steps applied to each frame before resampling, in order, through
+        `~shiftstack_ccd.steps.run_steps` (which checks the step contract): callables
+        ``CCDData -> CCDData``, ``(callable, kwargs)`` pairs or ``(name, callable, kwargs)``
+        triples, e.g. ``[(clean_cosmic_rays, {"method": "median"})]``. The output grid is
+        laid out from the frames as read (their WCS and shape): steps that trim a frame or
+        correct its WCS do not move it (with ``size`` the grid is centred on the target
+        whatever the frames' WCS; without, it covers the frames as read).
     interpolation : {'bicubic', 'bilinear'}
         Resampling kernel for the data (see `resample_to_target`).
     subtract_static : bool
@@ -367,6 +372,11 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
         frames, at the cost of one frame each time.
 
+    hdu : int or str, optional
+        The extension to read from files (see `read_frames`).
+    unit : str, optional
+        The data unit of files whose header has none (see `read_frames`).
+
     Returns
     -------
     result : `StackResult`
@@ -390,7 +400,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     sources = _sources(frames)
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source)
+        frame = _load(source, hdu, unit)
         headers.append(as_header(frame.meta))
         shapes.append(frame.shape)
         wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
@@ -411,7 +421,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
                        need_sky=sky_stack or subtract_static, workdir=folder, template=None,
-                       track_radius=track_radius, static_k=static_k)
+                       track_radius=track_radius, static_k=static_k, hdu=hdu, unit=unit)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
