@@ -22,7 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from ._utils import as_header, atomic_output, require_celestial_wcs
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .ephemeris import Ephemeris
 from .exceptions import FrameError
@@ -30,7 +30,7 @@ from .frames import mid_exposure_time, read_frame
 from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
-from .steps import run_steps
+from .steps import provenance_header, run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -606,33 +606,27 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
-    header = fits.Header()
-    for key, value in meta.items():
-        header[key] = value
-    for key, value, comment in grid.header_cards():
-        set_card(header, key, value, comment)
-    header["SSRESMP"] = (resample, "requested resampling path")
+    """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
+    and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
+    cards = list(grid.header_cards())
+    cards.append(("SSRESMP", resample, "requested resampling path"))
     if hasattr(ephemeris, "header_cards"):
-        for key, value, comment in ephemeris.header_cards():
-            set_card(header, key, value, comment)
+        cards += ephemeris.header_cards()
     times = Time(table["mid_time"])
     try:  # exposure-weighted, when every frame has an exposure time
-        cards = exposure_header_cards(headers, weights=np.asarray(table["weight"]))
+        cards += exposure_header_cards(headers, weights=np.asarray(table["weight"]))
     except FrameError:
         mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
-        cards = [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
-                 ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
-                 ("TIMESYS", "UTC", "time scale of the time cards")]
-    for key, value, comment in cards:
-        set_card(header, key, value, comment)
+        cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
+                  ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
+                  ("TIMESYS", "UTC", "time scale of the time cards")]
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)
     for i, row in enumerate(table[:999], start=1):
-        set_card(header, f"SSF{i:03d}", str(row["file"])[-60:], "input frame")
-        header[f"SST{i:03d}"] = (float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)")
-        header[f"SSX{i:03d}"] = (round(float(row["dx"]), 4), "[pix] target offset x")
-        header[f"SSY{i:03d}"] = (round(float(row["dy"]), 4), "[pix] target offset y")
-    header.add_history(f"shiftstack_ccd: {len(table)} frames stacked by {method} on the "
-                       f"target's motion")
-    return header
+        cards += [(f"SSF{i:03d}", str(row["file"])[-60:], "input frame"),
+                  (f"SST{i:03d}", float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)"),
+                  (f"SSX{i:03d}", round(float(row["dx"]), 4), "[pix] target offset x"),
+                  (f"SSY{i:03d}", round(float(row["dy"]), 4), "[pix] target offset y")]
+    return provenance_header(as_header(meta), cards, f"shiftstack_ccd: {len(table)} frames "
+                             f"stacked by {method} on the target's motion")
