@@ -16,6 +16,9 @@ never moves off is not subtracted either).
 """
 
 import logging
+import os
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
@@ -37,8 +40,12 @@ def _track_mask(shape, centre, radius):
 
 
 @log_to_header
-def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="median",
-                        min_frames=3, workdir=None, mem_limit=None):
+def static_sky_template(sky_frames: Sequence[CCDData | str | os.PathLike],
+                        target_pixels: Sequence[tuple[float, float]],
+                        track_radius: float = 5.0,
+                        method: Literal["median", "mean"] = "median", min_frames: int = 3,
+                        workdir: str | os.PathLike | None = None,
+                        mem_limit: float | None = None) -> CCDData:
     """The static sky: frames aligned on the stars, the target masked, combined.
 
     Parameters
@@ -114,8 +121,9 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
 
 
 @log_to_header
-def subtract_static_sky(ccd, template, target_pixel, track_radius=5.0, k=5.0,
-                        interpolation="bicubic"):
+def subtract_static_sky(ccd: CCDData, template: CCDData, target_pixel: tuple[float, float],
+                        track_radius: float = 5.0, k: float = 5.0,
+                        interpolation: Literal["bicubic", "bilinear"] = "bicubic") -> CCDData:
     """Subtract the static-sky template from one frame, in the frame's own pixels.
 
     Parameters
