@@ -140,7 +140,7 @@ def subtract_static_sky(ccd: CCDData, template: CCDData, target_pixel: tuple[flo
     k : float
         Residuals beyond ``k`` sigma (frame and template noise together) elsewhere are
         masked, grown by one pixel.
-    interpolation : str
+    interpolation : {'bicubic', 'bilinear'}
         Kernel used to warp the template onto the frame.
 
     Returns
