@@ -133,7 +133,7 @@ def _cmd_stack(args):
     from ._utils import check_output_path
     from ._validate import stack_parameters
     from .cosmicray import clean_cosmic_rays
-    from .frames import expand_files, read_frames
+    from .frames import expand_files
     from .stack import shift_and_stack
     from .visualization import write_preview
 
@@ -150,8 +150,8 @@ def _cmd_stack(args):
         check_output_path(args.preview, args.overwrite, files, "preview")
         if Path(args.preview).resolve() == output.resolve():
             raise UsageError(f"--preview {args.preview}: the same file as --output")
-    # with a work folder frames are read one at a time by the stack (which checks them all)
-    frames = files if args.workdir else read_frames(files)
+    # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.
+    frames = files
     eph = _motion_model(args, frames)
     steps = [clean_cosmic_rays] if args.clean_cosmic_rays else None
     result = shift_and_stack(frames, eph, method=args.method, size=args.size,
@@ -225,7 +225,7 @@ def _cmd_run(args):
         return 0
     run = pipeline.run()
     result = run.result
-    print(f"{args.pipeline}: {len(run.frames)} frames stacked, target at pixel "
+    print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
     for path in run.outputs.values():
         print(f"wrote {path}")
