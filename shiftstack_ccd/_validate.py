@@ -171,18 +171,19 @@ def per_frame_weights(value, name, n_frames):
 
 
 def steps(value, name="per_frame_steps"):
-    """None, or a list of callables or ``(callable, dict)`` pairs."""
+    """None, or a list of callables, ``(callable, dict)`` pairs or ``(name, callable, dict)``
+    triples (as `~shiftstack_ccd.steps.run_steps` takes them)."""
     if value is None:
         return None
     if not isinstance(value, (list, tuple)):
         fail(name, f"must be a list of steps, not {_show(value)}.")
     for step in value:
-        if isinstance(step, tuple) and len(step) == 2 and callable(step[0]) \
-                and isinstance(step[1], dict):
+        if isinstance(step, tuple) and len(step) in (2, 3) and callable(step[-2]) \
+                and isinstance(step[-1], dict) and (len(step) == 2 or isinstance(step[0], str)):
             continue
         if not callable(step):
-            fail(name, f"each step must be a function or a (function, dict) pair, not "
-                       f"{_show(step)}.")
+            fail(name, f"each step must be a function, a (function, dict) pair or a (name, "
+                       f"function, dict) triple, not {_show(step)}.")
     return list(value)
 
 
