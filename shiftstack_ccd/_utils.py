@@ -201,8 +201,11 @@ def set_card(header, key, value, comment=""):
     """Set a header card, shortening the comment (never the value) to fit one 80-char card."""
     from astropy.io import fits
     bare = fits.Card(key, value).image
-    if len(bare) <= 80:  # a long string value continues on CONTINUE cards: leave it
-        comment = comment[:max(80 - len(bare.rstrip()) - 3, 0)]  # 3 for " / "
+    if len(bare) <= 80 and comment:  # a long string continues on CONTINUE cards: leave it
+        # where the comment starts once astropy has padded the value (to column 30 for
+        # short strings, which a bare card does not show)
+        start = fits.Card(key, value, "#").image.rstrip().rfind("#")
+        comment = comment[:max(80 - start, 0)]
     header[key] = (value, comment) if comment else value
 
 

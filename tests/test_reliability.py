@@ -759,3 +759,16 @@ def test_ctrl_c_with_processes_prints_no_worker_tracebacks(tmp_path):
         ["shiftstack-ccd: interrupted; no partial output was left"]
     assert list(work.iterdir()) == []
     assert not (tmp_path / "s.fits").exists()
+
+
+def test_writing_a_stack_warns_nothing(night, tmp_path):
+    """Header comments are cut to fit their card by us, not by astropy with a warning."""
+    import warnings
+    sim, paths, eph = night
+    result = ss.shift_and_stack(paths, ss.Ephemeris.from_table(eph), size=21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result.write(tmp_path / "quiet.fits")
+    with fits.open(tmp_path / "quiet.fits") as hdul:
+        for hdu in hdul:
+            assert all(len(card.image) == 80 for card in hdu.header.cards)
