@@ -12,17 +12,19 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
+from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
+from ._photometric import divided, frame_scales, snr_weights, star_photometry
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
+from .noise import mask_outside_trimsec, noise_model
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
@@ -125,25 +127,6 @@ class StackResult:
         return cls(stack, sky, coverage, table, None)
 
 
-def _ensure_uncertainty(frame, label):
-    """Give a frame without uncertainty a constant background-limited one, loudly."""
-    if frame.uncertainty is not None:
-        return frame
-    good = np.isfinite(frame.data)
-    if frame.mask is not None:
-        good &= ~frame.mask
-    sigma = float(sigma_clipped_stats(frame.data[good], sigma=3.0)[2])
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise FrameError(f"{label}: has no uncertainty and its noise cannot be estimated "
-                         "from the data (constant or empty frame).")
-    log.info("%s: no uncertainty given; using the sky noise %.4g %s (sigma-clipped standard "
-             "deviation of the frame; a background-limited approximation)", label, sigma,
-             frame.unit)
-    out = frame.copy()
-    out.uncertainty = StdDevUncertainty(np.full(frame.shape, sigma, dtype=frame.data.dtype))
-    return out
-
-
 def _apply_steps(frame, steps):
     for step in steps or ():
         if isinstance(step, tuple):
@@ -242,25 +225,33 @@ def _combinable(products):
 
 
 def _prepare_task(job, ctx):
-    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
+    """Per-frame steps, target check, crop, noise and background, the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    frame = _apply_steps(_load(source), ctx.steps)
+    # the detector model needs the whole raw frame (its overscan); the rest only the crop
+    model = noise_model(frame, gain=ctx.gain, read_noise=ctx.read_noise, bias=ctx.bias,
+                        label=label)
+    frame = mask_outside_trimsec(frame)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
         sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
                                        interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
     return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards,
+            "noise": noise_info}
 
 
 def _target_task(job, ctx):
     """Static-sky subtraction (if asked) and the frame on its epoch's target grid."""
     index, prepared, wcs = job
     frame = _load(prepared["frame"])
+    if ctx.scales is not None:
+        frame = divided(frame, ctx.scales[index])
     if ctx.template is not None:
         template = ctx.template
         template = CCDData(template.data, unit=template.unit, mask=template.mask,
@@ -282,7 +273,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                     orientation="north", sky_stack=True, per_frame_steps=None,
                     interpolation="bicubic", subtract_static=False, track_radius=None,
                     static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
+                    scheduler=None, workdir=None, mem_limit=None, intermediate=None,
+                    background="model", scale=None, gain=None, read_noise=None, bias=None):
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -403,13 +395,26 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
-                       need_sky=sky_stack or subtract_static, workdir=folder, template=None,
-                       track_radius=track_radius, static_k=static_k)
+                       need_sky=(sky_stack or subtract_static or _named(weights, "snr")
+                                 or (isinstance(scale, str) and scale == "stars")),
+                       workdir=folder, template=None, track_radius=track_radius,
+                       static_k=static_k, gain=gain, read_noise=read_noise, bias=bias,
+                       background=background, scales=None)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
+        cx, cy = grid.center_pixel
+        track = [(cx + dx, cy + dy) for dx, dy in zip(*offsets)]
+        photometry = None
+        if _named(weights, "snr") or _named(scale, "stars"):
+            photometry = star_photometry(sky_frames, track, grid.shape, mem_limit)
+        ctx.scales = frame_scales(scale, photometry, len(prepared))
+        if ctx.scales is not None:
+            sky_frames = [divided(f, s) for f, s in zip(sky_frames, ctx.scales)]
+        if _named(weights, "snr"):
+            weights = snr_weights(photometry, ctx.scales)
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
@@ -423,9 +428,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                 ctx.track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
                 log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
                          f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
-            cx, cy = grid.center_pixel
             ctx.template = static_sky_template(
-                sky_frames, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)],
+                sky_frames, track,
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
         target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
         on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
@@ -447,7 +451,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.wcs = grid.wcs
     table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
                          weights, frame_weights, refinement)
+    add_noise_columns(table, [p["noise"] for p in prepared], photometry, ctx.scales)
     header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers)
+    noise_cards(header, table, background, scale)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
@@ -458,6 +464,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+def _named(option, name):
+    """``option == name`` for options that may also be arrays."""
+    return isinstance(option, str) and option == name
 
 
 class _Footprint:
@@ -506,7 +517,8 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
 
 def _run_intermediate(targets, headers, callback, weights, frame_weights):
     running = RunningStack(method="mean",
-                           weights="inverse-variance" if weights == "inverse-variance" else None)
+                           weights="inverse-variance" if _named(weights, "inverse-variance")
+                           else None)
     factors = _per_frame_factors(headers, weights, frame_weights)
     for k, (target, factor) in enumerate(zip(targets, factors), start=1):
         running.add(target, weight=factor)

@@ -1,0 +1,113 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Noise and background of one frame (or its cutout), as `shift_and_stack` does them.
+
+Sources are found once, on the frame minus a first, unmasked background model (on a raw frame
+the vignetting would otherwise pass for a source), and masked both where the pixel noise is
+measured (`~shiftstack_ccd.noise.add_uncertainty`) and in the background model
+(`~shiftstack_ccd.background.subtract_background`); so is a disc of `TARGET_RADIUS` pixels
+around the target, which a faint target is not detected by and must not enter the sky.
+"""
+
+import numpy as np
+
+from .background import background_box_size, subtract_background
+from .exceptions import FrameError
+from .noise import add_uncertainty
+
+#: Radius (input pixels) kept out of the background model around the target.
+TARGET_RADIUS = 10.0
+
+
+def _sources(frame, bad):
+    """Sources on the frame minus a first background model (sigma clipping keeps stars out)."""
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground
+
+    from .photometry import source_mask
+    data = np.asarray(frame.data, dtype=float)
+    box = min(background_box_size(data.shape), *data.shape)
+    try:
+        first = Background2D(np.where(bad, 0.0, data), box, mask=bad, exclude_percentile=50,
+                             sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
+                             bkg_estimator=MedianBackground()).background
+    except ValueError:
+        return np.zeros(data.shape, dtype=bool)  # subtract_background says what is wrong
+    return source_mask(np.where(bad, np.nan, data - first))
+
+
+def noise_and_background(frame, model, target, background, label):
+    """The frame with its uncertainty (if it had none) and minus its sky (if asked).
+
+    Returns the new frame and a dict of what was measured (the per-frame table's columns).
+    """
+    data = np.asarray(frame.data)
+    bad = ~np.isfinite(data)
+    if frame.mask is not None:
+        bad |= np.asarray(frame.mask, dtype=bool)
+    if bad.all():
+        raise FrameError(f"{label}: no usable background: every pixel is masked or not finite.")
+    yy, xx = np.indices(data.shape, sparse=True)
+    near_target = np.hypot(xx - target[0], yy - target[1]) <= TARGET_RADIUS
+    sources = _sources(frame, bad) | near_target
+    frame, info = add_uncertainty(frame, model, sky=~sources, label=label)
+    info["sky_level"] = np.nan
+    if background == "model":
+        frame = subtract_background(frame, mask=sources, label=label)
+        info["sky_level"] = float(frame.meta["SSBKGLEV"])
+    elif background is not None:
+        raise ValueError(f"background must be 'model' or None, not {background!r}")
+    return frame, info
+
+
+#: Per-frame table columns from `noise_and_background`, in order, with their descriptions.
+NOISE_COLUMNS = {
+    "noise_model": "how the noise is known: given, detector (gain/read noise) or local",
+    "gain": "gain used by the detector model, e-/data unit",
+    "read_noise": "read noise used by the detector model, e-",
+    "bias": "bias level subtracted before the Poisson term (data units)",
+    "bias_source": "where the bias level came from: argument, overscan or none",
+    "pixel_noise": "measured pixel noise of the sky (neighbour differences), data units",
+    "model_noise": "the noise model's pixel noise on the same sky, before scaling",
+    "noise_ratio": "measured / model pixel noise",
+    "noise_scale": "factor applied to the detector model's standard deviation",
+    "sky_level": "median background subtracted (data units; NaN if not subtracted)",
+}
+#: ... and from the photometric scaling.
+PHOTOMETRY_COLUMNS = {
+    "flux_scale": "frame divided by this (transparency relative to the median frame)",
+    "flux_scale_err": "uncertainty of flux_scale from the stars' scatter",
+    "scale_stars": "stars used for the scale",
+    "psf_area": "effective PSF area of point sources, pixels",
+    "sky_sigma": "median uncertainty of the frame on the sky grid (data units)",
+}
+
+
+def add_noise_columns(table, infos, photometry, scales):
+    """Add the noise, background and scaling columns to the per-frame table (in place)."""
+    for name, description in NOISE_COLUMNS.items():
+        table[name] = [info[name] for info in infos]
+        table[name].description = description
+    if photometry is not None:
+        for name, description in PHOTOMETRY_COLUMNS.items():
+            table[name] = photometry[name]
+            table[name].description = description
+    if scales is not None:
+        table["flux_scale"] = scales
+        table["flux_scale"].description = PHOTOMETRY_COLUMNS["flux_scale"]
+
+
+def noise_cards(header, table, background, scale):
+    """Header cards saying what was done to the frames' noise, sky and flux scale."""
+    kinds = sorted(set(table["noise_model"]))
+    header["SSNOISE"] = (",".join(kinds), "per-frame noise models (see FRAMES table)")
+    ratios = np.asarray(table["noise_ratio"], dtype=float)
+    if np.isfinite(ratios).any():
+        header["SSNOISER"] = (round(float(np.nanmedian(ratios)), 4),
+                              "median measured/model pixel noise")
+    header["SSBKG"] = ("Background2D" if background == "model" else "none",
+                       "per-frame sky model subtracted before combining")
+    if isinstance(scale, str):
+        label = scale
+    else:
+        label = "none" if scale is None else "factors"
+    header["SSSCALE"] = (label, "per-frame photometric scale (flux_scale column)")
