@@ -1,38 +1,64 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
 """Noise and background of one frame (or its cutout), as `shift_and_stack` does them.
 
-Sources are found once, on the frame minus a first, unmasked background model (on a raw frame
-the vignetting would otherwise pass for a source), and masked both where the pixel noise is
+Sources are found once, on the frame minus a quick box-median sky model (on a raw frame the
+vignetting would otherwise pass for a source), and masked both where the pixel noise is
 measured (`~shiftstack_ccd.noise.add_uncertainty`) and in the background model
 (`~shiftstack_ccd.background.subtract_background`); so is a disc of `TARGET_RADIUS` pixels
 around the target, which a faint target is not detected by and must not enter the sky.
 """
 
+import warnings
+
 import numpy as np
 
 from .background import background_box_size, subtract_background
 from .exceptions import FrameError
-from .noise import add_uncertainty
+from .noise import add_uncertainty, pixel_noise
 
 #: Radius (input pixels) kept out of the background model around the target.
 TARGET_RADIUS = 10.0
 
 
-def _sources(frame, bad):
-    """Sources on the frame minus a first background model (sigma clipping keeps stars out)."""
-    from astropy.stats import SigmaClip
-    from photutils.background import Background2D, MedianBackground
+def _box_median_model(data, bad, box):
+    """A quick sky model: the median of each box (stars are a minority of it), bilinear.
 
-    from .photometry import source_mask
-    data = np.asarray(frame.data, dtype=float)
-    box = min(background_box_size(data.shape), *data.shape)
-    try:
-        first = Background2D(np.where(bad, 0.0, data), box, mask=bad, exclude_percentile=50,
-                             sigma_clip=SigmaClip(sigma=3.0, maxiters=5),
-                             bkg_estimator=MedianBackground()).background
-    except ValueError:
-        return np.zeros(data.shape, dtype=bool)  # subtract_background says what is wrong
-    return source_mask(np.where(bad, np.nan, data - first))
+    Only for finding the sources: the background subtracted is `subtract_background`'s.
+    """
+    from scipy.ndimage import zoom
+    ny, nx = data.shape
+    by, bx = -(-ny // box), -(-nx // box)
+    padded = np.full((by * box, bx * box), np.nan)
+    padded[:ny, :nx] = np.where(bad, np.nan, data)
+    blocks = padded.reshape(by, box, bx, box).transpose(0, 2, 1, 3).reshape(by, bx, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes
+        grid = np.nanmedian(blocks, axis=2)
+    if np.isnan(grid).all():
+        return np.zeros(data.shape)
+    grid = np.where(np.isnan(grid), np.nanmedian(grid), grid)
+    if grid.shape == (1, 1):
+        return np.full(data.shape, grid[0, 0])
+    model = zoom(grid, (by * box / by, bx * box / bx), order=1, mode="nearest",
+                 grid_mode=True)
+    return model[:ny, :nx]
+
+
+def source_pixels(data, bad, sigma, box, nsigma=4.0, grow=3):
+    """Pixels of sources: the 3x3 mean of the frame minus a quick sky model above ``nsigma``
+    times its noise (``sigma / 3``), grown by ``grow`` pixels.
+
+    Written here rather than with `~shiftstack_ccd.photometry.source_mask` (photutils
+    segmentation after an astropy convolution): that costs 0.24 s on a 317-pixel cutout,
+    this 10 ms, and a mask is all the noise and background need. A 3x3 mean is above
+    4 sigma by chance at 3e-5 of the pixels: pure noise hardly enters the mask (which would
+    bias the noise measured off it low).
+    """
+    from scipy.ndimage import maximum_filter, uniform_filter
+    residual = np.where(bad, 0.0, data - _box_median_model(data, bad, box))
+    smoothed = uniform_filter(residual, 3, mode="nearest")
+    found = smoothed > nsigma * sigma / 3
+    return maximum_filter(found, size=2 * grow + 1) if grow else found
 
 
 def noise_and_background(frame, model, target, background, label):
@@ -48,7 +74,10 @@ def noise_and_background(frame, model, target, background, label):
         raise FrameError(f"{label}: no usable background: every pixel is masked or not finite.")
     yy, xx = np.indices(data.shape, sparse=True)
     near_target = np.hypot(xx - target[0], yy - target[1]) <= TARGET_RADIUS
-    sources = _sources(frame, bad) | near_target
+    sigma = pixel_noise(data, ~bad)
+    sources = near_target
+    if np.isfinite(sigma) and sigma > 0:
+        sources = sources | source_pixels(data, bad, sigma, background_box_size(data.shape))
     frame, info = add_uncertainty(frame, model, sky=~sources, label=label)
     info["sky_level"] = np.nan
     if background == "model":

@@ -27,7 +27,8 @@ from .frames import mid_exposure_time, read_frame
 from .noise import mask_outside_trimsec, noise_model
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
-from .static_sky import static_sky_template, subtract_static_sky
+from .static_sky import (static_sky_template, static_sky_variance_factor,
+                         subtract_static_sky)
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -421,13 +422,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                                mem_limit=mem_limit)
         sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
         if subtract_static:
+            reference = sky if sky is not None and method == "median" else \
+                combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
+            fwhm = stellar_fwhm(reference)
             if ctx.track_radius is None:
-                reference = sky if sky is not None and method == "median" else \
-                    combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
-                fwhm = stellar_fwhm(reference)
                 ctx.track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
-                log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
-                         f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
+            log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
+                     f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
             ctx.template = static_sky_template(
                 sky_frames, track,
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
@@ -443,6 +444,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         if intermediate is not None:
             _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)
         stack = combined.image
+        if subtract_static:
+            # the template shares the frames' noise (see static_sky_variance_factor)
+            static_radius = max(2.0, 1.5 * fwhm) if fwhm else 3.0
+            static_factor = static_sky_variance_factor(offsets, static_radius, interpolation)
+            stack.uncertainty = StdDevUncertainty(
+                stack.uncertainty.array * np.float32(np.sqrt(static_factor)))
         if sky is not None:
             sky.meta = as_header(sky.meta)
 
@@ -462,6 +469,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
     if subtract_static:
         stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
+        stack.meta["SSSTVARF"] = (round(static_factor, 4), "variance x this: template shares noise")
+        stack.meta["SSSTAPR"] = (round(static_radius, 2), "[pix] aperture radius of SSSTVARF")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
 
