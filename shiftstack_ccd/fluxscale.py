@@ -8,10 +8,12 @@ over the stars is the frame's **scale**. Dividing a frame by its scale puts ever
 photometric system of the median frame, so a target's flux in a stack is that of one median
 frame, whatever the clouds did.
 
-Fluxes are sums in apertures of radius 5 times the stars' FWHM (measured on the reference)
-with the background of an annulus from 6 to 8 FWHM: wide enough that a frame whose seeing is
-1.5 times worse loses under 0.3% more of a Moffat (beta = 3) star than the reference, so
-seeing does not masquerade as transparency.
+Fluxes are sums in apertures of radius `APERTURE` times the stars' FWHM (measured on the
+reference), with the background of an annulus from `ANNULUS` FWHM on frames whose sky was
+not subtracted already (`~shiftstack_ccd.background.subtract_background`): a Moffat (beta = 3) star
+loses 0.3% of its light outside 4 FWHM, and 1.4% when the seeing is 1.5 times worse than the
+reference's, so seeing changes within a night masquerade as transparency by about 1% at most
+(less for the usual 10-20%).
 
 The same stars give the **effective PSF area** of each frame, ``A = F**2 / sum(p**2)`` (the
 area over which a point source's light is spread, for S/N purposes: the noise of a
@@ -33,6 +35,11 @@ __all__ = ["photometric_scales"]
 
 log = logging.getLogger(__name__)
 
+#: Aperture radius for the stars' fluxes, in FWHM of the reference.
+APERTURE = 4.0
+#: Inner and outer radius of the background annulus, in FWHM; no other star may be closer.
+ANNULUS = (5.0, 7.0)
+
 
 def _read(frame):
     if isinstance(frame, str):
@@ -42,7 +49,7 @@ def _read(frame):
 
 
 def _stars(reference, exclude, max_stars, nsigma):
-    """Bright, isolated, unmasked stars of the reference: positions and the FWHM."""
+    """Bright stars of the reference clear of masked pixels: positions and the FWHM."""
     from photutils.detection import find_peaks
 
     from .photometry import stellar_fwhm
@@ -52,7 +59,7 @@ def _stars(reference, exclude, max_stars, nsigma):
         bad |= np.asarray(reference.mask, dtype=bool)
     _, median, std = sigma_clipped_stats(data[~bad], sigma=3)
     fwhm = stellar_fwhm(reference) or 3.0
-    r_out = 8 * fwhm
+    r_out = ANNULUS[1] * fwhm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         peaks = find_peaks(np.where(bad, median, data) - median, nsigma * std,
@@ -63,9 +70,8 @@ def _stars(reference, exclude, max_stars, nsigma):
     height = np.asarray(peaks["peak_value"], dtype=float)
     keep = []
     for i, (x, y) in enumerate(xy):
-        others = np.delete(xy, i, axis=0)
-        if len(others) and np.min(np.hypot(*(others - (x, y)).T)) < r_out:
-            continue  # a neighbour inside the annulus
+        # Neighbours are allowed: their light scales with the frame's transparency too, so
+        # the flux ratio is unchanged (only seeing moves a little of it across the edges).
         if exclude is not None and exclude[int(y), int(x)]:
             continue
         y0, y1 = int(y - r_out), int(y + r_out) + 1
@@ -78,7 +84,7 @@ def _stars(reference, exclude, max_stars, nsigma):
     return xy[order], fwhm
 
 
-def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=30.0):
+def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.0):
     """Per-frame flux scale, PSF area and sky noise from the stars common to the frames.
 
     Parameters
@@ -91,17 +97,18 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=30.
     exclude : ndarray of bool, optional
         Pixels where no star may be taken (e.g. the target's track).
     max_stars : int
-        The brightest isolated stars used.
+        The brightest stars used.
     nsigma : float
         Detection threshold of the stars on ``reference``, in its sky sigma.
 
     Returns
     -------
     table : `~astropy.table.Table`
-        One row per frame: ``flux_scale`` (median over stars of the flux ratio to the star's
-        median over frames, normalised so that the median frame has 1), ``flux_scale_err``
-        (robust scatter of the ratios / sqrt(n)), ``scale_stars`` (stars used),
-        ``psf_area`` (effective PSF area, pixels) and ``sky_sigma`` (median uncertainty of
+        One row per frame: ``flux_scale`` (the frame's summed star fluxes over the sum of
+        each star's median over frames, outlying stars left out, normalised so that the
+        median frame has 1), ``flux_scale_err`` (robust scatter of the stars' ratios /
+        sqrt(n), an upper bound: bright stars count more in the scale), ``scale_stars``
+        (stars used), ``psf_area`` (effective PSF area, pixels) and ``sky_sigma`` (median uncertainty of
         the frame, data units). ``table.meta['fwhm']``: the reference's FWHM, pixels.
 
     Raises
@@ -112,11 +119,11 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=30.
     from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
     xy, fwhm = _stars(reference, exclude, max_stars, nsigma)
     if len(xy) < 3:
-        raise FrameError(f"photometric scaling needs at least 3 isolated stars common to the "
+        raise FrameError(f"photometric scaling needs at least 3 stars common to the "
                          f"frames; found {len(xy)} above {nsigma:g} sigma (give the scales as "
                          "numbers, or scale=None).")
-    aperture = CircularAperture(xy, 5 * fwhm)
-    annulus = CircularAnnulus(xy, 6 * fwhm, 8 * fwhm)
+    aperture = CircularAperture(xy, APERTURE * fwhm)
+    annulus = CircularAnnulus(xy, ANNULUS[0] * fwhm, ANNULUS[1] * fwhm)
     core = CircularAperture(xy, 2 * fwhm)
     fluxes, squares, npix, sigmas = [], [], [], []
     for frame in frames:
@@ -127,11 +134,16 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=30.
             bad |= np.asarray(frame.mask, dtype=bool)
         clean = np.where(bad, 0.0, data)
         sky = []
-        for mask in annulus.to_mask(method="center"):
+        # a frame whose sky was modelled and subtracted (SSBKG) needs no annulus, which
+        # costs accuracy in a crowded field: its median picks up the wings of the star and
+        # its neighbours, more in poor seeing (a 1.5% trend over FWHM 2.5-4 px on simulated
+        # frames with 150 stars, 0.1% without the annulus)
+        local = "SSBKG" not in (frame.meta or {})
+        for mask in (annulus.to_mask(method="center") if local else []):
             values = mask.get_values(np.where(bad, np.nan, data))
             values = values[np.isfinite(values)]
             sky.append(sigma_clipped_stats(values, sigma=3)[1] if values.size > 10 else np.nan)
-        sky = np.array(sky)
+        sky = np.array(sky) if local else np.zeros(len(xy))
         total = np.asarray(aperture_photometry(clean, aperture)["aperture_sum"]) \
             - sky * aperture.area
         touched = np.asarray(aperture_photometry(bad.astype(float), aperture)["aperture_sum"])
@@ -151,11 +163,20 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=30.
     fluxes, squares = np.array(fluxes), np.array(squares)
     sigmas = np.array(sigmas)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = fluxes / np.nanmedian(fluxes, axis=0)
-        scale = np.nanmedian(ratios, axis=1)
-        n_used = np.isfinite(ratios).sum(axis=1)
-        err = np.array([mad_std(r[np.isfinite(r)]) for r in ratios])
-        err = err / np.sqrt(np.maximum(n_used, 1))
+        reference_flux = np.nanmedian(fluxes, axis=0)
+        ratios = fluxes / reference_flux
+        # Stars whose ratio departs from the frame's median ratio by more than 5 robust
+        # sigma (a variable star, a cosmic ray, a masked core) are left out; the scale is
+        # then the ratio of the summed fluxes, which weights the stars by their flux (the
+        # bright ones have the best-measured ratios; an unweighted median of the ratios
+        # scattered 1% on simulated frames where this scatters 0.3%).
+        centre = np.nanmedian(ratios, axis=1)[:, None]
+        spread = np.array([mad_std(r[np.isfinite(r)]) for r in ratios])[:, None]
+        # the median frame's ratios are 1 for many stars: its own spread is too small
+        usable = np.isfinite(ratios) & (np.abs(ratios - centre) <= 5 * np.median(spread))
+        scale = np.array([np.sum(f[k]) / np.sum(reference_flux[k]) for f, k in zip(fluxes, usable)])
+        n_used = usable.sum(axis=1)
+        err = spread[:, 0] / np.sqrt(np.maximum(n_used, 1))
         # sum(p^2) of a star = (sum of squares - the noise's share) / flux^2
         signal_sq = squares - np.array(npix) * sigmas[:, None] ** 2
         area = np.nanmedian(fluxes ** 2 / np.where(signal_sq > 0, signal_sq, np.nan), axis=1)

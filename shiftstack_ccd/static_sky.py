@@ -25,7 +25,7 @@ from ._utils import as_header, frame_label
 from .combine import combine_frames
 from .resample import resample_to_target
 
-__all__ = ["static_sky_template", "subtract_static_sky"]
+__all__ = ["static_sky_template", "static_sky_variance_factor", "subtract_static_sky"]
 
 log = logging.getLogger(__name__)
 
