@@ -304,7 +304,7 @@ def _local_sigma(data, good, label):
             warnings.simplefilter("ignore", AstropyUserWarning)
             bkg = Background2D(diff, box, mask=~pairs, exclude_percentile=50,
                                bkg_estimator=MedianBackground(),
-                               bkgrms_estimator=MADStdBackgroundRMS())
+                               bkg_rms_estimator=MADStdBackgroundRMS())
     except ValueError as exc:
         raise FrameError(f"{label}: no uncertainty, no gain, and too few unmasked sky pixels "
                          f"to measure the noise locally ({exc}).") from None
