@@ -7,12 +7,17 @@ such frames is not the median of their signal, clipping compares unlike values a
 inverse-variance weights favour the dark frames for the wrong reason. Each frame's sky is
 therefore modelled with `photutils.background.Background2D` (sigma-clipped medians in boxes,
 a 3x3 median filter of the boxes, smooth interpolation) with the sources masked, and
-subtracted. The box is chosen from the frame (`background_box_size`): an eighth of its
-shorter side, between 16 and 64 pixels, so a cutout of a few hundred pixels still has a
-few boxes a side and a full frame follows vignetting, while a point source (masked, and a
-small fraction of a box anyway) does not enter the model. The model's own noise (the
+subtracted. The box is chosen from the frame (`background_box_size`): a quarter of its
+shorter side, between 32 and 64 pixels. A box's median has a noise of about 1.25 sigma / box
+that is shared by every pixel of it, and an aperture sum of N pixels gets N times that: with
+16-pixel boxes the stacked flux of a 9-pixel-radius aperture moved by 1.7% between two runs
+of the same nine simulated frames, with 32 or more by less than 1%. The boxes' values are not
+median filtered (photutils' ``filter_size``): sources are masked and the box medians are
+sigma clipped, and the filter flattens gradients over the outer box all round (a ramp of
+0.8 ADU per pixel left 19 ADU there). The model's own noise (the
 median of hundreds of pixels per box) is not added to the uncertainty: it is below a few
-per cent of a pixel's.
+per cent of a pixel's. `shift_and_stack` models the frame cut to the output and its margin,
+with the target at its centre.
 """
 
 import logging
@@ -30,17 +35,17 @@ log = logging.getLogger(__name__)
 
 
 def background_box_size(shape):
-    """Background box side for a frame of ``shape``: min(shape) // 8, within 16-64 pixels.
+    """Background box side for a frame of ``shape``: min(shape) // 4, within 32-64 pixels.
 
     Examples
     --------
-    >>> background_box_size((317, 317)), background_box_size((1370, 1432))
-    (39, 64)
+    >>> background_box_size((137, 137)), background_box_size((1370, 1432))
+    (34, 64)
     """
-    return int(np.clip(min(shape) // 8, 16, 64))
+    return int(np.clip(min(shape) // 4, 32, 64))
 
 
-def subtract_background(ccd, mask=None, box_size=None, filter_size=3, label=None):
+def subtract_background(ccd, mask=None, box_size=None, filter_size=1, label=None):
     """Model the frame's sky with sources masked and subtract it.
 
     Parameters
@@ -53,7 +58,7 @@ def subtract_background(ccd, mask=None, box_size=None, filter_size=3, label=None
     box_size : int, optional
         Box side, pixels (default `background_box_size`).
     filter_size : int
-        Median filter of the box values, in boxes.
+        Median filter of the box values, in boxes (default none: see the module notes).
     label : str, optional
         Name of the frame in messages.
 
