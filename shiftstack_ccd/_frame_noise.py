@@ -106,7 +106,7 @@ PHOTOMETRY_COLUMNS = {
     "flux_scale": "frame divided by this (transparency relative to the median frame)",
     "flux_scale_err": "uncertainty of flux_scale from the stars' scatter",
     "scale_stars": "stars used for the scale",
-    "psf_area": "effective PSF area of point sources, pixels",
+    "aperture_fraction": "share of a star's light within 1.5 FWHM (seeing)",
     "sky_sigma": "median uncertainty of the frame on the sky grid (data units)",
 }
 

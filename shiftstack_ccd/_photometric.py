@@ -67,24 +67,43 @@ def frame_scales(scale, photometry, n_frames):
     return values
 
 
-def snr_weights(photometry, scales):
-    """Per-frame weights that maximise a point source's S/N in the mean.
+def median_sigma(products):
+    """Median uncertainty of each product (CCDData or FITS path in the work folder)."""
+    sigmas = []
+    for product in products:
+        if isinstance(product, str):
+            product = CCDData.read(product, hdu_mask="MASK", hdu_uncertainty="UNCERT")
+        sigma = np.asarray(product.uncertainty.represent_as(StdDevUncertainty).array, float)
+        bad = ~np.isfinite(sigma) if product.mask is None else (product.mask
+                                                                  | ~np.isfinite(sigma))
+        sigmas.append(float(np.median(sigma[~bad])) if (~bad).any() else np.nan)
+    return np.array(sigmas)
 
-    A frame of transparency ``t`` (``flux_scale``), sky noise ``sigma`` and effective PSF area
-    ``A`` measures a point source's flux with variance ``sigma**2 A / t**2`` once divided by
-    ``t``: its optimal weight is ``t**2 / (sigma**2 A)``. Frames not divided by their scale
-    carry ``t`` times the signal, so their weight is ``t / (sigma**2 A)``.
+
+def snr_weights(photometry, scales, sigma):
+    """Per-frame weights that maximise a point source's S/N in aperture photometry of the mean.
+
+    A frame puts a fraction ``f`` (``aperture_fraction``, its seeing) of a point source's
+    light in an aperture of 1.5 FWHM, with transparency ``t`` (``flux_scale``) and noise
+    ``sigma`` per pixel (``sigma``: the frames as combined, i.e. divided by ``t`` when
+    ``scales`` is given, static-sky template noise included). Divided frames all carry the
+    source's flux ``F``, so the weighted mean of their aperture sums (signal ``F f``, noise
+    ``sigma sqrt(N)``) has the highest S/N for weights ``f / sigma**2``; frames not divided
+    carry ``t F``: ``f t / sigma**2``. Weighting by the inverse PSF area instead, the optimum
+    for PSF fitting of single frames, gave a lower aperture S/N on simulated nights (see
+    ``benchmarks/bench_noise.py``).
     """
     t = np.asarray(photometry["flux_scale"], dtype=float)
-    sigma = np.asarray(photometry["sky_sigma"], dtype=float)
-    area = np.asarray(photometry["psf_area"], dtype=float)
-    if not np.all(np.isfinite(area) & (area > 0)):
-        warnings.warn("weights='snr': the PSF area could not be measured on some frames; "
-                      "the median area is used for them.", AstropyUserWarning)
-        good = np.isfinite(area) & (area > 0)
-        area = np.where(good, area, np.median(area[good]) if good.any() else 1.0)
-    signal = t ** 2 if scales is not None else t
-    weights = signal / (sigma ** 2 * area)
+    sigma = np.asarray(sigma, dtype=float)
+    fraction = np.asarray(photometry["aperture_fraction"], dtype=float)
+    good = np.isfinite(fraction) & (fraction > 0)
+    if not good.all():
+        warnings.warn("weights='snr': the aperture fraction could not be measured on some "
+                      "frames; the median fraction is used for them.", AstropyUserWarning)
+        fraction = np.where(good, fraction, np.median(fraction[good]) if good.any() else 1.0)
+    if scales is None:
+        fraction = fraction * t
+    weights = np.where(np.isfinite(sigma) & (sigma > 0), fraction / sigma ** 2, 0.0)
     weights = weights / weights.max()
     log.info("S/N weights: %s", ", ".join(f"{w:.3f}" for w in weights))
     return weights

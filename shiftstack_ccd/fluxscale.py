@@ -15,10 +15,10 @@ loses 0.3% of its light outside 4 FWHM, and 1.4% when the seeing is 1.5 times wo
 reference's, so seeing changes within a night masquerade as transparency by about 1% at most
 (less for the usual 10-20%).
 
-The same stars give the **effective PSF area** of each frame, ``A = F**2 / sum(p**2)`` (the
-area over which a point source's light is spread, for S/N purposes: the noise of a
-PSF-weighted flux is ``sigma * sqrt(A)``), with the pixel noise's share of ``sum(p**2)``
-removed. ``weights='snr'`` in `~shiftstack_ccd.shift_and_stack` uses it.
+The same stars give each frame's **aperture fraction**: the median over stars of the flux
+within `CORE` FWHM of the reference over the flux within `APERTURE` FWHM, i.e. the share of a
+point source's light that an aperture photometry of the usual size collects in that frame's
+seeing. ``weights='snr'`` in `~shiftstack_ccd.shift_and_stack` uses it.
 """
 
 import logging
@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 #: Aperture radius for the stars' fluxes, in FWHM of the reference.
 APERTURE = 4.0
-#: Inner and outer radius of the background annulus, in FWHM; no other star may be closer.
+#: Inner and outer radius of the background annulus, in FWHM.
 ANNULUS = (5.0, 7.0)
+#: Radius of the aperture whose light fraction is measured, in FWHM of the reference.
+CORE = 1.5
 
 
 def _read(frame):
@@ -85,7 +87,7 @@ def _stars(reference, exclude, max_stars, nsigma):
 
 
 def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.0):
-    """Per-frame flux scale, PSF area and sky noise from the stars common to the frames.
+    """Per-frame flux scale, aperture fraction and sky noise from the stars common to the frames.
 
     Parameters
     ----------
@@ -124,8 +126,8 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
                          "numbers, or scale=None).")
     aperture = CircularAperture(xy, APERTURE * fwhm)
     annulus = CircularAnnulus(xy, ANNULUS[0] * fwhm, ANNULUS[1] * fwhm)
-    core = CircularAperture(xy, 2 * fwhm)
-    fluxes, squares, npix, sigmas = [], [], [], []
+    core = CircularAperture(xy, CORE * fwhm)
+    fluxes, cores, sigmas = [], [], []
     for frame in frames:
         frame = _read(frame)
         data = np.asarray(frame.data, dtype=float)
@@ -148,19 +150,14 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
             - sky * aperture.area
         touched = np.asarray(aperture_photometry(bad.astype(float), aperture)["aperture_sum"])
         total[touched > 0] = np.nan
-        sq, n_core = [], []
-        for mask, level in zip(core.to_mask(method="center"), sky):
-            values = mask.get_values(np.where(bad, np.nan, data)) - level
-            sq.append(np.nansum(values ** 2))
-            n_core.append(np.isfinite(values).sum())
+        inner = np.asarray(aperture_photometry(clean, core)["aperture_sum"]) - sky * core.area
         unc = np.asarray(frame.uncertainty.array, dtype=float) if frame.uncertainty is not None \
             else np.full(data.shape, np.nan)
         sigma = float(np.nanmedian(np.where(bad, np.nan, unc)))
         fluxes.append(total)
-        squares.append(np.array(sq))
-        npix.append(np.array(n_core))
+        cores.append(inner)
         sigmas.append(sigma)
-    fluxes, squares = np.array(fluxes), np.array(squares)
+    fluxes, cores = np.array(fluxes), np.array(cores)
     sigmas = np.array(sigmas)
     with np.errstate(invalid="ignore", divide="ignore"):
         reference_flux = np.nanmedian(fluxes, axis=0)
@@ -177,9 +174,8 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
         scale = np.array([np.sum(f[k]) / np.sum(reference_flux[k]) for f, k in zip(fluxes, usable)])
         n_used = usable.sum(axis=1)
         err = spread[:, 0] / np.sqrt(np.maximum(n_used, 1))
-        # sum(p^2) of a star = (sum of squares - the noise's share) / flux^2
-        signal_sq = squares - np.array(npix) * sigmas[:, None] ** 2
-        area = np.nanmedian(fluxes ** 2 / np.where(signal_sq > 0, signal_sq, np.nan), axis=1)
+        fraction = np.array([np.nanmedian((c / f)[k]) for c, f, k in zip(cores, fluxes,
+                                                                             usable)])
     if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
         raise FrameError("photometric scaling: a frame has no usable star in common with the "
                          "others (clouds, or the stars fell on masked pixels); give the scales "
@@ -189,7 +185,7 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
     table["flux_scale"] = scale
     table["flux_scale_err"] = err
     table["scale_stars"] = n_used
-    table["psf_area"] = area
+    table["aperture_fraction"] = fraction
     table["sky_sigma"] = sigmas
     table.meta["fwhm"] = fwhm
     log.info("photometric scales from %d stars (FWHM %.2f px): %s", len(xy), fwhm,

@@ -19,7 +19,7 @@ from astropy.wcs import WCS
 
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
-from ._photometric import divided, frame_scales, snr_weights, star_photometry
+from ._photometric import divided, frame_scales, median_sigma, snr_weights, star_photometry
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
@@ -412,10 +412,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         if _named(weights, "snr") or _named(scale, "stars"):
             photometry = star_photometry(sky_frames, track, grid.shape, mem_limit)
         ctx.scales = frame_scales(scale, photometry, len(prepared))
-        if ctx.scales is not None:
+        if ctx.scales is not None and ctx.need_sky:
             sky_frames = [divided(f, s) for f, s in zip(sky_frames, ctx.scales)]
-        if _named(weights, "snr"):
-            weights = snr_weights(photometry, ctx.scales)
+        snr = _named(weights, "snr")
+        if snr:  # the sky stack's, from the frames' own noise
+            weights = snr_weights(photometry, ctx.scales, photometry["sky_sigma"])
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
@@ -440,6 +441,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
             refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
                                  refine_max_shift, refine_size, scheduler)
         targets_out = _combinable([r["target"] for r in on_target])
+        if snr:  # the target stack's, from its frames' noise (static sky included)
+            weights = combine_options["weights"] = snr_weights(
+                photometry, ctx.scales, median_sigma(targets_out))
         combined = combine_frames(targets_out, **combine_options)
         if intermediate is not None:
             _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)
