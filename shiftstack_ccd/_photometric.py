@@ -74,8 +74,9 @@ def median_sigma(products):
         if isinstance(product, str):
             product = CCDData.read(product, hdu_mask="MASK", hdu_uncertainty="UNCERT")
         sigma = np.asarray(product.uncertainty.represent_as(StdDevUncertainty).array, float)
-        bad = ~np.isfinite(sigma) if product.mask is None else (product.mask
-                                                                  | ~np.isfinite(sigma))
+        bad = ~np.isfinite(sigma)
+        if product.mask is not None:
+            bad |= np.asarray(product.mask, dtype=bool)
         sigmas.append(float(np.median(sigma[~bad])) if (~bad).any() else np.nan)
     return np.array(sigmas)
 

@@ -54,7 +54,7 @@ def _stars(reference, exclude, max_stars, nsigma):
     """Bright stars of the reference clear of masked pixels: positions and the FWHM."""
     from photutils.detection import find_peaks
 
-    from .photometry import stellar_fwhm
+    from .stars import stellar_fwhm
     data = np.asarray(reference.data, dtype=float)
     bad = ~np.isfinite(data)
     if reference.mask is not None:
@@ -110,8 +110,9 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
         each star's median over frames, outlying stars left out, normalised so that the
         median frame has 1), ``flux_scale_err`` (robust scatter of the stars' ratios /
         sqrt(n), an upper bound: bright stars count more in the scale), ``scale_stars``
-        (stars used), ``psf_area`` (effective PSF area, pixels) and ``sky_sigma`` (median uncertainty of
-        the frame, data units). ``table.meta['fwhm']``: the reference's FWHM, pixels.
+        (stars used), ``aperture_fraction`` (share of a star's light within `CORE` FWHM)
+        and ``sky_sigma`` (median uncertainty of the frame, data units).
+        ``table.meta['fwhm']``: the reference's FWHM, pixels.
 
     Raises
     ------
@@ -174,8 +175,8 @@ def photometric_scales(frames, reference, exclude=None, max_stars=40, nsigma=20.
         scale = np.array([np.sum(f[k]) / np.sum(reference_flux[k]) for f, k in zip(fluxes, usable)])
         n_used = usable.sum(axis=1)
         err = spread[:, 0] / np.sqrt(np.maximum(n_used, 1))
-        fraction = np.array([np.nanmedian((c / f)[k]) for c, f, k in zip(cores, fluxes,
-                                                                             usable)])
+        fraction = np.array([np.nanmedian((c / f)[k])
+                             for c, f, k in zip(cores, fluxes, usable)])
     if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
         raise FrameError("photometric scaling: a frame has no usable star in common with the "
                          "others (clouds, or the stars fell on masked pixels); give the scales "

@@ -21,12 +21,12 @@ from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._photometric import divided, frame_scales, median_sigma, snr_weights, star_photometry
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
-from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
+from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
 from .noise import mask_outside_trimsec, noise_model
-from .photometry import stellar_fwhm
 from .resample import resample_to_target
+from .stars import stellar_fwhm
 from .static_sky import (static_sky_template, static_sky_variance_factor,
                          subtract_static_sky)
 from .target_frame import TargetFrame, check_target_on_frame
@@ -496,8 +496,8 @@ def _sources(frames):
     if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, CCDData)
                                                             for f in frames):
         return list(frames)
-    from .frames import _expand
-    paths = [str(p) for p in _expand(frames)]
+    from .frames import expand_files
+    paths = [str(p) for p in expand_files(frames)]
     if not paths:
         raise FrameError("no frames to stack.")
     return paths
@@ -542,7 +542,7 @@ def _per_frame_factors(headers, weights, frame_weights):
     """The per-frame part of the weights (pixel weights aside), as the combine uses them,
     normalised to sum 1."""
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
-    factors = _frame_factors(weights, frame_weights, headers, labels)
+    factors = frame_factors(weights, frame_weights, headers, labels)
     return factors / factors.sum()
 
 
