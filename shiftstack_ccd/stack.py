@@ -19,7 +19,7 @@ from astropy.wcs import WCS
 
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
-from ._photometric import divided, frame_scales, median_sigma, snr_weights, star_photometry
+from ._photometric import divided, frame_scales, snr_factors, star_photometry
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .exceptions import FrameError
@@ -296,8 +296,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         Resampling path (see `resample_to_target`).
     sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
         Outlier rejection before combining (see `combine_frames`).
-    weights : None, 'inverse-variance', 'exptime' or array-like
+    weights : None, 'inverse-variance', 'exptime', 'snr' or array-like
         Per-pixel or per-frame weights of the mean and sum (see `combine_frames`).
+        ``'snr'``: for point sources, ``1 / variance`` per pixel times each frame's share
+        of a star's light within 1.5 FWHM (its seeing), and its transparency unless the
+        frames are scaled (measured on the
+        stars common to the frames).
     frame_weights : None, 'exptime' or array-like
         Per-frame factors multiplied into ``weights``.
     pixel_scale : `~astropy.units.Quantity`, optional
@@ -352,6 +356,19 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         Called as ``intermediate(k, image)`` after each frame is added to a running mean
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
         frames, at the cost of one frame each time.
+    background : {'model', None}
+        ``'model'``: each frame's sky is modelled (`~shiftstack_ccd.background`, sources and
+        the target masked) and subtracted before combining, so the median, clipping and
+        weights compare like with like over a night whose sky changes. None keeps each
+        frame's sky (e.g. to measure the sky itself, or for frames already sky-subtracted
+        whose residual structure is signal).
+    scale : None, 'stars' or array-like
+        Photometric scale of each frame, by which it is divided before combining: measured
+        on the stars common to the frames (`~shiftstack_ccd.fluxscale.photometric_scales`;
+        the stack is then on the system of the median frame), or one number per frame.
+    gain, read_noise, bias : float or `~astropy.units.Quantity`, optional
+        Detector gain (e-/data unit), read noise (e-) and bias level (data units) for
+        frames without an uncertainty, overriding the header (see `~shiftstack_ccd.noise`).
 
     Returns
     -------
@@ -367,11 +384,16 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
     Notes
     -----
-    A frame without an uncertainty is given a constant one, its robust sky noise (the
-    sigma-clipped standard deviation of the frame), and this is logged: a
-    background-limited approximation that ignores the target's own photon noise. Give
-    frames a proper uncertainty (e.g. `ccdproc.create_deviation` with gain and read noise)
-    for bright targets.
+    A frame without an uncertainty is given one by `~shiftstack_ccd.noise`: from the gain
+    and read noise (arguments or header cards) with Poisson noise above the bias (overscan of
+    raw frames), checked against, and scaled to, the measured pixel noise of its sky; else a
+    local estimate of the sky noise. ``result.table`` says per frame what was used
+    (``noise_model``, ``gain``, ``read_noise``, ``bias``, ``pixel_noise``, ``model_noise``,
+    ``noise_ratio``, ``noise_scale``), the sky subtracted (``sky_level``) and, with
+    ``scale`` or ``weights='snr'``, what the stars said (``flux_scale``, ``aperture_fraction``
+    ...). With ``subtract_static`` the stack's variance is multiplied by
+    `~shiftstack_ccd.static_sky.static_sky_variance_factor` (header ``SSSTVARF``), the
+    template sharing the frames' noise.
     """
     sources = _sources(frames)
     headers, shapes, wcses = [], [], []
@@ -414,9 +436,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         ctx.scales = frame_scales(scale, photometry, len(prepared))
         if ctx.scales is not None and ctx.need_sky:
             sky_frames = [divided(f, s) for f, s in zip(sky_frames, ctx.scales)]
-        snr = _named(weights, "snr")
-        if snr:  # the sky stack's, from the frames' own noise
-            weights = snr_weights(photometry, ctx.scales, photometry["sky_sigma"])
+        if _named(weights, "snr"):  # per pixel 1 / variance, per frame the seeing
+            factors = snr_factors(photometry, ctx.scales)
+            if frame_weights is not None:
+                factors = factors * frame_factors(None, frame_weights, headers, labels)
+            weights, frame_weights = "inverse-variance", factors
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
@@ -441,9 +465,6 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
             refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
                                  refine_max_shift, refine_size, scheduler)
         targets_out = _combinable([r["target"] for r in on_target])
-        if snr:  # the target stack's, from its frames' noise (static sky included)
-            weights = combine_options["weights"] = snr_weights(
-                photometry, ctx.scales, median_sigma(targets_out))
         combined = combine_frames(targets_out, **combine_options)
         if intermediate is not None:
             _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)

