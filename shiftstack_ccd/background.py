@@ -84,7 +84,7 @@ def subtract_background(ccd, mask=None, box_size=None, filter_size=1, label=None
     >>> frame = CCDData(sky + rng.normal(0, 1, sky.shape), unit="adu")
     >>> flat = subtract_background(frame)
     >>> abs(float(np.median(flat.data))) < 0.1, flat.meta["SSBKGBOX"]
-    (True, 16)
+    (True, 32)
     """
     from astropy.stats import SigmaClip
     from photutils.background import Background2D, MedianBackground

@@ -74,7 +74,7 @@ def night_sky(n_frames, dark=200.0, dusk=4.0, dawn=3.0, scale=0.1):
     --------
     >>> sky = night_sky(11, dark=100.0)
     >>> [round(float(v)) for v in (sky[0], sky.min(), sky[-1])]
-    [400, 104, 300]
+    [400, 103, 300]
     """
     f = np.linspace(0.0, 1.0, int(n_frames)) if n_frames > 1 else np.zeros(1)
     return dark * (1 + (dusk - 1) * np.exp(-f / scale) + (dawn - 1) * np.exp(-(1 - f) / scale))
