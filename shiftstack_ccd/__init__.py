@@ -12,6 +12,7 @@ except ImportError:  # not installed, running from a source tree
 
 from .astrometry import *  # noqa: F401, F403
 from .background import *  # noqa: F401, F403
+from .calibration import *  # noqa: F401, F403
 from .combine import *  # noqa: F401, F403
 from .config import *  # noqa: F401, F403
 from .cosmicray import *  # noqa: F401, F403

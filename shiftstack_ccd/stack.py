@@ -4,9 +4,12 @@
 import contextlib
 import functools
 import logging
+import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
@@ -20,8 +23,9 @@ from astropy.wcs import WCS
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from ._utils import as_header, atomic_output, require_celestial_wcs
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .ephemeris import Ephemeris
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
 from .noise import mask_outside_trimsec, noise_model
@@ -29,6 +33,7 @@ from .resample import resample_to_target
 from .stars import stellar_fwhm
 from .static_sky import (static_sky_template, static_sky_variance_factor,
                          subtract_static_sky)
+from .steps import provenance_header, run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -128,16 +133,6 @@ class StackResult:
         return cls(stack, sky, coverage, table, None)
 
 
-def _apply_steps(frame, steps):
-    for step in steps or ():
-        if isinstance(step, tuple):
-            function, kwargs = step
-        else:
-            function, kwargs = step, {}
-        frame = function(frame, **kwargs)
-    return frame
-
-
 class _Context:
     """What every per-frame task needs: picklable, so tasks can run in other processes."""
 
@@ -189,7 +184,7 @@ class _Stored:
         self.path = path
 
 
-def _load(source):
+def _load(source, hdu=None, unit=None):
     """A frame in memory, an input file, or an intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
@@ -198,7 +193,7 @@ def _load(source):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source)
+    return read_frame(source, hdu=hdu, unit=unit)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -228,7 +223,7 @@ def _combinable(products):
 def _prepare_task(job, ctx):
     """Per-frame steps, target check, crop, noise and background, the frame on the sky grid."""
     index, source, target, label = job
-    frame = _apply_steps(_load(source), ctx.steps)
+    frame = run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps)
     # the detector model needs the whole raw frame (its overscan); the rest only the crop
     model = noise_model(frame, gain=ctx.gain, read_noise=ctx.read_noise, bias=ctx.bias,
                         label=label)
@@ -268,14 +263,30 @@ def _target_task(job, ctx):
             "path": resampled.meta["SSRESAMP"], "static_cards": cards}
 
 
-def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
-                    resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
-                    weights=None, frame_weights=None, clip_gradient=1.0, pixel_scale=None,
-                    orientation="north", sky_stack=True, per_frame_steps=None,
-                    interpolation="bicubic", subtract_static=False, track_radius=None,
-                    static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None,
-                    background="model", scale=None, gain=None, read_noise=None, bias=None):
+def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,
+                    ephemeris: Ephemeris, method: Literal["mean", "median", "sum"] = "mean",
+                    size: int | tuple[int, int] | u.Quantity | None = None,
+                    reference_time: Time | None = None,
+                    resample: Literal["auto", "shift", "warp"] = "auto",
+                    sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
+                    weights: Literal["inverse-variance", "exptime", "snr"] | Sequence[float]
+                    | None = None,
+                    frame_weights: Literal["exptime"] | Sequence[float] | None = None,
+                    clip_gradient: float = 1.0, pixel_scale: u.Quantity | None = None,
+                    orientation: Literal["north", "first"] | WCS = "north",
+                    sky_stack: bool = True, per_frame_steps: list | None = None,
+                    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+                    subtract_static: bool = False, track_radius: float | None = None,
+                    static_k: float = 5.0, refine: bool = False,
+                    refine_max_shift: float | None = None, refine_size: int = 64,
+                    scheduler: str | None = None, workdir: str | os.PathLike | None = None,
+                    mem_limit: float | None = None,
+                    intermediate: Callable | None = None, hdu: int | str | None = None,
+                    unit: str | None = None, background: Literal["model"] | None = "model",
+                    scale: Literal["stars"] | Sequence[float] | None = None,
+                    gain: float | u.Quantity | None = None,
+                    read_noise: float | u.Quantity | None = None,
+                    bias: float | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -312,9 +323,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     sky_stack : bool
         Also combine the frames on the stars.
     per_frame_steps : list, optional
-        Steps applied to each frame before resampling, in order: callables
-        ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
-        ``[(clean_cosmic_rays, {"method": "median"})]``.
+        Steps applied to each frame before resampling, in order, through
+        `~shiftstack_ccd.steps.run_steps` (which checks the step contract): callables
+        ``CCDData -> CCDData``, ``(callable, kwargs)`` pairs or ``(name, callable, kwargs)``
+        triples, e.g. ``[(clean_cosmic_rays, {"method": "median"})]``. The output grid is
+        laid out from the frames as read (their WCS and shape): steps that trim a frame or
+        correct its WCS do not move it (with ``size`` the grid is centred on the target
+        whatever the frames' WCS; without, it covers the frames as read).
     interpolation : {'bicubic', 'bilinear'}
         Resampling kernel for the data (see `resample_to_target`).
     subtract_static : bool
@@ -369,6 +384,10 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     gain, read_noise, bias : float or `~astropy.units.Quantity`, optional
         Detector gain (e-/data unit), read noise (e-) and bias level (data units) for
         frames without an uncertainty, overriding the header (see `~shiftstack_ccd.noise`).
+    hdu : int or str, optional
+        The extension to read from files (see `read_frames`).
+    unit : str, optional
+        The data unit of files whose header has none (see `read_frames`).
 
     Returns
     -------
@@ -398,7 +417,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     sources = _sources(frames)
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source)
+        frame = _load(source, hdu, unit)
         headers.append(as_header(frame.meta))
         shapes.append(frame.shape)
         wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
@@ -422,7 +441,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                                  or (isinstance(scale, str) and scale == "stars")),
                        workdir=folder, template=None, track_radius=track_radius,
                        static_k=static_k, gain=gain, read_noise=read_noise, bias=bias,
-                       background=background, scales=None)
+                       background=background, scales=None, hdu=hdu, unit=unit)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
@@ -635,33 +654,27 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
-    header = fits.Header()
-    for key, value in meta.items():
-        header[key] = value
-    for key, value, comment in grid.header_cards():
-        set_card(header, key, value, comment)
-    header["SSRESMP"] = (resample, "requested resampling path")
+    """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
+    and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
+    cards = list(grid.header_cards())
+    cards.append(("SSRESMP", resample, "requested resampling path"))
     if hasattr(ephemeris, "header_cards"):
-        for key, value, comment in ephemeris.header_cards():
-            set_card(header, key, value, comment)
+        cards += ephemeris.header_cards()
     times = Time(table["mid_time"])
     try:  # exposure-weighted, when every frame has an exposure time
-        cards = exposure_header_cards(headers, weights=np.asarray(table["weight"]))
+        cards += exposure_header_cards(headers, weights=np.asarray(table["weight"]))
     except FrameError:
         mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
-        cards = [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
-                 ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
-                 ("TIMESYS", "UTC", "time scale of the time cards")]
-    for key, value, comment in cards:
-        set_card(header, key, value, comment)
+        cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
+                  ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
+                  ("TIMESYS", "UTC", "time scale of the time cards")]
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)
     for i, row in enumerate(table[:999], start=1):
-        set_card(header, f"SSF{i:03d}", str(row["file"])[-60:], "input frame")
-        header[f"SST{i:03d}"] = (float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)")
-        header[f"SSX{i:03d}"] = (round(float(row["dx"]), 4), "[pix] target offset x")
-        header[f"SSY{i:03d}"] = (round(float(row["dy"]), 4), "[pix] target offset y")
-    header.add_history(f"shiftstack_ccd: {len(table)} frames stacked by {method} on the "
-                       f"target's motion")
-    return header
+        cards += [(f"SSF{i:03d}", str(row["file"])[-60:], "input frame"),
+                  (f"SST{i:03d}", float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)"),
+                  (f"SSX{i:03d}", round(float(row["dx"]), 4), "[pix] target offset x"),
+                  (f"SSY{i:03d}", round(float(row["dy"]), 4), "[pix] target offset y")]
+    return provenance_header(as_header(meta), cards, f"shiftstack_ccd: {len(table)} frames "
+                             f"stacked by {method} on the target's motion")
