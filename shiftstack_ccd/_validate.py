@@ -20,6 +20,8 @@ __all__ = []
 
 #: Resampling paths `shift_and_stack` accepts (see `resample_to_target`).
 RESAMPLE_METHODS = ("auto", "shift", "warp")
+#: Named weights `shift_and_stack` accepts (see `combine_frames`).
+WEIGHTS = ("inverse-variance", "exptime", "snr")
 #: Bytes per pixel of one frame on an output grid: float32 data and uncertainty, bool mask.
 BYTES_PER_PIXEL = 9
 #: Local dask schedulers; anything else must be an address (``tcp://host:port``) or a Client.
@@ -228,9 +230,9 @@ def stack_parameters(method="mean", size=None, reference_time=None, resample="au
                weights=weights, frame_weights=frame_weights, orientation=orientation)
     if not (isinstance(orientation, WCS) or orientation in ("north", "first")):
         fail("orientation", f"must be 'north', 'first' or a WCS, not {_show(orientation)}.")
-    if not (weights is None or (isinstance(weights, str) and weights in
-                                ("inverse-variance", "exptime")) or not isinstance(weights, str)):
-        fail("weights", f"must be None, 'inverse-variance', 'exptime' or numbers, not "
+    if not (weights is None or (isinstance(weights, str) and weights in WEIGHTS)
+            or not isinstance(weights, str)):
+        fail("weights", f"must be None, {', '.join(repr(w) for w in WEIGHTS)} or numbers, not "
                         f"{_show(weights)}.")
     if not (frame_weights is None or frame_weights == "exptime"
             or not isinstance(frame_weights, str)):
