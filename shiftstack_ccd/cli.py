@@ -145,9 +145,11 @@ def _cmd_stack(args):
                      refine_max_shift=args.refine_max_shift, scheduler=args.scheduler,
                      workdir=args.workdir)
     files = expand_files(args.files if len(args.files) > 1 else args.files[0])
-    output = check_output_path(args.output, args.overwrite, files, "output (-o)")
+    masters = [*args.bias, *args.dark, *args.flat]
+    inputs = files + masters + ([args.ephemeris] if args.ephemeris else [])
+    output = check_output_path(args.output, args.overwrite, inputs, "output (-o)")
     if args.preview:
-        check_output_path(args.preview, args.overwrite, files, "preview")
+        check_output_path(args.preview, args.overwrite, inputs, "preview")
         if Path(args.preview).resolve() == output.resolve():
             raise UsageError(f"--preview {args.preview}: the same file as --output")
     # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.

@@ -120,6 +120,19 @@ def test_output_that_is_an_input_is_refused_even_with_overwrite(night, tmp_path,
     assert digests(paths) == before
 
 
+def test_output_that_is_a_master_or_the_ephemeris_is_refused(night, tmp_path, capsys, digests):
+    sim, paths, eph = night
+    bias = tmp_path / "bias.fits"
+    fits.writeto(bias, np.zeros((96, 96), np.float32))
+    before = digests(paths + [eph, bias])
+    for target in (bias, eph):
+        status, _, err = run(["stack", *paths, "--ephemeris", eph, "--bias", bias,
+                              "-o", target, "--overwrite"], capsys)
+        assert status == 1
+        assert_one_line_error(err, str(target), "is one of the input files")
+    assert digests(paths + [eph, bias]) == before
+
+
 def test_api_write_refuses_an_input(night, tmp_path, digests):
     sim, paths, eph = night
     before = digests(paths)
