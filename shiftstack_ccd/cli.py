@@ -22,8 +22,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from astropy import units as u
-
 from .exceptions import OutputExistsError, ShiftStackError
 
 __all__ = ["main"]
@@ -94,6 +92,7 @@ def _add_motion_options(parser):
 
 
 def _motion_model(args, frames):
+    from astropy import units as u
     from astropy.time import Time
 
     from .ephemeris import Ephemeris
@@ -193,6 +192,7 @@ def _cmd_demo(args):
 
 
 def _cmd_ephemeris(args):
+    from astropy import units as u
     from astropy.time import Time
 
     from ._utils import check_output_path
@@ -214,12 +214,12 @@ def _cmd_ephemeris(args):
 
 
 def _cmd_steps(args):
-    from .steps import available_steps
-    steps = available_steps(kind=args.kind)
+    from .steps import describe_steps
+    steps = describe_steps(kind=args.kind)
     width = max((len(name) for name in steps), default=0)
-    for name, info in steps.items():
-        origin = "" if info.distribution == "shiftstack_ccd" else f" [{info.distribution}]"
-        print(f"{name:<{width}}  {info.kind:<8}  {info.summary}{origin}")
+    for name, (kind, summary, distribution) in steps.items():
+        origin = "" if distribution == "shiftstack_ccd" else f" [{distribution}]"
+        print(f"{name:<{width}}  {kind:<8}  {summary}{origin}")
     return 0
 
 

@@ -87,9 +87,9 @@ from astropy.utils.exceptions import AstropyUserWarning
 from ._utils import frame_label
 from .exceptions import ShiftStackError, UnknownStepError
 
-__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "available_steps",
-           "get_step", "log_to_header", "provenance_header", "run_step", "run_steps",
-           "step_info"]
+__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo",
+           "available_steps", "describe_steps", "get_step", "log_to_header",
+           "provenance_header", "run_step", "run_steps", "step_info"]
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,11 @@ def _load(value):
 
 def _summary(function):
     """First line of the docstring, with reST roles reduced to their text."""
-    doc = (inspect.getdoc(function) or "").strip()
+    return _summary_line(inspect.getdoc(function))
+
+
+def _summary_line(doc):
+    doc = (doc or "").strip()
     if not doc:
         return "(no description)"
     line = doc.splitlines()[0].strip()
@@ -214,8 +218,16 @@ def available_steps(kind=None):
         function = _load(value)
         steps[name] = StepInfo(name, function, step_kind, _summary(function), value,
                                _OWN_DISTRIBUTION)
+    steps.update(_third_party_steps(steps))
+    return {name: steps[name] for name in sorted(steps)
+            if kind is None or steps[name].kind == kind}
+
+
+def _third_party_steps(own):
+    """StepInfo of the other distributions' entry points (warning for those left out)."""
+    steps = {}
     for name, value, dist_name in _entry_points():
-        if name in steps:
+        if name in own or name in steps:
             if name in BUILTIN_STEPS and value != BUILTIN_STEPS[name][0]:
                 warnings.warn(f"step {name!r} = {value} from the distribution {dist_name!r} "
                               f"is ignored: shiftstack_ccd has a step of that name.",
@@ -237,8 +249,80 @@ def available_steps(kind=None):
             continue
         steps[name] = StepInfo(name, function, step_kind, _summary(function), value,
                                dist_name)
+    return steps
+
+
+def _docstring_from_source(value):
+    """The docstring of this package's ``module:function``, read from its source file.
+
+    Nothing is imported (the step modules import astropy.nddata, scipy, ...). Follows
+    ``from .x import *`` / ``from .x import name`` re-exports (``astrometry`` ->
+    ``astrometry.core``). None when it cannot be found that way.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parent
+    module_name, _, attr = value.partition(":")
+    for _ in range(5):  # re-export chains are one or two deep
+        parts = module_name.split(".")
+        if parts[0] != __name__.partition(".")[0]:
+            return None
+        path = root.joinpath(*parts[1:])
+        is_package = (path / "__init__.py").is_file()
+        path = path / "__init__.py" if is_package else path.with_suffix(".py")
+        if not path.is_file():
+            return None
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        nxt = None
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == attr:
+                return ast.get_docstring(node)
+            if isinstance(node, ast.ImportFrom) and node.level and nxt is None and any(
+                    alias.name in ("*", attr) for alias in node.names):
+                package = parts if is_package else parts[:-1]
+                base = package[:len(package) - node.level + 1]
+                nxt = ".".join(base + ([node.module] if node.module else []))
+        if nxt is None:
+            return None
+        module_name = nxt
+    return None
+
+
+def describe_steps(kind=None):
+    """What `available_steps` lists, without importing this package's step modules.
+
+    Fast (no astropy.nddata, scipy, ... loaded for this package's steps): what ``shiftstack-ccd
+    steps`` prints. Other distributions' steps are loaded (their kind is an attribute).
+
+    Parameters
+    ----------
+    kind : str, optional
+        Only steps of this kind.
+
+    Returns
+    -------
+    steps : dict
+        Step name -> ``(kind, summary, distribution)``, sorted by name.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.steps import describe_steps
+    >>> describe_steps()["shift_and_stack"][0]
+    'stack'
+    """
+    if kind is not None and kind not in STEP_KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {STEP_KINDS}")
+    steps = {}
+    for name, (value, step_kind) in BUILTIN_STEPS.items():
+        doc = _docstring_from_source(value)
+        summary = _summary_line(doc) if doc is not None else _summary(_load(value))
+        steps[name] = (step_kind, summary, _OWN_DISTRIBUTION)
+    own = dict.fromkeys(steps)
+    for name, info in _third_party_steps(own).items():
+        steps[name] = (info.kind, info.summary, info.distribution)
     return {name: steps[name] for name in sorted(steps)
-            if kind is None or steps[name].kind == kind}
+            if kind is None or steps[name][0] == kind}
 
 
 def get_step(name):

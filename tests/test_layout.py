@@ -115,3 +115,34 @@ def test_import_is_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_public_names_load_on_first_use():
+    """The package's names (``ss.shift_and_stack``, ``from shiftstack_ccd import *``) are the
+    step modules' public names, loaded when first asked for."""
+    from shiftstack_ccd import stack, steps
+    assert shiftstack_ccd.shift_and_stack is stack.shift_and_stack
+    assert set(steps.__all__) <= set(shiftstack_ccd.__all__)
+    assert "describe_steps" in dir(shiftstack_ccd)
+    namespace = {}
+    exec("from shiftstack_ccd import *", namespace)
+    assert namespace["read_frames"] is shiftstack_ccd.read_frames
+
+
+def test_steps_listing_matches_the_loaded_steps():
+    """``shiftstack-ccd steps`` reads the docstrings from the source, not by importing them:
+    it must say what the imported functions' docstrings say."""
+    from shiftstack_ccd.steps import available_steps, describe_steps
+    loaded = {name: (info.kind, info.summary, info.distribution)
+              for name, info in available_steps().items()}
+    assert describe_steps() == loaded
+
+
+def test_cli_help_and_steps_import_no_step_module():
+    code = ("import sys; from shiftstack_ccd.cli import main; main(['steps']); "
+            "print([m for m in sys.modules if m.startswith('astropy.nddata') "
+            "or m.startswith('scipy')][:3])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "shift_and_stack" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
