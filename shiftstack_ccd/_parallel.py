@@ -9,7 +9,8 @@ log = logging.getLogger("shiftstack_ccd.progress")
 
 
 def _progress(done, total, label):
-    log.info("%s: %d/%d", label, done, total)
+    # ``progress`` lets the command line draw a bar (shiftstack_ccd._cli_output)
+    log.info("%s: %d/%d", label, done, total, extra={"progress": (label, done, total)})
 
 
 def _worker_ignores_interrupts():

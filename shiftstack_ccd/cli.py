@@ -19,9 +19,11 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
+from ._cli_output import installed
 from .exceptions import OutputExistsError, ShiftStackError
 
 __all__ = ["main"]
@@ -129,6 +131,7 @@ def _check_motion_options(args):
 
 
 def _cmd_stack(args):
+    from ._cli_output import run_summary
     from ._utils import check_output_path
     from ._validate import stack_parameters
     from .cosmicray import clean_cosmic_rays
@@ -136,6 +139,7 @@ def _cmd_stack(args):
     from .stack import shift_and_stack
     from .visualization import write_preview
 
+    start = time.perf_counter()
     _check_motion_options(args)
     if args.ephemeris and not Path(args.ephemeris).is_file():
         raise ShiftStackError(f"--ephemeris {args.ephemeris}: no such file")
@@ -179,6 +183,8 @@ def _cmd_stack(args):
                       marks=[result.target_pixel] + [None] * (len(images) - 1),
                       overwrite=args.overwrite)
         print(f"wrote {args.preview}")
+    print(run_summary(result, len(frames), time.perf_counter() - start,
+                      [output] + ([args.preview] if args.preview else [])))
     return 0
 
 
@@ -224,7 +230,9 @@ def _cmd_steps(args):
 
 
 def _cmd_run(args):
+    from ._cli_output import run_summary
     from .pipeline import load_pipeline
+    start = time.perf_counter()
     pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None,
                              allow_scheduler=args.allow_scheduler)
     if args.check:
@@ -238,6 +246,8 @@ def _cmd_run(args):
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
     for path in run.outputs.values():
         print(f"wrote {path}")
+    print(run_summary(result, len(pipeline.files), time.perf_counter() - start,
+                      list(run.outputs.values())))
     return 0
 
 
@@ -374,37 +384,20 @@ def build_parser():
     return parser
 
 
-class _CLIHandler(logging.StreamHandler):
-    """The command line's own log handler (one at a time, on the package's logger)."""
-
-
-def _log_to_stderr(level, progress_level):
-    """Messages of shiftstack_ccd to stderr at ``level``; progress lines (per frame, per
-    tile) at ``progress_level``, i.e. shown unless -q."""
-    package = logging.getLogger("shiftstack_ccd")
-    for handler in [h for h in package.handlers if isinstance(h, _CLIHandler)]:
-        package.removeHandler(handler)
-    handler = _CLIHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("shiftstack-ccd: %(message)s"))
-    package.addHandler(handler)
-    package.setLevel(min(level, progress_level))
-    handler.addFilter(lambda record: record.levelno >= (
-        progress_level if record.name == "shiftstack_ccd.progress" else level))
-
-
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that it unwinds (and cleans up) like Ctrl-C."""
 
 
 @contextlib.contextmanager
-def _signals_and_warnings(quiet):
-    """SIGTERM handled like SIGINT; warnings on one line each, none with -q."""
+def _signals_and_warnings(quiet, out):
+    """SIGTERM handled like SIGINT; warnings on one line each, none with -q; the progress
+    bar ended before anything else is printed."""
     def on_term(signum, frame):
         raise _Terminated()
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())
-        print(f"shiftstack-ccd: warning: {text}", file=sys.stderr)
+        out.write_line(f"shiftstack-ccd: warning: {text}")
 
     previous = None
     try:
@@ -419,6 +412,7 @@ def _signals_and_warnings(quiet):
                 warnings.showwarning = show
             yield
     finally:
+        out.close_bar()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -466,9 +460,14 @@ def main(argv=None):
         return exc.code
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    _log_to_stderr(level, logging.ERROR if args.quiet else min(level, logging.INFO))
+    with installed(level, logging.ERROR if args.quiet else min(level, logging.INFO)) as out:
+        return _run(parser, args, out)
+
+
+def _run(parser, args, out):
+    """``args.func(args)``, its errors turned into one line and an exit status."""
     try:
-        with _signals_and_warnings(args.quiet):
+        with _signals_and_warnings(args.quiet, out):
             return args.func(args)
     except UsageError as exc:
         print(f"shiftstack-ccd {args.command}: error: {_one_line(exc)} (see shiftstack-ccd "

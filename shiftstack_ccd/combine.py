@@ -558,7 +558,9 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
         out_std[r0:r1] = np.where(covered, np.sqrt(np.clip(variance, 0, None)), np.nan)
         coverage[r0:r1] = cov
         if n_blocks > 1:
-            progress.info("combining %d frames: block %d/%d", n, block, n_blocks)
+            progress.info("combining %d frames: block %d/%d", n, block, n_blocks,
+                          extra={"progress": (f"combining {n} frames (blocks)", block,
+                                              n_blocks)})
     rejected_fraction = n_rejected / np.maximum(valid_before, 1)
     mask = coverage == 0
     weighting = _weighting_label(weights, frame_weights)
