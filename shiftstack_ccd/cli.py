@@ -23,6 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ._auto_size import RULE as AUTO_SIZE_RULE
 from ._cli_output import installed
 from .exceptions import OutputExistsError, ShiftStackError
 
@@ -68,6 +69,19 @@ def _epoch(text):
     except ValueError:
         raise UsageError(f"--epoch {text!r}: not a time; give ISO UTC (2024-03-01T03:00:00) "
                          "or an MJD.") from None
+
+
+def _size_option(text):
+    """``--size``: a positive number of pixels or ``full``."""
+    if text.strip().lower() == "full":
+        return "full"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of pixels (> 0) or 'full'")
+    return value
 
 
 def _add_motion_options(parser):
@@ -137,33 +151,39 @@ def _cmd_stack(args):
     from .cosmicray import clean_cosmic_rays
     from .frames import expand_files
     from .stack import shift_and_stack
-    from .visualization import write_preview
+    from .visualization import TARGET_ZOOM, write_preview
 
     start = time.perf_counter()
     _check_motion_options(args)
     if args.ephemeris and not Path(args.ephemeris).is_file():
         raise ShiftStackError(f"--ephemeris {args.ephemeris}: no such file")
     # everything that can be refused is refused before the first frame is read
-    stack_parameters(method=args.method, size=args.size, resample=args.resample,
+    size = args.size if isinstance(args.size, int) else None
+    stack_parameters(method=args.method, size=size, resample=args.resample,
                      refine_max_shift=args.refine_max_shift, scheduler=args.scheduler,
                      workdir=args.workdir)
     files = expand_files(args.files if len(args.files) > 1 else args.files[0])
     masters = [*args.bias, *args.dark, *args.flat]
     inputs = files + masters + ([args.ephemeris] if args.ephemeris else [])
-    output = check_output_path(args.output, args.overwrite, inputs, "output (-o)")
+    output = check_output_path(args.output, args.overwrite, inputs, "output (-o)", create=False)
     if args.preview:
-        check_output_path(args.preview, args.overwrite, inputs, "preview")
+        check_output_path(args.preview, args.overwrite, inputs, "preview", create=False)
         if Path(args.preview).resolve() == output.resolve():
             raise UsageError(f"--preview {args.preview}: the same file as --output")
     # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.
     frames = files
     eph = _motion_model(args, frames)
+    if args.size is None:
+        from ._auto_size import default_size
+        size, why = default_size(frames, eph)
+        print(f"output size: {'the whole field' if size is None else f'{size} x {size} px'} "
+              f"({why}; --size N or --size full to choose)")
     steps = [clean_cosmic_rays] if args.clean_cosmic_rays else []
     if args.bias or args.dark or args.flat:  # the pipeline files' calibration functions
         from .calibration import calibrate_from_header, read_masters
         masters = read_masters(bias=args.bias, dark=args.dark, flat=args.flat)
         steps.insert(0, (calibrate_from_header, masters))
-    result = shift_and_stack(frames, eph, method=args.method, size=args.size,
+    result = shift_and_stack(frames, eph, method=args.method, size=size,
                              resample=args.resample, sigma_clip=args.sigma_clip,
                              sky_stack=not args.no_sky, weights=args.weights,
                              subtract_static=args.subtract_static, refine=args.refine,
@@ -181,7 +201,7 @@ def _cmd_stack(args):
         titles = ["stacked on the target", "stacked on the stars"][:len(images)]
         write_preview(args.preview, images, titles=titles,
                       marks=[result.target_pixel] + [None] * (len(images) - 1),
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, zoom=TARGET_ZOOM)
         print(f"wrote {args.preview}")
     print(run_summary(result, len(frames), time.perf_counter() - start,
                       [output] + ([args.preview] if args.preview else [])))
@@ -207,7 +227,7 @@ def _cmd_ephemeris(args):
     from .frames import expand_files, mid_exposure_time, read_frames
     step = None if args.step is None else number(args.step, "step", 0) * u.min
     files = expand_files(args.files if len(args.files) > 1 else args.files[0])
-    check_output_path(args.output, args.overwrite, files, "output (-o)")
+    check_output_path(args.output, args.overwrite, files, "output (-o)", create=False)
     frames = read_frames(files)
     times = Time([mid_exposure_time(f) for f in frames])
     eph = ephemeris_for_times(times, args.target, args.location, id_type=args.id_type,
@@ -284,9 +304,9 @@ def build_parser():
     _add_motion_options(stack)
     stack.add_argument("--method", choices=("mean", "median", "sum"), default="mean",
                        help="how to combine the frames (default mean)")
-    stack.add_argument("--size", type=int, default=None,
-                       help="output size in pixels (square, centred on the target; default: "
-                            "large enough for all frames)")
+    stack.add_argument("--size", type=_size_option, default=None, metavar="PIX|full",
+                       help="output size in pixels (square, centred on the target), or 'full' "
+                            f"for every pixel of every frame; default: {AUTO_SIZE_RULE}")
     stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto",
                        help="resampling: shift (pure translation, when the frames allow it), "
                             "warp (full WCS), or auto (shift where exact; default)")
@@ -390,14 +410,22 @@ class _Terminated(BaseException):
 
 @contextlib.contextmanager
 def _signals_and_warnings(quiet, out):
-    """SIGTERM handled like SIGINT; warnings on one line each, none with -q; the progress
-    bar ended before anything else is printed."""
+    """SIGTERM handled like SIGINT; warnings on one line each, each text once, none with -q;
+    the progress bar ended before anything else is printed."""
     def on_term(signum, frame):
         raise _Terminated()
 
+    shown = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())
-        out.write_line(f"shiftstack-ccd: warning: {text}")
+        if text not in shown:  # e.g. the median's note on weights, for both stacks: once
+            shown.add(text)
+            out.write_line(f"shiftstack-ccd: warning: {text}")
+
+    # astropy replaces warnings.showwarning with its logger's when it is first imported:
+    # imported first, so that ours (below) is the one in force
+    import astropy  # noqa: F401
 
     previous = None
     try:

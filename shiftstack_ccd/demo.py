@@ -79,7 +79,7 @@ def run_demo(output_dir, n_frames=9, snr=3.0, seed=3, method="mean", overwrite=F
     seed = integer(seed, "seed", minimum=0)
     out = Path(output_dir)
     for name in ("ephemeris.ecsv", "stack.fits", "stack.png"):  # before any work
-        check_output_path(out / name, overwrite=overwrite)
+        check_output_path(out / name, overwrite=overwrite, create=False)
     # A main-belt asteroid near opposition moves about 30"/h: over nine 2.5-minute steps it
     # crosses ~20 pixels of 0.5", so the stars' and the target's trails are plain to see.
     sim = simulate_observation(n_frames=n_frames, target_snr=snr, seed=seed,

@@ -142,3 +142,30 @@ def test_quiet_handler_drops_progress_and_messages():
     handler.handle(logging.LogRecord("shiftstack_ccd.x", logging.WARNING, __file__, 0,
                                      "a warning", (), None))
     assert stream.getvalue() == ""
+
+
+def test_a_warning_is_printed_once(tmp_path, capsys):
+    """The median's note on weights comes from both the target and the sky stack: once."""
+    paths, eph = _frames(tmp_path, 4)
+    assert main(["stack", *paths, "--ephemeris", str(eph), "--size", "31", "--method",
+                 "median", "--weights", "exptime", "-o", str(tmp_path / "m.fits")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert warnings.count("shiftstack-ccd: warning: the median ignores weights; use "
+                          "method='mean' for weighted combining.") == 1
+    assert len(warnings) == len(set(warnings))
+
+
+def test_a_failed_stack_leaves_no_output_folder(tmp_path, capsys):
+    """The output's folder is made when the output is written, not by the checks before."""
+    paths, eph = _frames(tmp_path, 4)
+    out = tmp_path / "new" / "sub" / "stack.fits"
+    # a linear motion whose target is nowhere near the frames: refused while stacking
+    assert main(["stack", *paths, "--rates", "10", "0", "--position", "10", "-60",
+                 "--epoch", "2024-01-01T00:00:00", "--size", "31", "-o", str(out),
+                 "--preview", str(tmp_path / "new2" / "p.png")]) == 1
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()
+    # and a run that succeeds makes it
+    assert main(["stack", *paths, "--ephemeris", str(eph), "--size", "31", "-o", str(out),
+                 "-q"]) == 0
+    assert out.is_file()

@@ -101,7 +101,7 @@ class Pipeline:
         """
         from ..frames import read_frame
         from ..stack import shift_and_stack
-        from ..visualization import write_preview
+        from ..visualization import TARGET_ZOOM, write_preview
 
         masters = self._masters()
         first = read_frame(self.files[0], hdu=self.hdu, unit=self.unit)
@@ -131,7 +131,7 @@ class Pipeline:
             titles = ["stacked on the target", "stacked on the stars"][:len(images)]
             write_preview(self.outputs["preview"], images, titles=titles,
                           marks=[result.target_pixel] + [None] * (len(images) - 1),
-                          overwrite=overwrite)
+                          overwrite=overwrite, zoom=TARGET_ZOOM)
             written["preview"] = self.outputs["preview"]
         return PipelineResult(self, result, written)
 

@@ -1,0 +1,74 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""The command line's default output size: the target's path plus a margin of PSFs.
+
+``shift_and_stack(size=None)`` keeps its meaning (every pixel of every frame); the command line
+asks for a cut-out around the target instead when ``--size`` is not given, because the whole
+field of a CCD is tens of MB, takes most of the run and makes a preview where the target is
+one pixel in a thousand.
+"""
+
+import logging
+
+import numpy as np
+
+__all__ = []
+
+log = logging.getLogger(__name__)
+
+#: Stellar FWHM on each side of the target's path.
+MARGIN_FWHM = 25
+#: The smallest default size (pixels): room for the background and the neighbouring stars.
+MIN_SIZE = 101
+#: FWHM assumed when the middle frame has too few measurable stars.
+FALLBACK_FWHM = 3.0
+
+RULE = (f"the target's path across the frames plus {MARGIN_FWHM} stellar FWHM (measured on "
+        f"the middle frame) on each side, odd, at least {MIN_SIZE} px and at most the whole "
+        "field")
+
+
+def default_size(files, ephemeris):
+    """Output size (pixels, odd) for frames ``files`` and a motion model, by `RULE`.
+
+    Returns
+    -------
+    size : int or None
+        None when the rule asks for at least the whole field.
+    why : str
+        How it was chosen, for the log.
+    """
+    from astropy.time import Time
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from ._utils import require_celestial_wcs
+    from .frames import mid_exposure_time, read_frame
+    from .stars import stellar_fwhm
+
+    middle = read_frame(files[len(files) // 2])
+    wcs = require_celestial_wcs(middle, "--size", len(files) // 2)
+    scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600  # arcsec per pixel
+    times = Time([_mid_time(path, mid_exposure_time, read_frame) for path in files])
+    ends = ephemeris.at(Time([times.min(), times.max()]))
+    path_px = float(ends[0].separation(ends[1]).arcsec) / scale
+    fwhm = stellar_fwhm(middle)
+    measured = fwhm is not None
+    fwhm = float(fwhm) if measured else FALLBACK_FWHM
+    n = max(MIN_SIZE, int(np.ceil(path_px + 2 * MARGIN_FWHM * fwhm)))
+    n += 1 - n % 2
+    why = (f"path {path_px:.1f} px + 2 x {MARGIN_FWHM} x FWHM {fwhm:.2f} px"
+           f"{'' if measured else ' (assumed: too few stars to measure)'}")
+    if n >= max(middle.shape):
+        return None, why + " covers the field: the whole field"
+    return n, why
+
+
+def _mid_time(path, mid_exposure_time, read_frame):
+    """Mid-exposure time from the primary header, else from the frame as read_frame makes it
+    (time cards in a science extension)."""
+    from astropy.io import fits
+
+    from .exceptions import FrameError
+    try:
+        return mid_exposure_time(fits.getheader(path, 0))
+    except (FrameError, OSError, KeyError, ValueError):
+        return mid_exposure_time(read_frame(path))
