@@ -82,7 +82,9 @@ class StackResult:
         if self.sky_stack is not None:
             sky = fits.ImageHDU(self.sky_stack.data, name="SKY")
             sky.header.update(self.sky_stack.wcs.to_header())
-            sky.header["BUNIT"] = self.sky_stack.unit.to_string("fits")
+            # astropy's generic string, as CCDData.to_hdu writes the primary's: the "fits"
+            # format refuses 'electron' (HST and JWST data in electrons or electrons/s).
+            sky.header["BUNIT"] = self.sky_stack.unit.to_string()
             hdul.append(sky)
             skyunc = fits.ImageHDU(self.sky_stack.uncertainty.array, name="SKYUNC")
             skyunc.header.update(self.sky_stack.wcs.to_header())
