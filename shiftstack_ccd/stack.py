@@ -82,8 +82,8 @@ class StackResult:
         if self.sky_stack is not None:
             sky = fits.ImageHDU(self.sky_stack.data, name="SKY")
             sky.header.update(self.sky_stack.wcs.to_header())
-            # astropy's generic string, as CCDData.to_hdu writes the primary's: the "fits"
-            # format refuses 'electron' (HST and JWST data in electrons or electrons/s).
+            # as CCDData writes BUNIT: the FITS format raises for units outside the standard
+            # (electron, which HST/JWST frames carry)
             sky.header["BUNIT"] = self.sky_stack.unit.to_string()
             hdul.append(sky)
             skyunc = fits.ImageHDU(self.sky_stack.uncertainty.array, name="SKYUNC")
