@@ -28,12 +28,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.modeling.fitting import TRFLSQFitter
+from astropy.modeling.models import Const2D, Gaussian2D
 from astropy.time import Time
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.ephemeris.motion import fit_linear_motion, track_target
-from shiftstack_ccd.stars import measure_fwhm
+from shiftstack_ccd.stars import detect_stars, measure_fwhm
 from shiftstack_ccd.visualization import plot_image
 
 files = ss.datasets.fetch_example_data("lowell42-5945")
@@ -127,6 +129,58 @@ print(f"FWHM in the stack on the asteroid: {stacked:.2f} pixel "
 bilinear = ss.shift_and_stack(frames, eph, method="mean", size=201, sky_stack=False,
                               interpolation="bilinear")
 print(f"FWHM with bilinear interpolation: {measure_fwhm(bilinear.stack, (cx, cy)):.2f} pixel")
+
+# %%
+# Round or trailed
+# ----------------
+# The shape of a source, from an elliptical 2-D Gaussian fitted to a cutout: the
+# elongation (major over minor axis) and the direction of the major axis, compared with the
+# asteroid's direction of motion on the stack (a trail is a line convolved with the PSF,
+# which comes out as an elongated Gaussian along the line).
+
+
+def shape(image, x, y, half=8):
+    """Elongation and major-axis angle (degrees from +x, modulo 180) of a source."""
+    xi, yi = int(round(x)), int(round(y))
+    cut = np.array(image[yi - half:yi + half + 1, xi - half:xi + half + 1], dtype=float)
+    yy, xx = np.indices(cut.shape)
+    sky = np.nanmedian(cut)
+    model = Gaussian2D(np.nanmax(cut) - sky, x - xi + half, y - yi + half, 1.5, 1.5) \
+        + Const2D(sky)
+    good = np.isfinite(cut)
+    fit = TRFLSQFitter()(model, xx[good], yy[good], cut[good])
+    sx, sy, theta = abs(fit.x_stddev_0.value), abs(fit.y_stddev_0.value), fit.theta_0.value
+    if sy > sx:
+        sx, sy, theta = sy, sx, theta + np.pi / 2
+    return sx / sy, np.degrees(theta) % 180
+
+
+dx, dy = result.table["dx"], result.table["dy"]
+motion = np.degrees(np.arctan2(dy[-1] - dy[0], dx[-1] - dx[0])) % 180
+print(f"the asteroid's motion on the stack: {motion:.0f} deg from +x")
+for name, image in (("asteroid's motion", result.stack), ("stars", result.sky_stack)):
+    elongation, angle = shape(image.data, cx, cy)
+    print(f"asteroid in the stack on the {name}: elongation {elongation:.2f}, "
+          f"major axis at {angle:.0f} deg")
+
+# %%
+# and bright, isolated stars (no other source within 16 pixels; hot pixels, narrower than
+# the seeing, left out), in both stacks:
+found = detect_stars(result.sky_stack, threshold=30)
+xy = np.column_stack([found["x"], found["y"]])
+stars = []
+for i, (x, y) in enumerate(xy):
+    others = np.delete(xy, i, axis=0)
+    if (12 < x < 189 and 12 < y < 189 and np.hypot(x - cx, y - cy) > 20
+            and np.min(np.hypot(*(others - (x, y)).T)) > 16
+            and measure_fwhm(result.sky_stack, (x, y)) > 1.4):
+        stars.append((x, y))
+on_target = np.array([shape(result.stack.data, x, y) for x, y in stars])
+on_stars = np.array([shape(result.sky_stack.data, x, y) for x, y in stars])
+print(f"{len(stars)} stars: elongation {on_stars[:, 0].min():.2f} to "
+      f"{on_stars[:, 0].max():.2f} in the stack on the stars, "
+      f"{on_target[:, 0].min():.2f} to {on_target[:, 0].max():.2f} in the stack on the "
+      f"asteroid, major axis at {on_target[:, 1].min():.0f} to {on_target[:, 1].max():.0f} deg")
 
 # %%
 # The two stacks
