@@ -11,6 +11,7 @@ except ImportError:  # not installed, running from a source tree
     __version__ = "0.0.dev0"
 
 from .astrometry import *  # noqa: F401, F403
+from .calibration import *  # noqa: F401, F403
 from .combine import *  # noqa: F401, F403
 from .config import *  # noqa: F401, F403
 from .cosmicray import *  # noqa: F401, F403

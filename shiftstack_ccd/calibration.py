@@ -90,13 +90,14 @@ def subtract_overscan_and_trim(ccd, overscan=None, trim=None, *, overscan_median
     import ccdproc
     from astropy.modeling.models import Polynomial1D
 
+    out = ccd
     if overscan:
-        ccd = ccdproc.subtract_overscan(
-            ccd, fits_section=overscan, median=overscan_median,
+        out = ccdproc.subtract_overscan(
+            out, fits_section=overscan, median=overscan_median,
             model=None if overscan_polynomial is None else Polynomial1D(overscan_polynomial))
     if trim:
-        ccd = ccdproc.trim_image(ccd, fits_section=trim)
-    return ccd
+        out = ccdproc.trim_image(out, fits_section=trim)
+    return out if out is not ccd else ccd.copy()  # always a new frame (the step contract)
 
 
 def combine_bias(frames):
@@ -195,4 +196,4 @@ def calibrate_frame(ccd, *, overscan=None, trim=None, overscan_median=True,
         ccd = ccdproc.subtract_bias(ccd, bias)
     if flat is not None:
         ccd = ccdproc.flat_correct(ccd, flat, min_value=flat_min)
-    return ccd
+    return ccd  # a new frame: subtract_overscan_and_trim made one
