@@ -29,7 +29,7 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 
 import shiftstack_ccd as ss
-from shiftstack_ccd.calibration import (calibrate_frame, combine_flat, read_calibration_frame,
+from shiftstack_ccd.calibration import (combine_flat, read_calibration_frame,
                                         subtract_overscan_and_trim)
 from shiftstack_ccd.pipeline import load_pipeline
 from shiftstack_ccd.visualization import plot_image
@@ -104,23 +104,13 @@ print(f"centroid - centre: dx = {x - cx:+.3f}, dy = {y - cy:+.3f} pixel")
 # The noise model of the header
 # -----------------------------
 # The frames' uncertainty comes from the header's gain and read noise
-# (`ccdproc.create_deviation`). To look at it, the first frame is calibrated here as the
-# pipeline did, with the functions of `shiftstack_ccd.calibration` (ccdproc's, in
-# `ccdproc.ccd_process`'s order):
-raw = ss.read_frames(frames[:1])[0]
-sections = {"overscan": raw.meta["BIASSEC"], "trim": raw.meta["TRIMSEC"]}
-master_bias = subtract_overscan_and_trim(read_calibration_frame(bias), **sections)
-master_flat = combine_flat([subtract_overscan_and_trim(read_calibration_frame(flat),
-                                                       **sections)], bias=master_bias)
-gain, read_noise = raw.meta["AGAIN_01"], raw.meta["ARDNS_01"]
-frame = calibrate_frame(raw, **sections, gain=gain, read_noise=read_noise, bias=master_bias,
-                        flat=master_flat)
-
-# %%
-# On the sky of the calibrated frame, the noise they predict against the pixel-to-pixel
-# scatter actually there (the sigma-clipped standard deviation of differences between
-# neighbouring pixels, over the square root of two), and the ratio the cosmic-ray cleaner
-# measured on the same frame in the pipeline (``CRNSRAT``; its header card):
+# (`ccdproc.create_deviation`). ``pipeline.frames()`` gives the frames as the stack got
+# them (calibrated, cosmic rays cleaned), one at a time. On the sky of the first, the noise
+# the header predicts against the pixel-to-pixel scatter actually there (the sigma-clipped
+# standard deviation of differences between neighbouring pixels, over the square root of
+# two), and the same ratio as the cosmic-ray cleaner measured it (its ``CRNSRAT`` card):
+frame = next(pipeline.frames())
+gain, read_noise = frame.meta["AGAIN_01"], frame.meta["ARDNS_01"]
 level = float(np.median(frame.data))
 predicted = float(np.median(frame.uncertainty.array))
 scatter = sigma_clipped_stats(np.diff(frame.data, axis=1))[2] / np.sqrt(2)
@@ -128,8 +118,7 @@ print(f"gain {gain} e-/ADU, read noise {read_noise} e-, sky {level:.0f} ADU (aft
 print(f"sky noise predicted {predicted:.1f} ADU, measured {scatter:.1f} ADU: ratio "
       f"{scatter / predicted:.2f}, the uncertainties are {100 * (1 - predicted / scatter):.0f} %"
       " too small")
-cleaned = ss.clean_cosmic_rays(frame, method="median", threshold=5.0)
-print(f"the cosmic-ray cleaner's measured noise ratio (CRNSRAT): {cleaned.meta['CRNSRAT']:.2f}")
+print(f"the cosmic-ray cleaner's measured noise ratio (CRNSRAT): {frame.meta['CRNSRAT']:.2f}")
 
 # %%
 # A hole in the stack: a star in the flat
@@ -147,7 +136,12 @@ hy, hx = np.unravel_index(np.argmin(depth), depth.shape)
 print(f"hole: {-depth[hy, hx]:.0f} ADU below the sky at pixel ({hx}, {hy}) of the stack, "
       f"{np.hypot(hx - cx, hy - cy):.0f} pixels from the asteroid")
 
-# the calibrated frame's WCS was trimmed with its pixels, as the flat was
+# The flat, calibrated as the pipeline did with the functions of
+# shiftstack_ccd.calibration; the frame's WCS was trimmed with its pixels, as the flat was
+sections = {"overscan": frame.meta["BIASSEC"], "trim": frame.meta["TRIMSEC"]}
+master_bias = subtract_overscan_and_trim(read_calibration_frame(bias), **sections)
+master_flat = combine_flat([subtract_overscan_and_trim(read_calibration_frame(flat),
+                                                       **sections)], bias=master_bias)
 fx, fy = frame.wcs.world_to_pixel(result.stack.wcs.pixel_to_world(hx, hy))
 ix, iy = int(round(float(fx))), int(round(float(fy)))
 box = np.asarray(master_flat.data[iy - 15:iy + 16, ix - 15:ix + 16], dtype=float)
