@@ -161,14 +161,14 @@ def _bad_stack_cases(tmp_path, paths, eph):
     a_file.write_text("not a folder")
     return [
         (["--size", 100000], 1, ["--size", "needs about", "available", "smaller size"]),
-        (["--size", 0], 1, ["--size", "at least 1"]),
+        (["--size", 0], 2, ["--size", "give a number of pixels (> 0) or 'full'"]),
         (["-o", a_file / "out.fits"], 1, ["a_file.txt is a file, not a folder"]),
         (["-o", tmp_path], 1, ["is a folder"]),
         (["--workdir", a_file], 1, ["--workdir", "is a file, not a folder"]),
         (["--workdir", tmp_path / "missing"], 1, ["--workdir", "does not exist"]),
         (["--scheduler", "bogus"], 1, ["--scheduler", "bogus"]),
         (["--refine-max-shift", -1], 1, ["--refine-max-shift", "above 0"]),
-        (["--size", "x"], 2, ["--size", "invalid int value"]),
+        (["--size", "x"], 2, ["--size", "'x': give a number of pixels (> 0) or 'full'"]),
         (["--method", "average"], 2, ["--method", "invalid choice"]),
     ]
 
@@ -547,7 +547,7 @@ def test_signal_cleans_the_work_folder(tmp_path, signum, status):
     watchdog = _watchdog(proc)
     try:
         for line in proc.stderr:  # wait until frames are being prepared in the work folder
-            if "preparing frames: 2/" in line:
+            if "preparing frames: " in line:  # the first progress line: a tenth done
                 break
         assert any(work.iterdir())
         proc.send_signal(signum)
@@ -757,7 +757,7 @@ def test_ctrl_c_with_processes_prints_no_worker_tracebacks(tmp_path):
     watchdog = _watchdog(proc, group=True)
     try:
         for line in proc.stderr:
-            if "preparing frames: 1/" in line:
+            if "preparing frames: " in line:  # the first progress line: a tenth done
                 break
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process
         rest = proc.stderr.read()
