@@ -9,8 +9,6 @@ one pixel in a thousand.
 
 import logging
 
-import numpy as np
-
 __all__ = []
 
 log = logging.getLogger(__name__)
@@ -37,6 +35,7 @@ def default_size(files, ephemeris):
     why : str
         How it was chosen, for the log.
     """
+    import numpy as np  # here: the command line reads RULE for --help
     from astropy.time import Time
     from astropy.wcs.utils import proj_plane_pixel_scales
 
