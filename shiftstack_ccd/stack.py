@@ -22,7 +22,7 @@ from ._parallel import map_frames
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
 from .exceptions import FrameError
-from .frames import mid_exposure_time, read_frame
+from .frames import mid_exposure_time, read_footprint, read_frame
 from .photometry import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
@@ -244,11 +244,13 @@ def _combinable(products):
 def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    frame = _apply_steps(_load(source), ctx.steps)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
+    # Cropped first, so that nothing below works on pixels the output cannot show.
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    frame = _ensure_uncertainty(frame, label)
     sky = None
     if ctx.need_sky:
         sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
@@ -381,15 +383,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     for bright targets.
     """
     sources = _sources(frames)
-    headers, shapes, wcses = [], [], []
-    for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source)
-        headers.append(as_header(frame.meta))
-        shapes.append(frame.shape)
-        wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
+    footprints = [_footprint(source) for source in sources]  # headers only: no pixels read
+    headers = [as_header(f.meta) for f in footprints]
+    shapes = [f.shape for f in footprints]
+    wcses = [require_celestial_wcs(f, "shift_and_stack", i) for i, f in enumerate(footprints)]
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
     times = Time([mid_exposure_time(h) for h in headers])
-    grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
+    grid = TargetFrame.for_frames([_Footprint(None, w, s) for w, s in zip(wcses, shapes)],
                                   ephemeris, reference_time=reference_time, size=size,
                                   pixel_scale=pixel_scale, orientation=orientation, times=times)
     offsets = grid.offset(times)
@@ -461,10 +461,18 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
 
 class _Footprint:
-    """Just what `TargetFrame.for_frames` needs of a frame: its WCS and shape."""
+    """Just what planning the stack needs of a frame: its header, WCS and shape."""
 
-    def __init__(self, wcs, shape):
-        self.wcs, self.shape = wcs, shape
+    def __init__(self, meta, wcs, shape):
+        self.meta, self.wcs, self.shape = meta, wcs, shape
+
+
+def _footprint(source):
+    """A frame's footprint; a file's is read from its headers alone (`read_footprint`)."""
+    if isinstance(source, CCDData):
+        return _Footprint(source.meta, source.wcs, source.shape)
+    header, shape, wcs = read_footprint(source)
+    return _Footprint(header, wcs, shape)
 
 
 def _sources(frames):
@@ -578,7 +586,9 @@ def _crop_to_grids(frame, position, wcses, shape, margin=8):
     y1 = min(fy, int(np.ceil(ys.max())) + margin + 1)
     if (x0, y0, x1, y1) == (0, 0, fx, fy) or x1 - x0 < 2 * margin or y1 - y0 < 2 * margin:
         return frame, position
-    cropped = frame[y0:y1, x0:x1]
+    # A copy: a CCDData slice is a view that would keep the whole frame alive for as long
+    # as the crop is kept (until the combine, for every frame).
+    cropped = frame[y0:y1, x0:x1].copy()
     return cropped, (position[0] - x0, position[1] - y0)
 
 
