@@ -229,8 +229,11 @@ def _clean_header(header, label):
     header = header.copy()
     fixed = []
     for card in header.cards:
-        key, value = card.keyword, card.value
-        if isinstance(value, str) and _NUMERIC_WCS.match(key):
+        key = card.keyword
+        if not _NUMERIC_WCS.match(key):  # before the value: parsing every value is slow
+            continue
+        value = card.value
+        if isinstance(value, str):
             try:
                 number = float(value.strip())
             except ValueError:
@@ -366,9 +369,9 @@ def _header_and_wcs(header, path, hdul):
     header["SSFILE"] = (str(path), "file this frame was read from")
     header = _clean_header(header, str(path))
     wcs = _celestial_wcs(header, str(path), hdul)
-    if wcs is not None:
-        for key in [k for k in header.keys() if _WCS_CARD.match(k)]:
-            header.remove(key, ignore_missing=True, remove_all=True)
+    if wcs is not None:  # one pass: removing cards one by one is quadratic
+        header = fits.Header([card for card in header.cards
+                              if not _WCS_CARD.match(card.keyword)])
     return header, wcs
 
 
