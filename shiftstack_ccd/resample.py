@@ -520,7 +520,8 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
             interpolation, meta, label)
     if (ratio is not None and meta.get("SSINTERP") == "bicubic"
             and np.nanmedian(ratio) > _SPLINE_NOISE_RATIO):
-        warnings.warn(f"{label}: output pixels {np.nanmedian(ratio):.2g} times larger than the "
+        # (no frame name: the default filter then says it once for frames alike)
+        warnings.warn(f"output pixels {np.nanmedian(ratio):.2g} times larger than the "
                       "input's, by a cubic spline: its samples alias the noise, and the "
                       "carried uncertainty is low (by about 15% at twice the pixel size); "
                       "resample='drizzle' (or interpolation='bilinear') is right for this.",

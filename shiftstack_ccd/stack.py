@@ -253,8 +253,7 @@ def _prepare_task(job, ctx):
     frame = _ensure_uncertainty(frame, label)
     sky = None
     if ctx.need_sky:
-        sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
-                                       interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
+        sky = _keep(_resample(frame, ctx.grid_wcs.wcs, ctx), ctx, f"sky{index:04d}")
     return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
             "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
 
@@ -271,11 +270,18 @@ def _target_task(job, ctx):
         frame = subtract_static_sky(frame, template, prepared["crop_position"],
                                     track_radius=ctx.track_radius, k=ctx.static_k,
                                     interpolation=ctx.interpolation)
-    resampled = resample_to_target(frame, wcs.wcs, ctx.shape, method=ctx.resample,
-                                   interpolation=ctx.interpolation)
+    resampled = _resample(frame, wcs.wcs, ctx)
     cards = {key: frame.meta.get(key) for key in ("SSSKYOFF", "SSNSTMSK") if key in frame.meta}
     return {"index": index, "target": _keep(resampled, ctx, f"target{index:04d}"),
-            "path": resampled.meta["SSRESAMP"], "static_cards": cards}
+            "path": resampled.meta["SSRESAMP"], "area_ratio": resampled.meta["SSPIXAR"],
+            "flux_convention": resampled.meta["SSFLUXC"], "static_cards": cards}
+
+
+def _resample(frame, wcs, ctx):
+    """A frame on one output grid, as the stack's options say."""
+    return resample_to_target(frame, wcs, ctx.shape, method=ctx.resample,
+                              interpolation=ctx.interpolation, pixfrac=ctx.pixfrac,
+                              kernel=ctx.drizzle_kernel)
 
 
 def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
@@ -284,7 +290,8 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                     orientation="north", sky_stack=True, per_frame_steps=None,
                     interpolation="bicubic", subtract_static=False, track_radius=None,
                     static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
+                    scheduler=None, workdir=None, mem_limit=None, intermediate=None,
+                    pixfrac=1.0, drizzle_kernel="square"):
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -301,8 +308,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     reference_time : `~astropy.time.Time`, optional
         The epoch of the output's WCS (the target plane's tangent point). Default: the mean
         mid-exposure time.
-    resample : {'auto', 'shift', 'warp'}
-        Resampling path (see `resample_to_target`).
+    resample : {'auto', 'shift', 'warp', 'drizzle'}
+        Resampling path (see `resample_to_target`). Whatever the path, data in counts per
+        pixel keep their flux when the output pixels differ in size from a frame's (they are
+        scaled by the pixel-area ratio, recorded per frame in ``result.table``); a surface
+        brightness (per solid angle) is left as it is. ``'drizzle'`` (STScI's `drizzle`) is
+        the right choice when the output pixels are larger than the frames'.
     sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
         Outlier rejection before combining (see `combine_frames`).
     weights : None, 'inverse-variance', 'exptime' or array-like
@@ -357,6 +368,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         blocks of rows within ``mem_limit``). Without it everything stays in memory.
     mem_limit : int, optional
         Memory budget of the combine, bytes (see `combine_frames`).
+    pixfrac, drizzle_kernel : float, str
+        Drizzle's drop size and kernel, for ``resample='drizzle'`` (see
+        `resample_to_target`).
     intermediate : callable, optional
         Called as ``intermediate(k, image)`` after each frame is added to a running mean
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
@@ -404,6 +418,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
                        need_sky=sky_stack or subtract_static, workdir=folder, template=None,
+                       pixfrac=pixfrac, drizzle_kernel=drizzle_kernel,
                        track_radius=track_radius, static_k=static_k)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
@@ -541,6 +556,10 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
     table["dy"] = offsets[1]
     table["dx"].unit = table["dy"].unit = u.pix
     table["resample"] = [r["path"] for r in on_target]
+    table["pixel_area_ratio"] = [r["area_ratio"] for r in on_target]
+    table["pixel_area_ratio"].description = ("output/input pixel area (median over the frame); "
+                                             "counts per pixel were multiplied by it")
+    table["flux_convention"] = [r["flux_convention"] for r in on_target]
     table["weight"] = _per_frame_factors(headers, weights, frame_weights)
     table["weight"].description = ("per-frame weight (normalised); inverse-variance weights, "
                                    "if used, vary per pixel on top of it")
@@ -605,6 +624,9 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
     for key, value, comment in grid.header_cards():
         set_card(header, key, value, comment)
     header["SSRESMP"] = (resample, "requested resampling path")
+    conventions = sorted(set(table["flux_convention"]))
+    if conventions:
+        header["SSFLUXC"] = ("+".join(conventions), "flux convention: per-pixel or surface")
     if hasattr(ephemeris, "header_cards"):
         for key, value, comment in ephemeris.header_cards():
             set_card(header, key, value, comment)
