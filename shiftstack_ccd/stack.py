@@ -21,6 +21,7 @@ from astropy.wcs import WCS
 from ._parallel import map_frames
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
+from .combine import conf as combine_conf
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_footprint, read_frame
 from .photometry import stellar_fwhm
@@ -365,9 +366,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     workdir : str or path, optional
         A folder for intermediate products: frames are then never all held in memory
         (each task reads its input, writes its products there, and the combine reads them in
-        blocks of rows within ``mem_limit``). Without it everything stays in memory.
+        blocks of rows within ``mem_limit``). Without it the products stay in memory when
+        they fit in ``mem_limit``, and go to a temporary folder (where `tempfile` puts it)
+        when they do not, so that memory does not grow with the number of frames.
     mem_limit : int, optional
-        Memory budget of the combine, bytes (see `combine_frames`).
+        Memory budget, bytes: of the combine's blocks (see `combine_frames`), and of the
+        intermediate products kept in memory. Default ``conf.mem_limit``.
     pixfrac, drizzle_kernel : float, str
         Drizzle's drop size and kernel, for ``resample='drizzle'`` (see
         `resample_to_target`).
@@ -411,7 +415,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
     with contextlib.ExitStack() as stack_of_contexts:
         folder = None
-        if workdir is not None:
+        if workdir is not None or _must_spill(shapes, grid.shape, sky_stack or subtract_static,
+                                              mem_limit):
+            # an unnamed work folder goes where tempfile puts it (TMPDIR)
             folder = stack_of_contexts.enter_context(
                 tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
@@ -473,6 +479,26 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+def _must_spill(frame_shapes, shape, need_sky, mem_limit):
+    """Whether the intermediate products would exceed the memory budget.
+
+    Per frame: its crop (at most the frame, else the output grid and a margin: data,
+    uncertainty and mask, 9 bytes a pixel) and one or two products on the output grid
+    (9 bytes a pixel each).
+    """
+    budget = float(combine_conf.mem_limit if mem_limit is None else mem_limit)
+    grid = shape[0] * shape[1]
+    per_pixel = 4 + 4 + 1
+    total = sum(per_pixel * (min(ny * nx, 1.5 * grid) + grid * (2 if need_sky else 1))
+                for ny, nx in frame_shapes)
+    if total > budget:
+        log.info("intermediate products of %d frames: %.0f MB, over the memory budget of "
+                 "%.0f MB; they go to a temporary folder", len(frame_shapes), total / 1e6,
+                 budget / 1e6)
+        return True
+    return False
 
 
 class _Footprint:

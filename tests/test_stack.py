@@ -304,3 +304,36 @@ def test_target_flux_kept_for_mixed_scale_inputs(resample, pixel_scale):
                                        reference_time=result.target_frame.reference_time,
                                        resample=resample, sky_stack=False)
         assert abs(_target_flux(alone) / _FLUX - 1) < 0.02
+
+
+def test_products_over_the_memory_budget_go_to_a_temporary_folder(tmp_path, monkeypatch,
+                                                                   caplog):
+    """No workdir, products over mem_limit: spilled to a temporary folder (then removed),
+    and the stack is the same as with everything in memory."""
+    import logging
+    import tempfile
+    sim = ss.simulate_observation(n_frames=4, shape=(96, 96), n_stars=10, seed=4)
+    kwargs = dict(method="median", size=41)
+    in_memory = ss.shift_and_stack(sim.frames, sim.ephemeris, **kwargs)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+    original = tempfile.TemporaryDirectory
+
+    def recording(*args, **kw):
+        folder = original(*args, **kw)
+        seen.append(folder.name)
+        return folder
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    with caplog.at_level(logging.INFO, logger="shiftstack_ccd.stack"):
+        spilled = ss.shift_and_stack(sim.frames, sim.ephemeris, mem_limit=1e5, **kwargs)
+    assert "over the memory budget" in caplog.text
+    assert len(seen) == 1 and seen[0].startswith(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # removed afterwards
+    # through files, as with a named workdir (test_scale): equal to float precision
+    good = ~in_memory.stack.mask
+    assert np.array_equal(spilled.stack.mask, in_memory.stack.mask)
+    noise = np.median(in_memory.stack.uncertainty.array[good])
+    assert np.max(np.abs(spilled.stack.data[good] - in_memory.stack.data[good])) < 1e-4 * noise
+    assert np.allclose(spilled.stack.uncertainty.array[good],
+                       in_memory.stack.uncertainty.array[good], rtol=1e-5)
+    assert np.array_equal(spilled.coverage, in_memory.coverage)
