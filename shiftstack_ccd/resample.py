@@ -359,12 +359,11 @@ def _bilinear_adjoint(coords, outside, shape_in):
     y0 = np.minimum(np.floor(y).astype(np.intp), max(ny - 2, 0))
     x0 = np.minimum(np.floor(x).astype(np.intp), max(nx - 2, 0))
     fy, fx = np.clip(y - y0, 0, 1), np.clip(x - x0, 0, 1)
-    total = np.zeros(ny * nx)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            index = np.minimum(y0 + dy, ny - 1) * nx + np.minimum(x0 + dx, nx - 1)
-            total += np.bincount(index, weights=wy * wx, minlength=ny * nx)
-    return total.reshape(ny, nx)
+    rows = (y0, np.minimum(y0 + 1, ny - 1))
+    cols = (x0, np.minimum(x0 + 1, nx - 1))
+    index = np.concatenate([rows[dy] * nx + cols[dx] for dy in (0, 1) for dx in (0, 1)])
+    weights = np.concatenate([wy * wx for wy in (1 - fy, fy) for wx in (1 - fx, fx)])
+    return np.bincount(index, weights=weights, minlength=ny * nx).reshape(ny, nx)
 
 
 def _drizzle(data, variance, bad, wcs_in, wcs_out, shape_out, pixfrac, kernel, label):

@@ -243,7 +243,9 @@ def _combinable(products):
 
 
 def _prepare_task(job, ctx):
-    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
+    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid; and
+    on its target grid too when nothing needs all frames first (``ctx.one_pass``): the crop
+    is then not kept."""
     index, source, target, label = job
     frame = _apply_steps(_load(source), ctx.steps)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
@@ -255,8 +257,15 @@ def _prepare_task(job, ctx):
     sky = None
     if ctx.need_sky:
         sky = _keep(_resample(frame, ctx.grid_wcs.wcs, ctx), ctx, f"sky{index:04d}")
-    return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+    prepared = {"index": index, "sky": sky, "position": (x, y), "crop_position": (cx, cy),
+                "step_cards": step_cards}
+    if ctx.one_pass:
+        prepared["frame"] = None
+        prepared["on_target"] = _target_task((index, {**prepared, "frame": frame},
+                                              ctx.target_wcs[index]), ctx)
+    else:
+        prepared["frame"] = _keep(frame, ctx, f"frame{index:04d}", as_fits=False)
+    return prepared
 
 
 def _target_task(job, ctx):
@@ -425,11 +434,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
                        need_sky=sky_stack or subtract_static, workdir=folder, template=None,
                        pixfrac=pixfrac, drizzle_kernel=drizzle_kernel,
+                       # the static-sky template and the refinement need every frame first
+                       one_pass=not (subtract_static or refine),
                        track_radius=track_radius, static_k=static_k)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
-                              "preparing frames")
+                              "resampling frames" if ctx.one_pass else "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
@@ -448,9 +459,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
             ctx.template = static_sky_template(
                 sky_frames, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)],
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
-        target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
-        on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
-                               scheduler, "resampling on the target")
+        if ctx.one_pass:
+            on_target = [p.pop("on_target") for p in prepared]
+        else:
+            target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
+            on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
+                                   scheduler, "resampling on the target")
         refinement = None
         if refine:
             refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
