@@ -16,6 +16,7 @@
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -74,6 +75,22 @@ def _motion_model(args, frames):
                                cache=not args.no_cache)
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2 ** 10,
+               "MIB": 2 ** 20, "GIB": 2 ** 30}
+
+
+def _byte_size(text):
+    """A size in bytes from '64MB', '1.5GB', '512MiB' or a plain number."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MB, 2GB, 5e8)")
+    size = float(match.group(1)) * _BYTE_UNITS[unit]
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return size
+
+
 def _cmd_stack(args):
     from .cosmicray import clean_cosmic_rays
     from .frames import _expand, read_frames
@@ -97,7 +114,8 @@ def _cmd_stack(args):
                              sky_stack=not args.no_sky, weights=args.weights,
                              subtract_static=args.subtract_static, refine=args.refine,
                              refine_max_shift=args.refine_max_shift, per_frame_steps=steps,
-                             scheduler=args.scheduler, workdir=args.workdir)
+                             scheduler=args.scheduler, workdir=args.workdir,
+                             mem_limit=args.mem_limit, pixfrac=args.pixfrac)
     result.write(output, overwrite=args.overwrite)
     print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
@@ -184,7 +202,11 @@ def build_parser():
     stack.add_argument("--size", type=int, default=None,
                        help="output size in pixels (square; default: large enough for all "
                             "frames)")
-    stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto")
+    stack.add_argument("--resample", choices=("auto", "shift", "warp", "drizzle"),
+                       default="auto", help="resampling path; 'drizzle' (STScI's drizzle) "
+                       "when the output pixels are larger than the frames'")
+    stack.add_argument("--pixfrac", type=float, default=1.0,
+                       help="drizzle's drop size, a fraction of an input pixel (default 1)")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
     stack.add_argument("--weights", choices=("inverse-variance", "exptime"), default=None,
@@ -203,6 +225,10 @@ def build_parser():
     stack.add_argument("--workdir", default=None, metavar="DIR",
                        help="keep intermediate frames in a temporary folder under DIR, so that "
                             "memory stays bounded however many frames there are")
+    stack.add_argument("--mem-limit", type=_byte_size, default=None, metavar="SIZE",
+                       help="memory budget of the combine and of the intermediate products "
+                            "kept in memory, e.g. 64MB or 2GB (default 64MB; products over "
+                            "it go to a temporary folder)")
     stack.add_argument("-o", "--output", default="stack.fits", help="output FITS file")
     stack.add_argument("--preview", metavar="PNG", help="also write a PNG preview")
     stack.add_argument("--overwrite", action="store_true", help="replace existing outputs")
