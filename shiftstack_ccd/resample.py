@@ -354,16 +354,19 @@ def _bilinear_adjoint(coords, outside, shape_in):
     module notes).
     """
     ny, nx = shape_in
-    inside = ~outside
-    y, x = coords[0][inside], coords[1][inside]
-    y0 = np.minimum(np.floor(y).astype(np.intp), max(ny - 2, 0))
-    x0 = np.minimum(np.floor(x).astype(np.intp), max(nx - 2, 0))
-    fy, fx = np.clip(y - y0, 0, 1), np.clip(x - x0, 0, 1)
-    rows = (y0, np.minimum(y0 + 1, ny - 1))
-    cols = (x0, np.minimum(x0 + 1, nx - 1))
-    index = np.concatenate([rows[dy] * nx + cols[dx] for dy in (0, 1) for dx in (0, 1)])
-    weights = np.concatenate([wy * wx for wy in (1 - fy, fy) for wx in (1 - fx, fx)])
-    return np.bincount(index, weights=weights, minlength=ny * nx).reshape(ny, nx)
+    total = np.zeros(ny * nx)
+    # in blocks of output rows: the temporaries of a whole full-field grid would be 10 arrays
+    # of its size
+    for first in range(0, coords.shape[1], 128):
+        y, x = coords[0, first:first + 128].ravel(), coords[1, first:first + 128].ravel()
+        keep = ~outside[first:first + 128].ravel()
+        y0 = np.minimum(np.floor(y).astype(np.intp), max(ny - 2, 0))
+        x0 = np.minimum(np.floor(x).astype(np.intp), max(nx - 2, 0))
+        fy, fx = np.clip(y - y0, 0, 1), np.clip(x - x0, 0, 1)
+        for row, wy in ((y0, (1 - fy) * keep), (np.minimum(y0 + 1, ny - 1), fy * keep)):
+            for col, wx in ((x0, 1 - fx), (np.minimum(x0 + 1, nx - 1), fx)):
+                total += np.bincount(row * nx + col, weights=wy * wx, minlength=ny * nx)
+    return total.reshape(ny, nx)
 
 
 def _drizzle(data, variance, bad, wcs_in, wcs_out, shape_out, pixfrac, kernel, label):
@@ -526,8 +529,9 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
                       "resample='drizzle' (or interpolation='bilinear') is right for this.",
                       AstropyUserWarning)
     if ratio is not None and convention == "per-pixel":
-        out_data = out_data * ratio
-        out_var = out_var * ratio ** 2
+        out_data *= ratio
+        out_var *= ratio
+        out_var *= ratio
     pixar = 1.0 if ratio is None else float(np.nanmedian(np.where(mask, np.nan, ratio)))
     meta["SSFLUXC"] = (convention, f"flux convention ({why}): per-pixel or surface")
     meta["SSPIXAR"] = (round(pixar, 8), "median output/input pixel area ratio")
@@ -565,6 +569,9 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
         ys, xs, ratio = _pixel_map(wcs_in, wcs_out, shape_out, 32, 1e-4, area=True)
         meta["SSRESAMP"] = ("warp", "resampling path (through the sky, both WCS)")
     coords, outside = _prepare_coordinates(ys, xs, ccd.shape)
+    del ys, xs  # full-field grids: every array of output size counts
+    if ratio is not None:
+        ratio = ratio.astype(dtype)
     # (on a translation c = 1 but at the frame's border, where the edge rule repeats pixels)
     variance_filled = variance_filled * _bilinear_adjoint(coords, outside, ccd.shape)
     out_var = _sample(variance_filled, coords, outside, 1)
