@@ -41,7 +41,8 @@ scatter is smaller than the carried uncertainty, as it should be). For output ``
 from inputs ``i`` with bilinear weights ``w_oi`` the aperture sum's variance is
 ``K**2 sum_i v_i (sum_o w_oi)**2`` (``K`` the area ratio for counts, else 1), so each output
 pixel carries ``K**2 sum_i w_oi c_i v_i`` with ``c_i = sum_o w_oi``, how much of input pixel
-``i`` the output uses in all (`_bilinear_adjoint`): 1 for a translation, 1/ratio for smaller
+``i`` the output uses in all (`_bilinear_adjoint`): 1 for a translation (and taken as 1
+whenever the pixels keep their size, where it ripples by a few per cent), 1/ratio for smaller
 output pixels (so counts carry ``ratio * v``, not ``ratio**2 * v``, which would make aperture
 errors too small by the square root of the ratio), a sampling pattern for larger ones. Drizzle
 spreads each input pixel over the output in full, so there ``c_i`` is 1/ratio exactly and its
@@ -73,6 +74,11 @@ _PER_PIXEL_UNITS = (u.adu, u.electron, u.count, u.photon)
 #: Output/input pixel-area ratio above which a cubic spline's noise is warned about
 #: (measured: uncertainties right to 5% at 1.5x the pixel size, 15% low at 2x).
 _SPLINE_NOISE_RATIO = 1.5 ** 2
+#: Departure of the pixel-area ratio from 1 beyond which the variance is carried with the
+#: interpolation's adjoint (`_bilinear_adjoint`; see the module notes). Below it the pixels
+#: keep their size, the adjoint is 1 within a few per cent (phase ripples of a rotation) and
+#: not worth its cost (4 times a bilinear interpolation).
+_ADJOINT_THRESHOLD = 0.01
 #: Units already warned about as neither counts nor surface brightness (warned once each).
 _WARNED_UNITS = set()
 
@@ -354,18 +360,26 @@ def _bilinear_adjoint(coords, outside, shape_in):
     module notes).
     """
     ny, nx = shape_in
+    if ny < 2 or nx < 2:
+        return np.ones(shape_in)
     total = np.zeros(ny * nx)
-    # in blocks of output rows: the temporaries of a whole full-field grid would be 10 arrays
-    # of its size
-    for first in range(0, coords.shape[1], 128):
-        y, x = coords[0, first:first + 128].ravel(), coords[1, first:first + 128].ravel()
-        keep = ~outside[first:first + 128].ravel()
-        y0 = np.minimum(np.floor(y).astype(np.intp), max(ny - 2, 0))
-        x0 = np.minimum(np.floor(x).astype(np.intp), max(nx - 2, 0))
-        fy, fx = np.clip(y - y0, 0, 1), np.clip(x - x0, 0, 1)
-        for row, wy in ((y0, (1 - fy) * keep), (np.minimum(y0 + 1, ny - 1), fy * keep)):
-            for col, wx in ((x0, 1 - fx), (np.minimum(x0 + 1, nx - 1), fx)):
-                total += np.bincount(row * nx + col, weights=wy * wx, minlength=ny * nx)
+    # in blocks of about 2**18 output pixels: a full-field grid's temporaries would be ten
+    # arrays of its size, and a block costs one bincount
+    rows = max(1, 2 ** 18 // coords.shape[2])
+    for first in range(0, coords.shape[1], rows):
+        keep = ~outside[first:first + rows].ravel()
+        # the coordinates are clipped to the frame (_prepare_coordinates): with the corner
+        # at most (ny - 2, nx - 2), the fractions are in [0, 1] and all four corners exist
+        y = coords[0, first:first + rows].ravel()[keep]
+        x = coords[1, first:first + rows].ravel()[keep]
+        y0 = np.minimum(y.astype(np.int32), ny - 2)
+        x0 = np.minimum(x.astype(np.int32), nx - 2)
+        fy, fx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
+        corner = y0 * nx + x0
+        index = np.concatenate([corner, corner + 1, corner + nx, corner + nx + 1])
+        gy, gx = 1 - fy, 1 - fx
+        weights = np.concatenate([gy * gx, gy * fx, fy * gx, fy * fx])
+        total += np.bincount(index, weights=weights, minlength=ny * nx)
     return total.reshape(ny, nx)
 
 
@@ -572,8 +586,8 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     del ys, xs  # full-field grids: every array of output size counts
     if ratio is not None:
         ratio = ratio.astype(dtype)
-    # (on a translation c = 1 but at the frame's border, where the edge rule repeats pixels)
-    variance_filled = variance_filled * _bilinear_adjoint(coords, outside, ccd.shape)
+    if ratio is not None and abs(np.nanmedian(ratio) - 1) > _ADJOINT_THRESHOLD:
+        variance_filled = variance_filled * _bilinear_adjoint(coords, outside, ccd.shape)
     out_var = _sample(variance_filled, coords, outside, 1)
     # where no input pixel is bad, the bad-pixel plane would resample to zero: skip it
     out_bad = _sample(bad.astype(dtype), coords, outside, 1) if bad.any() else None
