@@ -425,7 +425,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     with contextlib.ExitStack() as stack_of_contexts:
         folder = None
         if workdir is not None or _must_spill(shapes, grid.shape, sky_stack or subtract_static,
-                                              mem_limit):
+                                              subtract_static or refine, mem_limit):
             # an unnamed work folder goes where tempfile puts it (TMPDIR)
             folder = stack_of_contexts.enter_context(
                 tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
@@ -495,17 +495,18 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     return StackResult(stack, sky, combined.coverage, table, grid)
 
 
-def _must_spill(frame_shapes, shape, need_sky, mem_limit):
+def _must_spill(frame_shapes, shape, need_sky, keep_frames, mem_limit):
     """Whether the intermediate products would exceed the memory budget.
 
-    Per frame: its crop (at most the frame, else the output grid and a margin: data,
-    uncertainty and mask, 9 bytes a pixel) and one or two products on the output grid
-    (9 bytes a pixel each).
+    Per frame: one or two products on the output grid, and its crop when it is kept for a
+    second pass (at most the frame, else about the output grid and a margin); data,
+    uncertainty and mask: 9 bytes a pixel.
     """
     budget = float(combine_conf.mem_limit if mem_limit is None else mem_limit)
     grid = shape[0] * shape[1]
     per_pixel = 4 + 4 + 1
-    total = sum(per_pixel * (min(ny * nx, 1.5 * grid) + grid * (2 if need_sky else 1))
+    total = sum(per_pixel * (keep_frames * min(ny * nx, 1.5 * grid)
+                             + grid * (2 if need_sky else 1))
                 for ny, nx in frame_shapes)
     if total > budget:
         log.info("intermediate products of %d frames: %.0f MB, over the memory budget of "
