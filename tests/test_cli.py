@@ -200,7 +200,7 @@ def test_stack_memory_limit_and_drizzle(sim_files, tmp_path, capsys, monkeypatch
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "drizzled.fits"
     assert main(["-v", "stack", *paths, "--ephemeris", str(eph), "--size", "31", "-o",
-                 str(out), "--mem-limit", "100kB", "--resample", "drizzle", "--pixfrac",
+                 str(out), "--mem-limit", "10kB", "--resample", "drizzle", "--pixfrac",
                  "0.8"]) == 0
     assert "over the memory budget of 0 MB" in capsys.readouterr().err
     assert list((tmp_path / "tmp").iterdir()) == []

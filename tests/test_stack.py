@@ -325,7 +325,7 @@ def test_products_over_the_memory_budget_go_to_a_temporary_folder(tmp_path, monk
         return folder
     monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
     with caplog.at_level(logging.INFO, logger="shiftstack_ccd.stack"):
-        spilled = ss.shift_and_stack(sim.frames, sim.ephemeris, mem_limit=1e5, **kwargs)
+        spilled = ss.shift_and_stack(sim.frames, sim.ephemeris, mem_limit=1e4, **kwargs)
     assert "over the memory budget" in caplog.text
     assert len(seen) == 1 and seen[0].startswith(str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # removed afterwards
