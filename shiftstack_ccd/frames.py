@@ -370,8 +370,12 @@ def _companion(hdul, sci, name):
 
 
 def _merged_header(hdul, sci):
-    """The primary header with the science HDU's cards merged in (the science cards win)."""
-    header = hdul[0].header.copy()
+    """The primary header with the science HDU's cards merged in (the science cards win).
+
+    The primary header itself, not a copy: the file is read into memory and closed, so the
+    header is the caller's to change.
+    """
+    header = hdul[0].header
     if sci is not hdul[0]:
         for card in sci.header.cards:
             if card.keyword in ("HISTORY", "COMMENT"):
@@ -384,13 +388,23 @@ def _merged_header(hdul, sci):
 
 def _header_and_wcs(header, path, hdul):
     """``SSFILE`` set, numeric WCS cards cast, the WCS built and its cards dropped from the
-    header (they live in the WCS, so the two cannot disagree)."""
-    header["SSFILE"] = (str(path), "file this frame was read from")
-    header = _clean_header(header, str(path))
-    wcs = _celestial_wcs(header, str(path), hdul)
+    header (they live in the WCS, so the two cannot disagree).
+
+    ``header`` is the caller's own copy, changed in place. The casting and the WCS work on
+    the few WCS cards alone (`_wcs_cards`): copying and scanning the whole header twice cost
+    more than reading the file.
+    """
+    label = str(path)
+    header["SSFILE"] = (label, "file this frame was read from")
+    cards = _clean_header(_wcs_cards(header), label)
+    wcs = _celestial_wcs(cards, label, hdul)
     if wcs is not None:  # one pass: removing cards one by one is quadratic
         header = fits.Header([card for card in header.cards
                               if not _WCS_CARD.match(card.keyword)])
+    for card in cards.cards:  # what stays in the header (EQUINOX, MJD-OBS...), cast too
+        if card.keyword in header and _NUMERIC_WCS.match(card.keyword) \
+                and not isinstance(card.value, str) and isinstance(header[card.keyword], str):
+            header[card.keyword] = (card.value, card.comment)
     return header, wcs
 
 
@@ -478,7 +492,9 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
                                  f"(shape {shape}).")
             data = np.asarray(sci.data)
             dtype = np.float64 if data.dtype == np.float64 else np.float32
-            data = data.astype(dtype)  # always a copy: the file's array is never handed out
+            # the file is read into memory (memmap=False) and closed: its array is ours, and
+            # is copied only to change the type (uint16 with BZERO is already float32)
+            data = data.astype(dtype, copy=False)
             header = _merged_header(hdul, sci)
             uncertainty = None
             err = _companion(hdul, sci, "ERR")
