@@ -7,6 +7,7 @@ astropy build a silently wrong WCS, and finds the UTC mid-exposure time from
 whatever cards the header has, saying which ones it used.
 """
 
+import copy
 import functools
 import glob
 import logging
@@ -469,10 +470,12 @@ def read_footprint(path, hdu=None):
     return Footprint(header, (int(naxis[1]), int(naxis[0])), wcs)
 
 
-def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
+def read_frame(path, hdu=None, unit=None, dq_mask_bits=None, footprint=None):
     """Read one frame into a `~astropy.nddata.CCDData`.
 
-    See `read_frames` for the parameters; this reads a single file.
+    See `read_frames` for the parameters; this reads a single file. ``footprint``, the
+    `read_footprint` of the same file and HDU, saves parsing the header and building the WCS
+    a second time (copies of its header and WCS are used).
 
     Returns
     -------
@@ -517,7 +520,10 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
                 mask = flags != 0
             elif _companion(hdul, sci, "MASK") is not None:
                 mask = np.asarray(_companion(hdul, sci, "MASK").data) != 0
-            header, wcs = _header_and_wcs(header, path, hdul)
+            if footprint is None:
+                header, wcs = _header_and_wcs(header, path, hdul)
+            else:
+                header, wcs = footprint.header.copy(), copy.deepcopy(footprint.wcs)
     except FrameError:
         raise
     except (OSError, ValueError, TypeError) as exc:
@@ -540,8 +546,9 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
     if mask is not None and mask.all():
         raise FrameError(f"{label}: every pixel is masked (DQ flags or non-finite values).")
 
-    # Validate the time now, so a frame without one is refused at the door, by name.
-    mid_exposure_time(header)
+    if footprint is None:  # (a footprint's time was checked when it was read)
+        # Validate the time now, so a frame without one is refused at the door, by name.
+        mid_exposure_time(header)
     return CCDData(data, unit=unit, wcs=wcs, meta=header, mask=mask, uncertainty=uncertainty)
 
 

@@ -23,7 +23,7 @@ from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .config import conf
 from .exceptions import FrameError
-from .frames import mid_exposure_time, read_footprint, read_frame
+from .frames import Footprint, mid_exposure_time, read_footprint, read_frame
 from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
@@ -206,8 +206,9 @@ class _Stored:
         self.path = path
 
 
-def _load(source):
-    """A frame in memory, an input file, or an intermediate product from the work folder."""
+def _load(source, footprint=None):
+    """A frame in memory, an input file (with its `read_footprint`, when known), or an
+    intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
     if isinstance(source, _Stored):
@@ -215,7 +216,7 @@ def _load(source):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source)
+    return read_frame(source, footprint=footprint)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -246,8 +247,8 @@ def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid; and
     on its target grid too when nothing needs all frames first (``ctx.one_pass``): the crop
     is then not kept."""
-    index, source, target, label = job
-    frame = _apply_steps(_load(source), ctx.steps)
+    index, source, target, label, footprint = job
+    frame = _apply_steps(_load(source, footprint), ctx.steps)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     # Cropped first, so that nothing below works on pixels the output cannot show.
@@ -437,7 +438,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                        # the static-sky template and the refinement need every frame first
                        one_pass=not (subtract_static or refine),
                        track_radius=track_radius, static_k=static_k)
-        jobs = [(i, source, targets[i], label)
+        # In this process the headers and WCS read for the plan serve again; other processes
+        # read their own (a pickled WCS is rounded, see _ExactWCS).
+        here = scheduler in (None, "sync", "serial", "threads")
+        jobs = [(i, source, targets[i], label,
+                 Footprint(headers[i], shapes[i], footprints[i].wcs)
+                 if here and not isinstance(source, CCDData) else None)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "resampling frames" if ctx.one_pass else "preparing frames")
