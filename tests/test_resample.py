@@ -391,3 +391,23 @@ def test_spline_onto_larger_pixels_is_warned_about():
         resample_to_target(frame, coarse, (30, 30), interpolation="bilinear")
         resample_to_target(frame, coarse, (30, 30), method="drizzle")
         resample_to_target(frame, _wcs(crpix=(30, 30), scale_arcsec=0.5), (60, 60))
+
+
+def test_warp_between_sky_frames_equals_reproject():
+    """A frame whose WCS is in FK5 (B1950 here) onto an ICRS grid: the frames are converted
+    (through SkyCoord) as reproject does; the same-frame shortcut is not taken."""
+    from reproject import reproject_interp
+    rng = np.random.default_rng(6)
+    w_in = _wcs(crpix=(60, 50))
+    w_in.wcs.radesys, w_in.wcs.equinox = "FK4", 1950.0
+    w_in.wcs.set()
+    data = rng.normal(100, 5, (100, 120)).astype(np.float32)
+    frame = _frame(data, w_in, sigma=5.0)
+    # the grid where the frame's centre is in ICRS
+    centre = w_in.pixel_to_world(60, 50).icrs
+    w_out = _wcs(crpix=(60, 50), crval=(centre.ra.deg, centre.dec.deg), rotation_deg=3.0)
+    out = resample_to_target(frame, w_out, (100, 120), conserve="surface")
+    reference, _ = reproject_interp((data, w_in), w_out, shape_out=(100, 120), order="bicubic")
+    good = ~out.mask & np.isfinite(reference)
+    assert good.sum() > 0.9 * good.size
+    assert np.max(np.abs(out.data[good] - reference[good])) < 1e-3
