@@ -59,7 +59,7 @@ from astropy import units as u
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._utils import as_header, frame_label, require_celestial_wcs
+from ._utils import as_header, frame_label, pixel_to_pixel, require_celestial_wcs
 from .exceptions import FrameError
 
 __all__ = ["find_translation", "flux_convention", "pixel_area_ratio", "pixel_map",
@@ -103,7 +103,7 @@ def find_translation(wcs_in, wcs_out, shape_in, tolerance=TRANSLATION_TOLERANCE)
     """
     ny, nx = shape_in
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 7), np.linspace(0, ny - 1, 7))
-    ox, oy = _pixel_to_pixel(wcs_in, wcs_out, gx.ravel(), gy.ravel())
+    ox, oy = pixel_to_pixel(wcs_in, wcs_out, gx.ravel(), gy.ravel())
     dx, dy = np.asarray(ox) - gx.ravel(), np.asarray(oy) - gy.ravel()
     if not (np.all(np.isfinite(dx)) and np.all(np.isfinite(dy))):
         return None
@@ -112,27 +112,6 @@ def find_translation(wcs_in, wcs_out, shape_in, tolerance=TRANSLATION_TOLERANCE)
         return None
     # Round off the WCS round-trip noise (~1e-12 px) so whole and half-pixel shifts stay exact.
     return round(float(tx), 8), round(float(ty), 8)
-
-
-def _pixel_to_pixel(wcs_from, wcs_to, x, y):
-    """Pixel coordinates in ``wcs_to`` of pixels ``(x, y)`` of ``wcs_from``, through the sky.
-
-    Two celestial WCS in the same frame (RADESYS, equinox, axis order) go through wcslib's
-    own transforms (distortions included); otherwise `astropy.wcs.utils.pixel_to_pixel`
-    converts between the frames through `~astropy.coordinates.SkyCoord`, which costs more
-    than the transform itself on a few thousand points.
-    """
-    a, b = wcs_from.wcs, wcs_to.wcs
-    same = (wcs_from.naxis == wcs_to.naxis == 2 and a.lng == b.lng and a.lat == b.lat
-            and a.radesys == b.radesys
-            and (a.equinox == b.equinox or (np.isnan(a.equinox) and np.isnan(b.equinox)))
-            and a.ctype[a.lng][:4] == b.ctype[b.lng][:4])
-    if not same:
-        from astropy.wcs.utils import pixel_to_pixel
-        return pixel_to_pixel(wcs_from, wcs_to, x, y)
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    world = wcs_from.all_pix2world(x, y, 0)
-    return wcs_to.all_world2pix(*world, 0, quiet=True)
 
 
 def _prepare_coordinates(ys, xs, shape_in):
@@ -246,7 +225,7 @@ def _pixel_map(wcs_in, wcs_out, shape_out, step, tolerance, area):
     ny, nx = shape_out
 
     def exact(y, x):
-        px, py = _pixel_to_pixel(wcs_out, wcs_in, x, y)
+        px, py = pixel_to_pixel(wcs_out, wcs_in, x, y)
         return np.asarray(py, dtype=float), np.asarray(px, dtype=float)
 
     gy = np.unique(np.r_[np.arange(0, ny, step), ny - 1]).astype(float)

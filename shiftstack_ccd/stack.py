@@ -19,7 +19,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from ._utils import (as_header, atomic_output, pixel_to_pixel, require_celestial_wcs,
+                     set_card)
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .config import conf
 from .exceptions import FrameError
@@ -639,7 +640,7 @@ def _crop_to_grids(frame, position, wcses, shape, margin=8):
                              np.column_stack([np.full(9, nx - 0.5), edge * ny])])
     xs, ys = [], []
     for wcs in wcses:
-        x, y = frame.wcs.world_to_pixel(wcs.pixel_to_world(border[:, 0], border[:, 1]))
+        x, y = pixel_to_pixel(wcs, frame.wcs, border[:, 0], border[:, 1])
         xs.append(np.asarray(x))
         ys.append(np.asarray(y))
     xs, ys = np.concatenate(xs), np.concatenate(ys)
