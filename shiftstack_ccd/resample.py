@@ -68,7 +68,8 @@ __all__ = ["find_translation", "flux_convention", "pixel_area_ratio", "pixel_map
 log = logging.getLogger(__name__)
 
 _SPLINE_ORDER = {"bilinear": 1, "bicubic": 3}
-_DRIZZLE_KERNELS = ("square", "gaussian", "point", "turbo", "lanczos2", "lanczos3")
+#: The kernels of `drizzle.resample.Drizzle`.
+DRIZZLE_KERNELS = ("square", "gaussian", "point", "turbo", "lanczos2", "lanczos3")
 #: Units of counts in a pixel (also per second): their flux scales with the pixel area.
 _PER_PIXEL_UNITS = (u.adu, u.electron, u.count, u.photon)
 #: Output/input pixel-area ratio above which a cubic spline's noise is warned about
@@ -495,8 +496,8 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
     if method == "drizzle":
         if not 0 < pixfrac <= 1:
             raise ValueError(f"pixfrac must be in (0, 1], not {pixfrac!r}")
-        if kernel not in _DRIZZLE_KERNELS:
-            raise ValueError(f"kernel must be one of {list(_DRIZZLE_KERNELS)}, not {kernel!r}")
+        if kernel not in DRIZZLE_KERNELS:
+            raise ValueError(f"kernel must be one of {list(DRIZZLE_KERNELS)}, not {kernel!r}")
     convention, why = _resolve_convention(ccd.unit, conserve, label)
     if ccd.uncertainty is None:
         raise FrameError(f"{label}: has no uncertainty; resampling carries the variance "

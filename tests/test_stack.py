@@ -337,3 +337,12 @@ def test_products_over_the_memory_budget_go_to_a_temporary_folder(tmp_path, monk
     assert np.allclose(spilled.stack.uncertainty.array[good],
                        in_memory.stack.uncertainty.array[good], rtol=1e-5)
     assert np.array_equal(spilled.coverage, in_memory.coverage)
+
+
+def test_drizzle_options_are_checked_before_any_frame_is_read():
+    sim = ss.simulate_observation(n_frames=2, shape=(48, 48), n_stars=0, seed=5)
+    with pytest.raises(ss.ParameterError, match="pixfrac: must be a number in"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, resample="drizzle", pixfrac=1.5)
+    with pytest.raises(ss.ParameterError, match="drizzle_kernel: must be one of"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, resample="drizzle",
+                           drizzle_kernel="box")
