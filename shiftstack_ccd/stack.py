@@ -527,7 +527,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                  if here and not isinstance(source, CCDData) else None)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
-                              "resampling frames" if ctx.one_pass else "preparing frames")
+                              "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
         cx, cy = grid.center_pixel
         track = [(cx + dx, cy + dy) for dx, dy in zip(*offsets)]

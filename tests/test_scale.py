@@ -80,7 +80,8 @@ def test_progress_is_logged(sim, caplog):
         ss.shift_and_stack(sim.frames, sim.ephemeris, size=31, sky_stack=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "shiftstack_ccd.progress"]
     # one pass over the frames: nothing needs them all before the target grids
-    assert "resampling frames: 6/6" in lines
+    assert "preparing frames: 6/6" in lines
+    assert not any(line.startswith("resampling on the target") for line in lines)
     caplog.clear()
     with caplog.at_level("INFO", logger="shiftstack_ccd.progress"):
         ss.shift_and_stack(sim.frames, sim.ephemeris, size=31, sky_stack=False,
