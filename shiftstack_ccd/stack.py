@@ -22,9 +22,10 @@ from astropy.wcs import WCS
 
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
+from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import (as_header, atomic_output, check_output_path, pixel_to_pixel,
-                     require_celestial_wcs, set_card)
+from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
+                     set_card)
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .config import conf
@@ -252,8 +253,8 @@ def _prepare_task(job, ctx):
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     # Cropped first, so that nothing below works on pixels the output cannot show.
-    frame, (cx, cy) = _crop_to_grids(frame, (x, y),
-                                     [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    frame, (cx, cy) = crop_to_grids(frame, (x, y),
+                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
     frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
@@ -747,40 +748,6 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
             if name != "frame":
                 table[name] = refinement[name]
     return table
-
-
-def _crop_to_grids(frame, position, wcses, shape, margin=8):
-    """The frame cut to the box that the output grids can draw on, and the target in it.
-
-    Saves resampling (and static-sky subtraction) of pixels that fall off the output, which
-    for a small ``size`` is most of the frame. The margin covers the interpolation kernel.
-    CCDData slicing keeps the WCS consistent.
-    """
-    ny, nx = shape
-    edge = np.linspace(-0.5, 1, 9)
-    border = np.concatenate([np.column_stack([edge * nx, np.full(9, -0.5)]),
-                             np.column_stack([edge * nx, np.full(9, ny - 0.5)]),
-                             np.column_stack([np.full(9, -0.5), edge * ny]),
-                             np.column_stack([np.full(9, nx - 0.5), edge * ny])])
-    xs, ys = [], []
-    for wcs in wcses:
-        x, y = pixel_to_pixel(wcs, frame.wcs, border[:, 0], border[:, 1])
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y))
-    xs, ys = np.concatenate(xs), np.concatenate(ys)
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        return frame, position
-    fy, fx = frame.shape
-    x0 = max(0, int(np.floor(xs.min())) - margin)
-    x1 = min(fx, int(np.ceil(xs.max())) + margin + 1)
-    y0 = max(0, int(np.floor(ys.min())) - margin)
-    y1 = min(fy, int(np.ceil(ys.max())) + margin + 1)
-    if (x0, y0, x1, y1) == (0, 0, fx, fy) or x1 - x0 < 2 * margin or y1 - y0 < 2 * margin:
-        return frame, position
-    # A copy: a CCDData slice is a view that would keep the whole frame alive for as long
-    # as the crop is kept (until the combine, for every frame).
-    cropped = frame[y0:y1, x0:x1].copy()
-    return cropped, (position[0] - x0, position[1] - y0)
 
 
 #: Header cards written by per-frame steps, copied into the per-frame table.
