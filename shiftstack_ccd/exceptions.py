@@ -6,7 +6,7 @@ Every error a user can act on is one of these, and its message names the file
 bad input, so code written against plain Python exceptions still works.
 """
 
-__all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
+__all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError", "SearchError",
            "OutputExistsError"]
 
 
@@ -28,3 +28,7 @@ class HorizonsError(EphemerisError):
 
 class OutputExistsError(ShiftStackError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class SearchError(ShiftStackError, ValueError):
+    """A motion search cannot be done as asked (empty rate range, too large a grid...)."""

@@ -1,0 +1,208 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""The search's core: the grid of motions, the tile kernel, the robust filter, merging.
+
+Written by hand with numpy: KBMOD does this on GPUs, and nothing in the Python ecosystem
+evaluates psi/phi likelihoods along trajectories on the CPU. The kernel sums integer-pixel
+shifted slices of the psi and phi planes, one motion at a time, over a tile of starting
+pixels small enough for the planes' slab and the accumulators to stay in the CPU cache;
+that is what makes it as fast as a plain shift-and-add that streams whole frames.
+"""
+
+import numpy as np
+
+from ._prepare import SIGMA_G
+
+__all__ = []
+
+
+def motion_step(fwhm, dt, max_loss=0.1):
+    """The rate step (pixels per hour) of the trial grid.
+
+    A trajectory whose rate is wrong by ``dv`` (pixels/h) is off by ``|dv| * dt_i`` in frame
+    ``i`` (``dt_i`` hours from the reference time); for a Gaussian PSF of this ``fwhm`` the
+    matched-filter signal of that frame falls to ``exp(-d**2 / (4 sigma**2))``. The worst
+    trajectory lies midway between grid points on both axes (``|dv| = step / sqrt(2)``);
+    the step is the largest for which its mean signal over the frames is at least
+    ``1 - max_loss`` of the true motion's.
+    """
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    dt = np.asarray(dt, float)
+
+    def loss(step):
+        d2 = (step / np.sqrt(2) * dt) ** 2
+        return 1 - np.mean(np.exp(-d2 / (4 * sigma ** 2)))
+
+    span = float(np.max(np.abs(dt)))
+    if span == 0:
+        return np.inf
+    lo, hi = 0.0, 100 * fwhm / span
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if loss(mid) <= max_loss else (lo, mid)
+    return lo
+
+
+def axis_grid(lo, hi, step):
+    """Rates from ``lo`` to ``hi`` no more than ``step`` apart (both ends included)."""
+    if hi - lo <= 0:
+        return np.array([(lo + hi) / 2])
+    n = int(np.ceil((hi - lo) / step - 1e-9)) + 1
+    return np.linspace(lo, hi, n)
+
+
+def offsets_for(motions, dt):
+    """Integer pixel offsets ``(n_motions, n_frames)`` in x and y for each motion."""
+    ox = np.rint(motions[:, 0:1] * dt[None, :]).astype(np.int64)
+    oy = np.rint(motions[:, 1:2] * dt[None, :]).astype(np.int64)
+    return ox, oy
+
+
+def search_tile(task):
+    """Best first-pass score per starting pixel of one tile over a range of motions.
+
+    ``task`` holds the slab of the per-frame score planes (``(n_frames, h + 2 * my,
+    w + 2 * mx)``: the tile's starting pixels plus the largest offsets), the tile size and
+    the motions' integer offsets (already relative to the slab). Per motion: one add per
+    frame and one maximum, the same memory traffic as a plain shift-and-add, on a slab that
+    stays in the CPU cache across motions. Returns the best score per pixel (the maximum
+    over motions, so merging tasks split over motions gives the same answer as one task)
+    and the motion that gave it (the last of equal ones).
+    """
+    planes = task["planes"]
+    h, w = task["shape"]
+    ox, oy = task["ox"], task["oy"]
+    n_frames = planes.shape[0]
+    best = np.full((h, w), -np.inf, np.float32)
+    index = np.full((h, w), -1, np.int32)
+    s = np.empty((h, w), np.float32)
+    won = np.empty((h, w), bool)
+    for m in range(ox.shape[0]):
+        y, x = oy[m], ox[m]
+        np.add(planes[0, y[0]:y[0] + h, x[0]:x[0] + w],
+               planes[1, y[1]:y[1] + h, x[1]:x[1] + w], out=s)
+        for i in range(2, n_frames):
+            s += planes[i, y[i]:y[i] + h, x[i]:x[i] + w]
+        np.maximum(best, s, out=best)
+        np.equal(s, best, out=won)
+        np.copyto(index, np.int32(task["first"] + m), where=won)
+    return {"origin": task["origin"], "first": task["first"], "best": best, "index": index}
+
+
+def sample(planes, x, y):
+    """Bilinear values of ``planes`` (n, ny, nx) at per-frame positions ``x``, ``y`` (n, k).
+
+    Outside the planes the value is 0 (no data, no weight).
+    """
+    n, ny, nx = planes.shape
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    out = np.zeros(x.shape, np.float64)
+    frame = np.arange(n)[:, None] * np.ones_like(x0)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
+            values = planes[frame, np.clip(yi, 0, ny - 1), np.clip(xi, 0, nx - 1)]
+            out += np.where(inside, values * wx * wy, 0.0)
+    return out
+
+
+def robust_values(psi_v, phi_v, clip=3.0, min_frames=3):
+    """The robust S/N and flux of trajectories from their per-frame psi and phi values.
+
+    ``psi_v``, ``phi_v``: ``(n_frames, k)``. Per frame, the flux ``a = psi / phi`` and its
+    deviation from the median flux in units of that frame's noise, ``(a - med) * sqrt(phi)``;
+    frames farther than ``clip`` times the larger of 1 and the deviations' sigma-G are left
+    out (KBMOD's sigma-G filter, scaled by the calibrated noise): one bright pixel in one
+    frame cannot make a candidate. Returns ``snr, flux, flux_err, n_used, used``.
+    """
+    valid = phi_v > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = np.where(valid, psi_v / np.where(valid, phi_v, 1), np.nan)
+        med = np.nanmedian(flux, axis=0)
+        dev = (flux - med) * np.sqrt(np.where(valid, phi_v, 0))
+    with np.errstate(invalid="ignore"):
+        q25, q75 = np.nanpercentile(np.where(valid, dev, np.nan), [25, 75], axis=0)
+    scale = np.where(valid.sum(axis=0) >= 4, np.fmax(1.0, SIGMA_G * (q75 - q25)), 1.0)
+    used = valid & (np.abs(np.nan_to_num(dev, nan=np.inf)) <= clip * scale)
+    s = np.where(used, psi_v, 0).sum(axis=0)
+    f = np.where(used, phi_v, 0).sum(axis=0)
+    n_used = used.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where((f > 0) & (n_used >= min_frames), s / np.sqrt(f), -np.inf)
+        flux_out = np.where(f > 0, s / f, np.nan)
+        err = np.where(f > 0, 1 / np.sqrt(f), np.nan)
+    return snr, flux_out, err, n_used, used
+
+
+def refine(psi, phi, dt, start, step, used, half=8):
+    """Sub-pixel position and sub-grid rate that maximise the S/N of one trajectory.
+
+    ``start`` is ``(x, y, vx, vy)`` from the grid; only the frames in ``used`` count. The
+    planes are interpolated with cubic splines on small patches about the trajectory (linear
+    interpolation would pin the optimum to pixel edges) and the S/N maximised by Nelder-Mead
+    within a pixel and a grid step of the start. Returns the refined ``(x, y, vx, vy)`` and
+    every frame's psi and phi values there, ``(n_frames, 1)`` each.
+    """
+    from scipy.ndimage import map_coordinates, spline_filter
+    from scipy.optimize import minimize
+    ny, nx = psi.shape[1:]
+    x0, y0, vx0, vy0 = start
+    patches = []
+    for i in range(len(dt)):
+        cx = int(round(x0 + vx0 * dt[i]))
+        cy = int(round(y0 + vy0 * dt[i]))
+        ys = np.clip(np.arange(cy - half, cy + half + 1), 0, ny - 1)
+        xs = np.clip(np.arange(cx - half, cx + half + 1), 0, nx - 1)
+        patches.append((cx - half, cy - half,
+                        spline_filter(psi[i][np.ix_(ys, xs)].astype(float), 3),
+                        spline_filter(phi[i][np.ix_(ys, xs)].astype(float), 3)))
+
+    def values(p, frames):
+        out = np.zeros((2, len(frames)))
+        for k, i in enumerate(frames):
+            ox, oy, cpsi, cphi = patches[i]
+            coords = [[p[1] + p[3] * dt[i] - oy], [p[0] + p[2] * dt[i] - ox]]
+            out[0, k] = map_coordinates(cpsi, coords, order=3, prefilter=False)[0]
+            out[1, k] = max(map_coordinates(cphi, coords, order=3, prefilter=False)[0], 0)
+        return out
+
+    frames = np.nonzero(used)[0]
+
+    def negative_snr(p):
+        if abs(p[0] - x0) > 1 or abs(p[1] - y0) > 1 \
+                or abs(p[2] - vx0) > step or abs(p[3] - vy0) > step:
+            return 0.0
+        s, f = values(p, frames).sum(axis=1)
+        return -s / np.sqrt(f) if f > 0 else 0.0
+
+    origin = np.asarray(start, float)
+    simplex = origin + np.vstack([np.zeros(4), np.diag([0.3, 0.3, step / 4, step / 4])])
+    result = minimize(negative_snr, origin, method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "xatol": 0.005, "fatol": 1e-4,
+                               "maxiter": 600})
+    best = result.x if result.fun < negative_snr(origin) else origin
+    psi_v, phi_v = values(best, range(len(dt)))
+    return best, psi_v[:, None], phi_v[:, None]
+
+
+def merge(x, y, vx, vy, snr, dt, radius):
+    """Indices of the candidates kept, best first, one per object.
+
+    Greedily, from the highest S/N: a candidate whose trajectory comes within ``radius``
+    pixels of a kept one's in any frame is the same object (a neighbouring trial motion,
+    a neighbouring starting pixel, or a trajectory that crosses the object in some frames).
+    """
+    order = np.argsort(-snr, kind="stable")
+    kept = []
+    px = x[:, None] + vx[:, None] * dt[None, :]
+    py = y[:, None] + vy[:, None] * dt[None, :]
+    for j in order:
+        if kept:
+            k = np.asarray(kept)
+            distance = np.hypot(px[k] - px[j], py[k] - py[j]).min(axis=1)
+            if np.any(distance < radius):
+                continue
+        kept.append(j)
+    return np.asarray(kept, dtype=int)
