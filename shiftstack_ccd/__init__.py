@@ -22,6 +22,7 @@ from .photometry import *  # noqa: F401, F403
 from .register import *  # noqa: F401, F403
 from .pipeline import *  # noqa: F401, F403
 from .resample import *  # noqa: F401, F403
+from .search import *  # noqa: F401, F403
 from .stack import *  # noqa: F401, F403
 from .static_sky import *  # noqa: F401, F403
 from .steps import *  # noqa: F401, F403
