@@ -76,7 +76,7 @@ def _motion_model(args, frames):
 
 def _cmd_stack(args):
     from .cosmicray import clean_cosmic_rays
-    from .frames import _expand, read_frames
+    from .frames import expand_files, read_frames
     from .stack import shift_and_stack
     from .visualization import write_preview
 
@@ -87,7 +87,7 @@ def _cmd_stack(args):
         raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
     files = args.files if len(args.files) > 1 else args.files[0]
     if args.workdir:  # frames are read one at a time (shift_and_stack checks them all first)
-        frames = [str(p) for p in _expand(files)]
+        frames = [str(p) for p in expand_files(files)]
     else:
         frames = read_frames(files)
     eph = _motion_model(args, frames)

@@ -20,10 +20,10 @@ from astropy.wcs import WCS
 
 from ._parallel import map_frames
 from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
-from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
+from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
-from .photometry import stellar_fwhm
+from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
 from .target_frame import TargetFrame, check_target_on_frame
@@ -472,8 +472,8 @@ def _sources(frames):
     if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, CCDData)
                                                             for f in frames):
         return list(frames)
-    from .frames import _expand
-    paths = [str(p) for p in _expand(frames)]
+    from .frames import expand_files
+    paths = [str(p) for p in expand_files(frames)]
     if not paths:
         raise FrameError("no frames to stack.")
     return paths
@@ -517,7 +517,7 @@ def _per_frame_factors(headers, weights, frame_weights):
     """The per-frame part of the weights (pixel weights aside), as the combine uses them,
     normalised to sum 1."""
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
-    factors = _frame_factors(weights, frame_weights, headers, labels)
+    factors = frame_factors(weights, frame_weights, headers, labels)
     return factors / factors.sum()
 
 

@@ -78,10 +78,10 @@ from dataclasses import dataclass
 
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .exceptions import ShiftStackError
+from .exceptions import UnknownStepError
 
-__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "UnknownStepError",
-           "available_steps", "get_step", "step_info"]
+__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "available_steps",
+           "get_step", "step_info"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,6 @@ BUILTIN_STEPS = {
 }
 
 _OWN_DISTRIBUTION = "shiftstack_ccd"
-
-
-class UnknownStepError(ShiftStackError, KeyError):
-    """No step of that name is installed."""
-
-    def __str__(self):  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -274,10 +267,10 @@ def step_info(name, steps=None):
     steps = available_steps() if steps is None else steps
     if name in steps:
         return steps[name]
-    raise UnknownStepError(_unknown_step_message(name, steps))
+    raise UnknownStepError(unknown_step_message(name, steps))
 
 
-def _unknown_step_message(name, names):
+def unknown_step_message(name, names):
     """``no step named 'x'; did you mean 'y'? Available: ...`` for an unknown step name."""
     names = sorted(names)
     close = difflib.get_close_matches(str(name), names, n=1)

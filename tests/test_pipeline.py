@@ -17,7 +17,7 @@ from astropy.time import Time
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.cli import main
-from shiftstack_ccd.photometry import measure_fwhm
+from shiftstack_ccd.stars import measure_fwhm
 from shiftstack_ccd.pipeline import PipelineError, load_pipeline, run_pipeline
 from shiftstack_ccd.steps import ENTRY_POINT_GROUP
 

@@ -77,7 +77,7 @@ def _static(position, epoch):
 def _measure_fwhm(template, mask):
     from astropy.nddata import CCDData
 
-    from ..photometry import stellar_fwhm
+    from ..stars import stellar_fwhm
     ccd = CCDData(np.where(mask, np.nan, template), unit="adu", mask=mask | ~np.isfinite(template))
     try:
         return stellar_fwhm(ccd)
