@@ -322,5 +322,3 @@ def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128):
     psi = np.where(covered, (psi - mean * root) / c ** 2, 0).astype(np.float32)
     phi = np.where(covered, phi / c ** 2, 0).astype(np.float32)
     return psi, phi, float(np.median(c[use]))
-
-

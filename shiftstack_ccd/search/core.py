@@ -31,8 +31,9 @@ from .._parallel import map_frames
 from .._utils import require_celestial_wcs
 from ..exceptions import FrameError, SearchError
 from ..frames import mid_exposure_time, read_frames
-from . import _kernel, _prepare
-from ._prepare import sigma_g
+from ._kernel import (axis_grid, merge, motion_step, offsets_for, refine, robust_values, sample,
+                      search_tile)
+from ._prepare import keep_slow_movers, prepare_frame, psi_phi, sigma_g, static_sky
 
 __all__ = ["search_motion"]
 
@@ -258,8 +259,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     n_frames = len(frames)
     ny, nx = grid.shape
     provisional_fwhm = fwhm if fwhm is not None else 2.0
-    step = _kernel.motion_step(provisional_fwhm, dt, max_loss)
-    n_motions = len(_kernel.axis_grid(vx_lo, vx_hi, step)) * len(_kernel.axis_grid(
+    step = motion_step(provisional_fwhm, dt, max_loss)
+    n_motions = len(axis_grid(vx_lo, vx_hi, step)) * len(axis_grid(
         vy_lo, vy_hi, step))
     memory, seconds = _estimate(ny * nx, n_motions, n_frames, ny * nx)
     limit = u.Quantity(max_time, u.s).to_value(u.s)
@@ -277,18 +278,18 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     grid_wcs = grid.wcs
     opts = {"wcs": grid_wcs, "shape": grid.shape, "background_box": background_box,
             "cosmic_rays": cosmic_rays, "saturation_grow": 6.0}
-    prepared = map_frames(_prepare.prepare_frame,
+    prepared = map_frames(prepare_frame,
                           [(i, f, opts) for i, f in enumerate(frames)], scheduler,
                           "search: preparing frames")
-    template, noise = _prepare.static_sky(prepared)
+    template, noise = static_sky(prepared)
     if fwhm is None:
         fwhm = _measure_fwhm(template, ~np.isfinite(template))
         if fwhm is None:
             raise SearchError("could not measure the PSF FWHM on the stars of the frames; "
                               "give fwhm= (pixels)")
         log.info("search: stars' FWHM %.2f pixels", fwhm)
-    template, stars, n_varying = _prepare.keep_slow_movers(template, prepared, noise, fwhm,
-                                                           star_mask_sigma)
+    template, stars, n_varying = keep_slow_movers(template, prepared, noise, fwhm,
+                                                  star_mask_sigma)
     log.info("search: %d pixels vary like a slow mover; the static sky there is the sky",
              n_varying)
     quiet = ~stars & np.isfinite(template)
@@ -298,9 +299,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     for i, p in enumerate(prepared):
         difference = p["data"] - template
         try:
-            psi[i], phi[i], c = _prepare.psi_phi(difference, p["std"],
-                                                 p["mask"] | stars | ~np.isfinite(template),
-                                                 fwhm, quiet)
+            psi[i], phi[i], c = psi_phi(difference, p["std"],
+                                        p["mask"] | stars | ~np.isfinite(template), fwhm, quiet)
         except FrameError as exc:
             raise FrameError(f"frame #{i}: {exc}") from None
         factors.append(c)
@@ -310,11 +310,11 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
              ", ".join(f"{c:.2f}" for c in factors))
 
     # ---- the grid of motions and the tiled search
-    step = _kernel.motion_step(fwhm, dt, max_loss)
-    vx = _kernel.axis_grid(vx_lo, vx_hi, step)
-    vy = _kernel.axis_grid(vy_lo, vy_hi, step)
+    step = motion_step(fwhm, dt, max_loss)
+    vx = axis_grid(vx_lo, vx_hi, step)
+    vy = axis_grid(vy_lo, vy_hi, step)
     motions = np.array([(a, b) for b in vy for a in vx], float)
-    ox, oy = _kernel.offsets_for(motions, dt)
+    ox, oy = offsets_for(motions, dt)
     mx0, mx1 = int(max(0, -ox.min())), int(max(0, ox.max()))
     my0, my1 = int(max(0, -oy.min())), int(max(0, oy.max()))
     if ellipse is not None:
@@ -359,7 +359,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
                       f"{scatter:.2f}, not 1: the S/N threshold is not in true noise units "
                       "(correlated frames? a poor static-sky subtraction?)",
                       AstropyUserWarning)
-    results = map_frames(_kernel.search_tile, tasks, scheduler, "search: tiles")
+    results = map_frames(search_tile, tasks, scheduler, "search: tiles")
     del tasks, planes
     best = np.full((ny, nx), -np.inf, np.float32)
     best_index = np.full((ny, nx), -1, np.int32)
@@ -416,7 +416,7 @@ def _snr_scatter(planes, ox, oy, pad, phi, x_range, y_range, n=4):
         task = {"planes": planes[:, y0:, x0:], "shape": (y1 - y0, x1 - x0),
                 "ox": ox[m:m + 1] + mx0, "oy": oy[m:m + 1] + my0, "first": 0,
                 "origin": (y0, x0)}
-        score = _kernel.search_tile(task)["best"]
+        score = search_tile(task)["best"]
         full = np.ones(score.shape, bool)
         for i in range(phi.shape[0]):
             yy = np.arange(y0, y1) + oy[m, i]
@@ -456,8 +456,8 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
         ox = np.rint(motions[near[:, j], 0][None, :] * dt[:, None])
         oy = np.rint(motions[near[:, j], 1][None, :] * dt[:, None])
         x, y = xs[None, :] + ox, ys[None, :] + oy
-        s = _kernel.sample(psi, x, y).sum(axis=0)
-        f = _kernel.sample(phi, x, y).sum(axis=0)
+        s = sample(psi, x, y).sum(axis=0)
+        f = sample(phi, x, y).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             scores[:, j] = np.where(f > 0, s / np.sqrt(np.where(f > 0, f, 1)), -np.inf)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
@@ -468,12 +468,12 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     vx, vy = motions[index, 0], motions[index, 1]
     x = np.rint(xs[None, :] + vx[None, :] * dt[:, None])
     y = np.rint(ys[None, :] + vy[None, :] * dt[:, None])
-    snr, flux, err, n_used, used = _kernel.robust_values(_kernel.sample(psi, x, y),
-                                                         _kernel.sample(phi, x, y))
+    snr, flux, err, n_used, used = robust_values(sample(psi, x, y),
+                                                 sample(phi, x, y))
     keep = np.nonzero(snr >= pre)[0]
     radius = merge_radius if merge_radius is not None else max(3.0, 2 * fwhm)
-    first = _kernel.merge(xs[keep].astype(float), ys[keep].astype(float), vx[keep], vy[keep],
-                          snr[keep], dt, radius)
+    first = merge(xs[keep].astype(float), ys[keep].astype(float), vx[keep], vy[keep],
+                  snr[keep], dt, radius)
     keep = keep[first]
     # the refinement gains at most the pixel-phase and grid losses (15 % at worst)
     keep = keep[snr[keep] >= 0.85 * threshold]
@@ -484,16 +484,16 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     rows = {k: [] for k in ("x", "y", "vx", "vy", "snr", "flux", "flux_err", "n_frames")}
     for j in keep:
         start = (float(xs[j]), float(ys[j]), float(vx[j]), float(vy[j]))
-        p, psi_v, phi_v = _kernel.refine(psi, phi, dt, start, step, used[:, j])
-        s, f, e, n, _ = _kernel.robust_values(psi_v, phi_v)
+        p, psi_v, phi_v = refine(psi, phi, dt, start, step, used[:, j])
+        s, f, e, n, _ = robust_values(psi_v, phi_v)
         for key, value in zip(rows, (*p, s[0], f[0], e[0], n[0])):
             rows[key].append(value)
     table = {k: np.asarray(v, float) for k, v in rows.items()}
     good = table["snr"] >= threshold
     table = {k: v[good] for k, v in table.items()}
     if len(table["x"]):
-        again = _kernel.merge(table["x"], table["y"], table["vx"], table["vy"],
-                              table["snr"], dt, radius)
+        again = merge(table["x"], table["y"], table["vx"], table["vy"],
+                      table["snr"], dt, radius)
         table = {k: v[again] for k, v in table.items()}
     return table
 
