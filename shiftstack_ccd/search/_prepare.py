@@ -159,7 +159,9 @@ def _trim(frame):
     except ValueError:  # no section, or not one this reader understands: use every pixel
         return frame
     ny, nx = frame.shape
-    if not (1 <= x0 < x1 <= nx and 1 <= y0 < y1 <= ny):
+    # a section describes the file's array: a frame already cut is left alone
+    if (frame.meta.get("NAXIS1"), frame.meta.get("NAXIS2")) != (nx, ny) \
+            or not (1 <= x0 < x1 <= nx and 1 <= y0 < y1 <= ny):
         return frame
     return frame[y0 - 1:y1, x0 - 1:x1]
 
