@@ -10,8 +10,6 @@ that is what makes it as fast as a plain shift-and-add that streams whole frames
 
 import numpy as np
 
-from ._prepare import SIGMA_G
-
 __all__ = []
 
 
@@ -108,41 +106,47 @@ def sample(planes, x, y):
     return out
 
 
-def robust_values(psi_v, phi_v, clip=3.0, min_frames=3):
+def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     """The robust S/N and flux of trajectories from their per-frame psi and phi values.
 
     ``psi_v``, ``phi_v``: ``(n_frames, k)``. Per frame, the flux ``a = psi / phi`` and its
-    deviation from the median flux in units of that frame's noise, ``(a - med) * sqrt(phi)``;
-    frames farther than ``clip`` times the larger of 1 and the deviations' sigma-G are left
-    out (KBMOD's sigma-G filter, scaled by the calibrated noise): one bright pixel in one
-    frame cannot make a candidate. Returns ``snr, flux, flux_err, n_used, used``.
+    noise ``1 / sqrt(phi)`` (calibrated, see ``_prepare``). Frames whose flux departs from
+    the median flux by more than ``clip`` times their noise plus ``tolerance`` times the
+    median (a bright source's flux changes with the seeing) are left out: one bright pixel
+    in one frame cannot make a candidate. KBMOD's sigma-G filter scales the cut by the
+    spread of the values themselves, which two or three outliers among ten frames inflate;
+    the noise here is known, so it is used instead. The median test is the other half:
+    ``snr_median`` is the median flux over its noise (1.2533 times that of the mean), low
+    for a trajectory that strings outliers of a few frames together.
+
+    Returns ``snr, flux, flux_err, n_used, used, snr_median``.
     """
     valid = phi_v > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = np.where(valid, psi_v / np.where(valid, phi_v, 1), np.nan)
+        sigma = np.where(valid, 1 / np.sqrt(np.where(valid, phi_v, 1)), np.nan)
         med = np.nanmedian(flux, axis=0)
-        dev = (flux - med) * np.sqrt(np.where(valid, phi_v, 0))
-    with np.errstate(invalid="ignore"):
-        q25, q75 = np.nanpercentile(np.where(valid, dev, np.nan), [25, 75], axis=0)
-    scale = np.where(valid.sum(axis=0) >= 4, np.fmax(1.0, SIGMA_G * (q75 - q25)), 1.0)
-    used = valid & (np.abs(np.nan_to_num(dev, nan=np.inf)) <= clip * scale)
+        used = valid & (np.abs(flux - med) <= clip * sigma + tolerance * np.abs(med))
     s = np.where(used, psi_v, 0).sum(axis=0)
     f = np.where(used, phi_v, 0).sum(axis=0)
+    f_all = np.where(valid, phi_v, 0).sum(axis=0)
     n_used = used.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where((f > 0) & (n_used >= min_frames), s / np.sqrt(f), -np.inf)
         flux_out = np.where(f > 0, s / f, np.nan)
         err = np.where(f > 0, 1 / np.sqrt(f), np.nan)
-    return snr, flux_out, err, n_used, used
+        snr_median = np.where(f_all > 0, med * np.sqrt(f_all) / 1.2533, -np.inf)
+    return snr, flux_out, err, n_used, used, np.nan_to_num(snr_median, nan=-np.inf)
 
 
-def refine(psi, phi, dt, start, step, used, half=8):
+def refine(psi, phi, dt, start, step, half=8):
     """Sub-pixel position and sub-grid rate that maximise the S/N of one trajectory.
 
-    ``start`` is ``(x, y, vx, vy)`` from the grid; only the frames in ``used`` count. The
-    planes are interpolated with cubic splines on small patches about the trajectory (linear
-    interpolation would pin the optimum to pixel edges) and the S/N maximised by Nelder-Mead
-    within a pixel and a grid step of the start. Returns the refined ``(x, y, vx, vy)`` and
+    ``start`` is ``(x, y, vx, vy)`` from the grid. The planes are interpolated with cubic
+    splines on small patches about the trajectory (linear interpolation would pin the
+    optimum to pixel edges) and the robust S/N (`robust_values`: an outlier frame cannot
+    pull the trajectory towards itself) maximised by Nelder-Mead within a pixel and a grid
+    step of the start. Returns the refined ``(x, y, vx, vy)`` and
     every frame's psi and phi values there, ``(n_frames, 1)`` each.
     """
     from scipy.ndimage import map_coordinates, spline_filter
@@ -168,31 +172,34 @@ def refine(psi, phi, dt, start, step, used, half=8):
             out[1, k] = max(map_coordinates(cphi, coords, order=3, prefilter=False)[0], 0)
         return out
 
-    frames = np.nonzero(used)[0]
+    frames = range(len(dt))
 
     def negative_snr(p):
         if abs(p[0] - x0) > 1 or abs(p[1] - y0) > 1 \
                 or abs(p[2] - vx0) > step or abs(p[3] - vy0) > step:
             return 0.0
-        s, f = values(p, frames).sum(axis=1)
-        return -s / np.sqrt(f) if f > 0 else 0.0
+        psi_v, phi_v = values(p, frames)
+        snr = robust_values(psi_v[:, None], phi_v[:, None])[0][0]
+        return -snr if np.isfinite(snr) else 0.0
 
     origin = np.asarray(start, float)
     simplex = origin + np.vstack([np.zeros(4), np.diag([0.3, 0.3, step / 4, step / 4])])
     result = minimize(negative_snr, origin, method="Nelder-Mead",
-                      options={"initial_simplex": simplex, "xatol": 0.005, "fatol": 1e-4,
-                               "maxiter": 600})
+                      options={"initial_simplex": simplex, "xatol": 0.01, "fatol": 1e-3,
+                               "maxiter": 200})
     best = result.x if result.fun < negative_snr(origin) else origin
     psi_v, phi_v = values(best, range(len(dt)))
     return best, psi_v[:, None], phi_v[:, None]
 
 
-def merge(x, y, vx, vy, snr, dt, radius):
+def merge(x, y, vx, vy, snr, dt, radius, anywhere=True):
     """Indices of the candidates kept, best first, one per object.
 
     Greedily, from the highest S/N: a candidate whose trajectory comes within ``radius``
     pixels of a kept one's in any frame is the same object (a neighbouring trial motion,
     a neighbouring starting pixel, or a trajectory that crosses the object in some frames).
+    With ``anywhere=False``, only one that is within ``radius`` in at least half of the
+    frames (the same object on a neighbouring trajectory, not one that brushes it).
     """
     order = np.argsort(-snr, kind="stable")
     kept = []
@@ -201,7 +208,8 @@ def merge(x, y, vx, vy, snr, dt, radius):
     for j in order:
         if kept:
             k = np.asarray(kept)
-            distance = np.hypot(px[k] - px[j], py[k] - py[j]).min(axis=1)
+            distance = np.hypot(px[k] - px[j], py[k] - py[j])
+            distance = distance.min(axis=1) if anywhere else np.median(distance, axis=1)
             if np.any(distance < radius):
                 continue
         kept.append(j)
