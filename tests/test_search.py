@@ -286,3 +286,29 @@ def test_lowell_asteroid_found_blind_and_few_false_candidates(lowell_fakes):
     assert len(others) <= 10, others
     # the noise model is right on raw frames too
     assert 0.9 < found.meta["snr_scatter"] < 1.1
+
+
+def test_command_line_search(sim, tmp_path, capsys):
+    """shiftstack-ccd search: candidates ECSV, stamps PNG, progress on stderr."""
+    from astropy.table import QTable
+
+    from shiftstack_ccd.cli import main
+    paths = sim.write(tmp_path / "frames")
+    out, stamps = tmp_path / "candidates.ecsv", tmp_path / "stamps.png"
+    status = main(["search", *map(str, paths), "--ra-rate", "0", "40", "--dec-rate", "-30",
+                   "10", "--snr-threshold", "7", "-o", str(out), "--stamps", str(stamps)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    table = QTable.read(out)
+    truth = sim.target_at(Time(table.meta["reference_time"]))
+    assert _match(table, truth, (20, -10), 0.5 * u.arcsec) == 0
+    assert table.meta["n_trajectories"] > 0 and table["ra"].unit == u.deg
+    assert stamps.read_bytes()[:4] == b"\x89PNG"
+    assert "search: tiles" in captured.err  # progress
+    assert "candidates at S/N >= 7" in captured.out
+    # an existing output is refused, and an empty range is a clear error
+    assert main(["search", *map(str, paths), "--ra-rate", "0", "40", "--dec-rate", "-30",
+                 "10", "-o", str(out)]) == 1
+    assert main(["search", *map(str, paths), "--ra-rate", "40", "0", "--dec-rate", "-30",
+                 "10", "-o", str(tmp_path / "x.ecsv")]) == 1
+    assert "empty range" in capsys.readouterr().err
