@@ -139,57 +139,56 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     return snr, flux_out, err, n_used, used, np.nan_to_num(snr_median, nan=-np.inf)
 
 
-def refine(psi, phi, dt, start, step, half=8):
-    """Sub-pixel position and sub-grid rate that maximise the S/N of one trajectory.
+def spline_planes(planes):
+    """Cubic-spline coefficients of each plane (float32), for `refine`."""
+    from scipy.ndimage import spline_filter
+    return np.stack([spline_filter(p, order=3, output=np.float32, mode="grid-constant")
+                     for p in planes])
 
-    ``start`` is ``(x, y, vx, vy)`` from the grid. The planes are interpolated with cubic
-    splines on small patches about the trajectory (linear interpolation would pin the
-    optimum to pixel edges) and the robust S/N (`robust_values`: an outlier frame cannot
-    pull the trajectory towards itself) maximised by Nelder-Mead within a pixel and a grid
-    step of the start. Returns the refined ``(x, y, vx, vy)`` and
-    every frame's psi and phi values there, ``(n_frames, 1)`` each.
+
+def cubic_values(coefficients, dt, p):
+    """Values of each frame's plane along trajectories ``p`` = ``(x, y, vx, vy)`` arrays.
+
+    Returns ``(n_frames, k)``; 0 outside the planes.
     """
-    from scipy.ndimage import map_coordinates, spline_filter
-    from scipy.optimize import minimize
-    ny, nx = psi.shape[1:]
-    x0, y0, vx0, vy0 = start
-    patches = []
-    for i in range(len(dt)):
-        cx = int(round(x0 + vx0 * dt[i]))
-        cy = int(round(y0 + vy0 * dt[i]))
-        ys = np.clip(np.arange(cy - half, cy + half + 1), 0, ny - 1)
-        xs = np.clip(np.arange(cx - half, cx + half + 1), 0, nx - 1)
-        patches.append((cx - half, cy - half,
-                        spline_filter(psi[i][np.ix_(ys, xs)].astype(float), 3),
-                        spline_filter(phi[i][np.ix_(ys, xs)].astype(float), 3)))
+    from scipy.ndimage import map_coordinates
+    x, y, vx, vy = p
+    out = np.empty((len(dt), x.size))
+    for i, t in enumerate(dt):
+        out[i] = map_coordinates(coefficients[i], [y + vy * t, x + vx * t], order=3,
+                                 prefilter=False, mode="grid-constant")
+    return out
 
-    def values(p, frames):
-        out = np.zeros((2, len(frames)))
-        for k, i in enumerate(frames):
-            ox, oy, cpsi, cphi = patches[i]
-            coords = [[p[1] + p[3] * dt[i] - oy], [p[0] + p[2] * dt[i] - ox]]
-            out[0, k] = map_coordinates(cpsi, coords, order=3, prefilter=False)[0]
-            out[1, k] = max(map_coordinates(cphi, coords, order=3, prefilter=False)[0], 0)
-        return out
 
-    frames = range(len(dt))
+def refine(psi_c, phi_c, dt, start, step, levels=4):
+    """Sub-pixel positions and sub-grid rates that maximise the robust S/N, all at once.
 
-    def negative_snr(p):
-        if abs(p[0] - x0) > 1 or abs(p[1] - y0) > 1 \
-                or abs(p[2] - vx0) > step or abs(p[3] - vy0) > step:
-            return 0.0
-        psi_v, phi_v = values(p, frames)
-        snr = robust_values(psi_v[:, None], phi_v[:, None])[0][0]
-        return -snr if np.isfinite(snr) else 0.0
-
-    origin = np.asarray(start, float)
-    simplex = origin + np.vstack([np.zeros(4), np.diag([0.3, 0.3, step / 4, step / 4])])
-    result = minimize(negative_snr, origin, method="Nelder-Mead",
-                      options={"initial_simplex": simplex, "xatol": 0.01, "fatol": 1e-3,
-                               "maxiter": 200})
-    best = result.x if result.fun < negative_snr(origin) else origin
-    psi_v, phi_v = values(best, range(len(dt)))
-    return best, psi_v[:, None], phi_v[:, None]
+    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi_c``, ``phi_c`` the planes'
+    cubic-spline coefficients (`spline_planes`; linear interpolation would pin the optimum
+    to pixel edges). Each level tries the 81 combinations of -h, 0, +h on the four
+    parameters (h: half a pixel and half a grid step, halved at each level) and keeps the
+    best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
+    itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
+    step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and phi
+    values there, ``(n_frames, k)`` each.
+    """
+    p = np.array(start, float)  # (4, k)
+    k = p.shape[1]
+    offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
+    scale = np.array([0.5, 0.5, step / 2, step / 2])[:, None]
+    best = None
+    for _ in range(levels):
+        trial = p[:, :, None] + (offsets * scale)[:, None, :]  # (4, k, 81)
+        flat = trial.reshape(4, -1)
+        psi_v, phi_v = cubic_values(psi_c, dt, flat), cubic_values(phi_c, dt, flat)
+        phi_v = np.maximum(phi_v, 0)
+        snr = robust_values(psi_v, phi_v)[0].reshape(k, -1)
+        choice = np.argmax(snr, axis=1)
+        p = trial[:, np.arange(k), choice]
+        best = (psi_v.reshape(len(dt), k, -1)[:, np.arange(k), choice],
+                phi_v.reshape(len(dt), k, -1)[:, np.arange(k), choice])
+        scale = scale / 2
+    return p, best[0], best[1]
 
 
 def merge(x, y, vx, vy, snr, dt, radius, anywhere=True):

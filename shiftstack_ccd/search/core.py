@@ -32,7 +32,7 @@ from .._utils import require_celestial_wcs
 from ..exceptions import FrameError, SearchError
 from ..frames import mid_exposure_time, read_frames
 from ._kernel import (axis_grid, merge, motion_step, offsets_for, refine, robust_values, sample,
-                      search_tile)
+                      search_tile, spline_planes)
 from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi, sigma_g,
                        static_sky)
 
@@ -108,7 +108,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
                   rate_tolerance=5 * RATE, fwhm=None, max_loss=0.1, cosmic_rays=True,
                   star_mask_sigma=10.0, background_box=64, merge_radius=None, tile=256,
                   motions_per_task=None, scheduler=None, max_memory=4 * 2**30,
-                  max_time=3600 * u.s, max_candidates=1000, median_fraction=0.5):
+                  max_time=3600 * u.s, max_candidates=10000, median_fraction=0.5):
     """Find moving sources: stack the frames along every trial motion, keep what stands out.
 
     Parameters
@@ -504,14 +504,17 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
         log.warning("search: %d candidates above S/N %.1f; only the best %d are refined",
                     len(keep), pre, max_candidates)
         keep = keep[:max_candidates]
-    rows = {k: [] for k in ("x", "y", "vx", "vy", "snr", "flux", "flux_err", "n_frames",
-                            "snr_median")}
-    for j in keep:
-        start = (float(xs[j]), float(ys[j]), float(vx[j]), float(vy[j]))
-        p, psi_v, phi_v = refine(psi, phi, dt, start, step)
-        s, f, e, n, _, sm = robust_values(psi_v, phi_v)
-        for key, value in zip(rows, (*p, s[0], f[0], e[0], n[0], sm[0])):
-            rows[key].append(value)
+    psi_c, phi_c = spline_planes(psi), spline_planes(phi)
+    parts = [refine(psi_c, phi_c, dt, (xs[c].astype(float), ys[c].astype(float), vx[c],
+                                       vy[c]), step)
+             for c in np.array_split(keep, max(1, int(np.ceil(len(keep) / 256))))]
+    del psi_c, phi_c
+    p = np.concatenate([q[0] for q in parts], axis=1)
+    psi_v = np.concatenate([q[1] for q in parts], axis=1)
+    phi_v = np.concatenate([q[2] for q in parts], axis=1)
+    s, f, e, n, _, sm = robust_values(psi_v, phi_v)
+    rows = {"x": p[0], "y": p[1], "vx": p[2], "vy": p[3], "snr": s, "flux": f, "flux_err": e,
+            "n_frames": n, "snr_median": sm}
     table = {k: np.asarray(v, float) for k, v in rows.items()}
     good = (table["snr"] >= threshold) & (table["snr_median"] >= median_fraction * threshold)
     table = {k: v[good] for k, v in table.items()}
