@@ -369,10 +369,11 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     n_trajectories = (x_range[1] - x_range[0]) * (y_range[1] - y_range[0]) * len(motions)
     log.info("search: %d motions (step %.2f pixels/h), %d trajectories in %d tasks",
              len(motions), step, n_trajectories, len(tasks))
-    scatter = _snr_scatter(planes, ox, oy, (mx0, my0), phi, x_range, y_range)
+    # over the whole grid: the search's own region may be too small to measure it
+    scatter = _snr_scatter(planes, ox, oy, (mx0, my0), phi, (0, nx), (0, ny))
     log.info("search: robust scatter of the S/N of empty-sky trajectories %.3f (1 if the "
              "noise is right)", scatter)
-    if not 0.8 < scatter < 1.25:
+    if np.isfinite(scatter) and not 0.8 < scatter < 1.25:
         warnings.warn(f"search_motion: the S/N of empty-sky trajectories scatters by "
                       f"{scatter:.2f}, not 1: the S/N threshold is not in true noise units "
                       "(correlated frames? a poor static-sky subtraction?)",
