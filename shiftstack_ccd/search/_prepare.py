@@ -30,6 +30,9 @@ __all__ = []
 
 log = logging.getLogger(__name__)
 
+#: The standard deviation given to bad pixels on their way through the resampling.
+_HUGE = np.float32(1e15)
+
 #: sigma_G = 0.7413 (q75 - q25): a standard deviation that ignores outliers (KBMOD's sigma-G).
 SIGMA_G = 0.741301109252801
 
@@ -131,22 +134,28 @@ def prepare_frame(job):
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
     work = CCDData(np.where(bad, 0, data - background), unit=frame.unit, wcs=frame.wcs,
-                   mask=bad, uncertainty=StdDevUncertainty(np.where(std > 0, std, np.inf)),
+                   uncertainty=StdDevUncertainty(np.where(std > 0, std, np.inf)),
                    meta=frame.meta)
     n_cr = 0
     if opts["cosmic_rays"]:
         # without the mask (the bad pixels are at the sky level, 0): the detector's
         # masked-neighbour path is many times slower and the bad pixels stay masked anyway
-        cleaned = clean_cosmic_rays(CCDData(work.data, unit=work.unit, meta=work.meta,
-                                            uncertainty=work.uncertainty), method="median")
+        cleaned = clean_cosmic_rays(work, method="median")
         n_cr = int(cleaned.meta.get("CRNFLAG", 0))
-        work.mask = bad | np.asarray(cleaned.mask, bool)
+        bad = bad | np.asarray(cleaned.mask, bool)
+    # Bad pixels go through the resampling as sky (0) with a huge variance rather than as a
+    # mask: the output pixels they touch get a weight of ~0, as masked ones would, without
+    # the slow filling of masked pixels that a spline needs.
+    work.uncertainty = StdDevUncertainty(np.where(bad | ~(std > 0), _HUGE, std)
+                                         .astype(np.float32))
     resampled = resample_to_target(work, opts["wcs"], opts["shape"],
                                    interpolation="bicubic")
+    out_std = resampled.uncertainty.array
+    mask = np.asarray(resampled.mask, bool) | ~(out_std < _HUGE * 1e-9)
     log.debug("%s: prepared, %d cosmic-ray pixels masked", label, n_cr)
-    return {"data": resampled.data.astype(np.float32),
-            "std": resampled.uncertainty.array.astype(np.float32),
-            "mask": np.asarray(resampled.mask, bool), "n_cr": n_cr}
+    return {"data": np.where(mask, np.nan, resampled.data).astype(np.float32),
+            "std": np.where(mask, np.nan, out_std).astype(np.float32), "mask": mask,
+            "n_cr": n_cr}
 
 
 def _trim(frame):

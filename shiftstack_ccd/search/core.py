@@ -106,7 +106,7 @@ def _estimate(n_pixels, n_motions, n_frames, grid_pixels):
 def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
                   snr_threshold=5.0, around=None, around_radius=None,
                   rate_tolerance=5 * RATE, fwhm=None, max_loss=0.1, cosmic_rays=True,
-                  star_mask_sigma=10.0, background_box=64, merge_radius=None, tile=256,
+                  star_mask_sigma=10.0, background_box=64, merge_radius=None, tile=128,
                   motions_per_task=None, scheduler=None, max_memory=4 * 2**30,
                   max_time=3600 * u.s, max_candidates=10000, median_fraction=0.5):
     """Find moving sources: stack the frames along every trial motion, keep what stands out.
