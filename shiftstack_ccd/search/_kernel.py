@@ -199,17 +199,27 @@ def merge(x, y, vx, vy, snr, dt, radius, anywhere=True):
     a neighbouring starting pixel, or a trajectory that crosses the object in some frames).
     With ``anywhere=False``, only one that is within ``radius`` in at least half of the
     frames (the same object on a neighbouring trajectory, not one that brushes it).
+    Only kept candidates that can come that close are compared (a k-d tree on the
+    positions at the reference time), so this is fast for many candidates.
     """
+    from scipy.spatial import cKDTree
     order = np.argsort(-snr, kind="stable")
-    kept = []
+    if len(order) == 0:
+        return np.zeros(0, int)
     px = x[:, None] + vx[:, None] * dt[None, :]
     py = y[:, None] + vy[:, None] * dt[None, :]
+    # two trajectories within `radius` in some frame are within this at the reference time
+    reach = radius + (np.ptp(vx) + np.ptp(vy)) * np.max(np.abs(dt)) + 1e-9
+    tree = cKDTree(np.column_stack([x, y]))
+    kept = np.zeros(len(x), bool)
+    out = []
     for j in order:
-        if kept:
-            k = np.asarray(kept)
-            distance = np.hypot(px[k] - px[j], py[k] - py[j])
+        near = [k for k in tree.query_ball_point((x[j], y[j]), reach) if kept[k]]
+        if near:
+            distance = np.hypot(px[near] - px[j], py[near] - py[j])
             distance = distance.min(axis=1) if anywhere else np.median(distance, axis=1)
             if np.any(distance < radius):
                 continue
-        kept.append(j)
-    return np.asarray(kept, dtype=int)
+        kept[j] = True
+        out.append(j)
+    return np.asarray(out, dtype=int)
