@@ -4,9 +4,11 @@
 The frames are resampled once onto one fixed tangent plane, cleaned of the static sky and
 turned into KBMOD's psi/phi planes (see ``_prepare``). Every trajectory (a starting pixel at
 the reference time and a motion) is scored by ``sum(psi) / sqrt(sum(phi))`` over the frames
-(see ``_kernel``), tile by tile and motion by motion through the ``scheduler``. The best
-motion of each starting pixel above the threshold is re-scored with a robust per-frame
-filter, refined to a sub-pixel position and a sub-grid rate, and merged with its duplicates.
+(see ``_kernel``; a first pass sums each frame's capped S/N plane, the same thing for frames
+of uniform depth), tile by tile and motion by motion through the ``scheduler``. The best
+motion of each starting pixel above the threshold is re-scored exactly with psi/phi and a
+robust per-frame filter and the median test, refined to a sub-pixel position and a
+sub-grid rate, and merged with its duplicates.
 
 **Grid step.** Rates are tried on a square grid in pixels per hour whose step is the
 largest for which a trajectory midway between grid points on both axes keeps at least 90 %
@@ -140,8 +142,9 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     cosmic_rays : bool
         Mask cosmic rays and hot pixels in each frame first (`clean_cosmic_rays`).
     star_mask_sigma : float
-        Mask static sources brighter than this many single-frame noise sigma (grown by
-        the FWHM): their residuals after static-sky subtraction are not trustworthy.
+        Mask static sources brighter than this many single-frame noise sigma (grown by the
+        FWHM plus two FWHM per decade of brightness): their residuals after static-sky
+        subtraction are not trustworthy.
     background_box : int
         Box size (pixels) of each frame's local background and noise.
     merge_radius : float, optional
@@ -164,8 +167,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         fraction of ``snr_threshold`` (a real source's is about 0.8 of its S/N; a
         trajectory that strings together outliers of a few frames has about none).
     max_candidates : int
-        The most candidates (before merging) that are refined; beyond it the faintest are
-        dropped with a warning in the log.
+        The most candidates that are refined; beyond it the faintest are dropped with a
+        warning in the log.
 
     Returns
     -------
@@ -178,7 +181,10 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         pixel on the search grid, ``meta['wcs']``). ``meta``: ``n_trajectories`` (starting
         pixels x motions evaluated), ``reference_time``, ``rate_step`` (arcsec/h),
         ``n_motions``, ``fwhm``, ``noise_factors`` (per frame, the calibration factor of
-        the noise: measured over modelled scatter), ``masked_fraction``, ``wcs``, ``times``.
+        the noise: measured over modelled scatter), ``snr_scatter`` (sigma-G of the S/N of
+        empty-sky trajectories: 1 when the noise is right; NaN if the grid is too small to
+        tell), ``flux_correction``, ``masked_fraction``, ``wcs``, ``times`` and
+        ``seconds`` (with ``seconds_prepare``, ``seconds_search``, ``seconds_candidates``).
 
     Raises
     ------
