@@ -11,13 +11,17 @@ except ImportError:  # not installed, running from a source tree
     __version__ = "0.0.dev0"
 
 from .astrometry import *  # noqa: F401, F403
+from .background import *  # noqa: F401, F403
+from .calibration import *  # noqa: F401, F403
 from .combine import *  # noqa: F401, F403
 from .config import *  # noqa: F401, F403
 from .cosmicray import *  # noqa: F401, F403
 from .datasets import *  # noqa: F401, F403
 from .ephemeris import *  # noqa: F401, F403
 from .exceptions import *  # noqa: F401, F403
+from .fluxscale import *  # noqa: F401, F403
 from .frames import *  # noqa: F401, F403
+from .noise import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
 from .register import *  # noqa: F401, F403
 from .pipeline import *  # noqa: F401, F403

@@ -79,7 +79,7 @@ def _motion_model(args, frames):
 
 def _cmd_stack(args):
     from .cosmicray import clean_cosmic_rays
-    from .frames import expand_files, read_frames
+    from .frames import expand_files
     from .stack import shift_and_stack
     from .visualization import write_preview
 
@@ -89,18 +89,23 @@ def _cmd_stack(args):
     if args.preview and Path(args.preview).exists() and not args.overwrite:
         raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
     files = args.files if len(args.files) > 1 else args.files[0]
-    if args.workdir:  # frames are read one at a time (shift_and_stack checks them all first)
-        frames = [str(p) for p in expand_files(files)]
-    else:
-        frames = read_frames(files)
+    # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.
+    frames = [str(p) for p in expand_files(files)]
     eph = _motion_model(args, frames)
-    steps = [clean_cosmic_rays] if args.clean_cosmic_rays else None
+    steps = [clean_cosmic_rays] if args.clean_cosmic_rays else []
+    if args.bias or args.dark or args.flat:  # the pipeline files' calibration functions
+        from .calibration import calibrate_from_header, read_masters
+        masters = read_masters(bias=args.bias, dark=args.dark, flat=args.flat)
+        steps.insert(0, (calibrate_from_header, masters))
     result = shift_and_stack(frames, eph, method=args.method, size=args.size,
                              resample=args.resample, sigma_clip=args.sigma_clip,
                              sky_stack=not args.no_sky, weights=args.weights,
                              subtract_static=args.subtract_static, refine=args.refine,
-                             refine_max_shift=args.refine_max_shift, per_frame_steps=steps,
-                             scheduler=args.scheduler, workdir=args.workdir)
+                             refine_max_shift=args.refine_max_shift,
+                             per_frame_steps=steps or None, scheduler=args.scheduler,
+                             workdir=args.workdir, gain=args.gain, read_noise=args.read_noise,
+                             background=None if args.background == "none" else "model",
+                             scale=args.scale)
     result.write(output, overwrite=args.overwrite)
     print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
@@ -205,7 +210,7 @@ def _cmd_run(args):
         return 0
     run = pipeline.run()
     result = run.result
-    print(f"{args.pipeline}: {len(run.frames)} frames stacked, target at pixel "
+    print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
     for path in run.outputs.values():
         print(f"wrote {path}")
@@ -235,8 +240,24 @@ def build_parser():
     stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
-    stack.add_argument("--weights", choices=("inverse-variance", "exptime"), default=None,
-                       help="weights of the mean and sum (default: equal)")
+    stack.add_argument("--weights", choices=("inverse-variance", "exptime", "snr"),
+                       default=None, help="weights of the mean and sum (default: equal; "
+                                          "snr: best for point sources)")
+    calib = stack.add_argument_group("calibration and noise (raw frames)")
+    calib.add_argument("--bias", nargs="+", default=(), metavar="FILE",
+                       help="bias frames (combined by median); overscan and trim from "
+                            "BIASSEC/TRIMSEC when the frames have them")
+    calib.add_argument("--dark", nargs="+", default=(), metavar="FILE",
+                       help="dark frames (scaled by EXPTIME)")
+    calib.add_argument("--flat", nargs="+", default=(), metavar="FILE", help="flat frames")
+    calib.add_argument("--gain", type=float, default=None, metavar="E_PER_ADU",
+                       help="gain for the noise model (default: the header's)")
+    calib.add_argument("--read-noise", type=float, default=None, metavar="E",
+                       help="read noise in electrons (default: the header's)")
+    calib.add_argument("--background", choices=("model", "none"), default="model",
+                       help="subtract each frame's modelled sky before combining (default)")
+    calib.add_argument("--scale", choices=("stars",), default=None,
+                       help="divide each frame by its photometric scale from common stars")
     stack.add_argument("--clean-cosmic-rays", action="store_true",
                        help="clean cosmic rays in every frame first (median method)")
     stack.add_argument("--subtract-static", action="store_true",

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""Measuring the target in a frame or a stack: centroid, FWHM, flux and an honest S/N.
+"""Measuring the target in a frame or a stack: centroid, flux and an honest S/N.
 
 Resampled pixels are correlated, so the pixel-to-pixel scatter of a stack underestimates
 the noise of an aperture sum. The S/N here uses the scatter of the same aperture placed on
@@ -12,8 +12,6 @@ import warnings
 
 import numpy as np
 from astropy.stats import mad_std, sigma_clipped_stats
-from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
-from photutils.centroids import centroid_2dg, centroid_com
 
 from ._utils import data_and_mask
 from .exceptions import FrameError
@@ -24,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def _annulus_background(data, mask, positions, r_in, r_out):
+    from photutils.aperture import CircularAnnulus
+
     annulus = CircularAnnulus(positions, r_in, r_out)
     values = []
     for ann in annulus.to_mask(method="center"):
@@ -34,6 +34,8 @@ def _annulus_background(data, mask, positions, r_in, r_out):
 
 
 def _background_subtracted_sums(data, mask, positions, radius, r_in, r_out):
+    from photutils.aperture import CircularAperture, aperture_photometry
+
     aperture = CircularAperture(positions, radius)
     table = aperture_photometry(np.where(mask, 0, data), aperture, mask=mask)
     masked = aperture_photometry(mask.astype(float), aperture)["aperture_sum"]
@@ -107,6 +109,8 @@ def _autocovariance(data, good, max_lag):
 
 def _measurement_weights(radius, r_in, r_out):
     """Pixel weights of 'aperture sum minus area x annulus mean', on a centred stamp."""
+    from photutils.aperture import CircularAnnulus, CircularAperture
+
     half = int(np.ceil(r_out)) + 1
     centre = (half, half)
     shape = (2 * half + 1, 2 * half + 1)
@@ -261,6 +265,8 @@ def centroid_target(ccd, position, box_size=11, method="2dg"):
     if cut.size == 0 or cmask.all():
         raise FrameError(f"no valid pixels around ({position[0]:.1f}, {position[1]:.1f}).")
     background = np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
+    from photutils.centroids import centroid_2dg, centroid_com
+
     func = centroid_2dg if method == "2dg" else centroid_com
     cx, cy = func(np.where(cmask, 0, cut - background), mask=cmask)
     return float(cx + x0), float(cy + y0)

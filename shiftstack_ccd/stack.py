@@ -4,28 +4,36 @@
 import contextlib
 import functools
 import logging
+import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
+from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
+from ._photometric import divided, frame_scales, snr_factors, star_photometry
+from ._utils import as_header, atomic_output, require_celestial_wcs
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .ephemeris import Ephemeris
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
-from .stars import stellar_fwhm
+from .noise import mask_outside_trimsec, noise_model
 from .resample import resample_to_target
-from .static_sky import static_sky_template, subtract_static_sky
+from .stars import stellar_fwhm
+from .static_sky import (static_sky_template, static_sky_variance_factor,
+                         subtract_static_sky)
+from .steps import provenance_header, run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -125,35 +133,6 @@ class StackResult:
         return cls(stack, sky, coverage, table, None)
 
 
-def _ensure_uncertainty(frame, label):
-    """Give a frame without uncertainty a constant background-limited one, loudly."""
-    if frame.uncertainty is not None:
-        return frame
-    good = np.isfinite(frame.data)
-    if frame.mask is not None:
-        good &= ~frame.mask
-    sigma = float(sigma_clipped_stats(frame.data[good], sigma=3.0)[2])
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise FrameError(f"{label}: has no uncertainty and its noise cannot be estimated "
-                         "from the data (constant or empty frame).")
-    log.info("%s: no uncertainty given; using the sky noise %.4g %s (sigma-clipped standard "
-             "deviation of the frame; a background-limited approximation)", label, sigma,
-             frame.unit)
-    out = frame.copy()
-    out.uncertainty = StdDevUncertainty(np.full(frame.shape, sigma, dtype=frame.data.dtype))
-    return out
-
-
-def _apply_steps(frame, steps):
-    for step in steps or ():
-        if isinstance(step, tuple):
-            function, kwargs = step
-        else:
-            function, kwargs = step, {}
-        frame = function(frame, **kwargs)
-    return frame
-
-
 class _Context:
     """What every per-frame task needs: picklable, so tasks can run in other processes."""
 
@@ -205,7 +184,7 @@ class _Stored:
         self.path = path
 
 
-def _load(source):
+def _load(source, hdu=None, unit=None):
     """A frame in memory, an input file, or an intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
@@ -214,7 +193,7 @@ def _load(source):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source)
+    return read_frame(source, hdu=hdu, unit=unit)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -242,25 +221,33 @@ def _combinable(products):
 
 
 def _prepare_task(job, ctx):
-    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
+    """Per-frame steps, target check, crop, noise and background, the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    frame = run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps)
+    # the detector model needs the whole raw frame (its overscan); the rest only the crop
+    model = noise_model(frame, gain=ctx.gain, read_noise=ctx.read_noise, bias=ctx.bias,
+                        label=label)
+    frame = mask_outside_trimsec(frame)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
         sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
                                        interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
     return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards,
+            "noise": noise_info}
 
 
 def _target_task(job, ctx):
     """Static-sky subtraction (if asked) and the frame on its epoch's target grid."""
     index, prepared, wcs = job
     frame = _load(prepared["frame"])
+    if ctx.scales is not None:
+        frame = divided(frame, ctx.scales[index])
     if ctx.template is not None:
         template = ctx.template
         template = CCDData(template.data, unit=template.unit, mask=template.mask,
@@ -276,13 +263,30 @@ def _target_task(job, ctx):
             "path": resampled.meta["SSRESAMP"], "static_cards": cards}
 
 
-def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
-                    resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
-                    weights=None, frame_weights=None, clip_gradient=1.0, pixel_scale=None,
-                    orientation="north", sky_stack=True, per_frame_steps=None,
-                    interpolation="bicubic", subtract_static=False, track_radius=None,
-                    static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
+def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,
+                    ephemeris: Ephemeris, method: Literal["mean", "median", "sum"] = "mean",
+                    size: int | tuple[int, int] | u.Quantity | None = None,
+                    reference_time: Time | None = None,
+                    resample: Literal["auto", "shift", "warp"] = "auto",
+                    sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
+                    weights: Literal["inverse-variance", "exptime", "snr"] | Sequence[float]
+                    | None = None,
+                    frame_weights: Literal["exptime"] | Sequence[float] | None = None,
+                    clip_gradient: float = 1.0, pixel_scale: u.Quantity | None = None,
+                    orientation: Literal["north", "first"] | WCS = "north",
+                    sky_stack: bool = True, per_frame_steps: list | None = None,
+                    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+                    subtract_static: bool = False, track_radius: float | None = None,
+                    static_k: float = 5.0, refine: bool = False,
+                    refine_max_shift: float | None = None, refine_size: int = 64,
+                    scheduler: str | None = None, workdir: str | os.PathLike | None = None,
+                    mem_limit: float | None = None,
+                    intermediate: Callable | None = None, hdu: int | str | None = None,
+                    unit: str | None = None, background: Literal["model"] | None = "model",
+                    scale: Literal["stars"] | Sequence[float] | None = None,
+                    gain: float | u.Quantity | None = None,
+                    read_noise: float | u.Quantity | None = None,
+                    bias: float | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -303,8 +307,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         Resampling path (see `resample_to_target`).
     sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
         Outlier rejection before combining (see `combine_frames`).
-    weights : None, 'inverse-variance', 'exptime' or array-like
+    weights : None, 'inverse-variance', 'exptime', 'snr' or array-like
         Per-pixel or per-frame weights of the mean and sum (see `combine_frames`).
+        ``'snr'``: for point sources, ``1 / variance`` per pixel times each frame's share
+        of a star's light within 1.5 FWHM (its seeing), and its transparency unless the
+        frames are scaled (measured on the
+        stars common to the frames).
     frame_weights : None, 'exptime' or array-like
         Per-frame factors multiplied into ``weights``.
     pixel_scale : `~astropy.units.Quantity`, optional
@@ -315,9 +323,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     sky_stack : bool
         Also combine the frames on the stars.
     per_frame_steps : list, optional
-        Steps applied to each frame before resampling, in order: callables
-        ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
-        ``[(clean_cosmic_rays, {"method": "median"})]``.
+        Steps applied to each frame before resampling, in order, through
+        `~shiftstack_ccd.steps.run_steps` (which checks the step contract): callables
+        ``CCDData -> CCDData``, ``(callable, kwargs)`` pairs or ``(name, callable, kwargs)``
+        triples, e.g. ``[(clean_cosmic_rays, {"method": "median"})]``. The output grid is
+        laid out from the frames as read (their WCS and shape): steps that trim a frame or
+        correct its WCS do not move it (with ``size`` the grid is centred on the target
+        whatever the frames' WCS; without, it covers the frames as read).
     interpolation : {'bicubic', 'bilinear'}
         Resampling kernel for the data (see `resample_to_target`).
     subtract_static : bool
@@ -359,6 +371,23 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         Called as ``intermediate(k, image)`` after each frame is added to a running mean
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
         frames, at the cost of one frame each time.
+    background : {'model', None}
+        ``'model'``: each frame's sky is modelled (`~shiftstack_ccd.background`, sources and
+        the target masked) and subtracted before combining, so the median, clipping and
+        weights compare like with like over a night whose sky changes. None keeps each
+        frame's sky (e.g. to measure the sky itself, or for frames already sky-subtracted
+        whose residual structure is signal).
+    scale : None, 'stars' or array-like
+        Photometric scale of each frame, by which it is divided before combining: measured
+        on the stars common to the frames (`~shiftstack_ccd.fluxscale.photometric_scales`;
+        the stack is then on the system of the median frame), or one number per frame.
+    gain, read_noise, bias : float or `~astropy.units.Quantity`, optional
+        Detector gain (e-/data unit), read noise (e-) and bias level (data units) for
+        frames without an uncertainty, overriding the header (see `~shiftstack_ccd.noise`).
+    hdu : int or str, optional
+        The extension to read from files (see `read_frames`).
+    unit : str, optional
+        The data unit of files whose header has none (see `read_frames`).
 
     Returns
     -------
@@ -374,16 +403,21 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
 
     Notes
     -----
-    A frame without an uncertainty is given a constant one, its robust sky noise (the
-    sigma-clipped standard deviation of the frame), and this is logged: a
-    background-limited approximation that ignores the target's own photon noise. Give
-    frames a proper uncertainty (e.g. `ccdproc.create_deviation` with gain and read noise)
-    for bright targets.
+    A frame without an uncertainty is given one by `~shiftstack_ccd.noise`: from the gain
+    and read noise (arguments or header cards) with Poisson noise above the bias (overscan of
+    raw frames), checked against, and scaled to, the measured pixel noise of its sky; else a
+    local estimate of the sky noise. ``result.table`` says per frame what was used
+    (``noise_model``, ``gain``, ``read_noise``, ``bias``, ``pixel_noise``, ``model_noise``,
+    ``noise_ratio``, ``noise_scale``), the sky subtracted (``sky_level``) and, with
+    ``scale`` or ``weights='snr'``, what the stars said (``flux_scale``, ``aperture_fraction``
+    ...). With ``subtract_static`` the stack's variance is multiplied by
+    `~shiftstack_ccd.static_sky.static_sky_variance_factor` (header ``SSSTVARF``), the
+    template sharing the frames' noise.
     """
     sources = _sources(frames)
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source)
+        frame = _load(source, hdu, unit)
         headers.append(as_header(frame.meta))
         shapes.append(frame.shape)
         wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
@@ -403,29 +437,44 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
-                       need_sky=sky_stack or subtract_static, workdir=folder, template=None,
-                       track_radius=track_radius, static_k=static_k)
+                       need_sky=(sky_stack or subtract_static or _named(weights, "snr")
+                                 or (isinstance(scale, str) and scale == "stars")),
+                       workdir=folder, template=None, track_radius=track_radius,
+                       static_k=static_k, gain=gain, read_noise=read_noise, bias=bias,
+                       background=background, scales=None, hdu=hdu, unit=unit)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
+        cx, cy = grid.center_pixel
+        track = [(cx + dx, cy + dy) for dx, dy in zip(*offsets)]
+        photometry = None
+        if _named(weights, "snr") or _named(scale, "stars"):
+            photometry = star_photometry(sky_frames, track, grid.shape, mem_limit)
+        ctx.scales = frame_scales(scale, photometry, len(prepared))
+        if ctx.scales is not None and ctx.need_sky:
+            sky_frames = [divided(f, s) for f, s in zip(sky_frames, ctx.scales)]
+        if _named(weights, "snr"):  # per pixel 1 / variance, per frame the seeing
+            factors = snr_factors(photometry, ctx.scales)
+            if frame_weights is not None:
+                factors = factors * frame_factors(None, frame_weights, headers, labels)
+            weights, frame_weights = "inverse-variance", factors
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
                                mem_limit=mem_limit)
         sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
         if subtract_static:
+            reference = sky if sky is not None and method == "median" else \
+                combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
+            fwhm = stellar_fwhm(reference)
             if ctx.track_radius is None:
-                reference = sky if sky is not None and method == "median" else \
-                    combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
-                fwhm = stellar_fwhm(reference)
                 ctx.track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
-                log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
-                         f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
-            cx, cy = grid.center_pixel
+            log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
+                     f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
             ctx.template = static_sky_template(
-                sky_frames, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)],
+                sky_frames, track,
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
         target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
         on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
@@ -439,6 +488,12 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         if intermediate is not None:
             _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)
         stack = combined.image
+        if subtract_static:
+            # the template shares the frames' noise (see static_sky_variance_factor)
+            static_radius = max(2.0, 1.5 * fwhm) if fwhm else 3.0
+            static_factor = static_sky_variance_factor(offsets, static_radius, interpolation)
+            stack.uncertainty = StdDevUncertainty(
+                stack.uncertainty.array * np.float32(np.sqrt(static_factor)))
         if sky is not None:
             sky.meta = as_header(sky.meta)
 
@@ -447,7 +502,9 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.wcs = grid.wcs
     table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
                          weights, frame_weights, refinement)
+    add_noise_columns(table, [p["noise"] for p in prepared], photometry, ctx.scales)
     header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers)
+    noise_cards(header, table, background, scale)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
@@ -456,8 +513,15 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
     if subtract_static:
         stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
+        stack.meta["SSSTVARF"] = (round(static_factor, 4), "variance x this: template shares noise")
+        stack.meta["SSSTAPR"] = (round(static_radius, 2), "[pix] aperture radius of SSSTVARF")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+def _named(option, name):
+    """``option == name`` for options that may also be arrays."""
+    return isinstance(option, str) and option == name
 
 
 class _Footprint:
@@ -506,7 +570,8 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
 
 def _run_intermediate(targets, headers, callback, weights, frame_weights):
     running = RunningStack(method="mean",
-                           weights="inverse-variance" if weights == "inverse-variance" else None)
+                           weights="inverse-variance" if _named(weights, "inverse-variance")
+                           else None)
     factors = _per_frame_factors(headers, weights, frame_weights)
     for k, (target, factor) in enumerate(zip(targets, factors), start=1):
         running.add(target, weight=factor)
@@ -589,33 +654,27 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
-    header = fits.Header()
-    for key, value in meta.items():
-        header[key] = value
-    for key, value, comment in grid.header_cards():
-        set_card(header, key, value, comment)
-    header["SSRESMP"] = (resample, "requested resampling path")
+    """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
+    and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
+    cards = list(grid.header_cards())
+    cards.append(("SSRESMP", resample, "requested resampling path"))
     if hasattr(ephemeris, "header_cards"):
-        for key, value, comment in ephemeris.header_cards():
-            set_card(header, key, value, comment)
+        cards += ephemeris.header_cards()
     times = Time(table["mid_time"])
     try:  # exposure-weighted, when every frame has an exposure time
-        cards = exposure_header_cards(headers, weights=np.asarray(table["weight"]))
+        cards += exposure_header_cards(headers, weights=np.asarray(table["weight"]))
     except FrameError:
         mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
-        cards = [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
-                 ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
-                 ("TIMESYS", "UTC", "time scale of the time cards")]
-    for key, value, comment in cards:
-        set_card(header, key, value, comment)
+        cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
+                  ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
+                  ("TIMESYS", "UTC", "time scale of the time cards")]
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)
     for i, row in enumerate(table[:999], start=1):
-        set_card(header, f"SSF{i:03d}", str(row["file"])[-60:], "input frame")
-        header[f"SST{i:03d}"] = (float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)")
-        header[f"SSX{i:03d}"] = (round(float(row["dx"]), 4), "[pix] target offset x")
-        header[f"SSY{i:03d}"] = (round(float(row["dy"]), 4), "[pix] target offset y")
-    header.add_history(f"shiftstack_ccd: {len(table)} frames stacked by {method} on the "
-                       f"target's motion")
-    return header
+        cards += [(f"SSF{i:03d}", str(row["file"])[-60:], "input frame"),
+                  (f"SST{i:03d}", float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)"),
+                  (f"SSX{i:03d}", round(float(row["dx"]), 4), "[pix] target offset x"),
+                  (f"SSY{i:03d}", round(float(row["dy"]), 4), "[pix] target offset y")]
+    return provenance_header(as_header(meta), cards, f"shiftstack_ccd: {len(table)} frames "
+                             f"stacked by {method} on the target's motion")

@@ -25,6 +25,8 @@ __all__ = ["detect_stars", "measure_fwhm", "stellar_fwhm"]
 log = logging.getLogger(__name__)
 
 
+# FWHM detect_stars uses when the image gives none (pixels).
+_DEFAULT_FWHM = 3.0
 _SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
 
@@ -82,33 +84,67 @@ def _background(data, mask, box_size):
     return np.full(data.shape, median), float(std)
 
 
-def _estimate_fwhm(sub, mask, rms, saturated, default=3.0):
-    """Median FWHM (pixels) of the brightest unsaturated, isolated peaks."""
+def _prepare(ccd, saturation, box_size):
+    """Background-subtracted float32 image, bad pixels, background rms, saturated pixels.
+
+    Bad pixels are the mask, non-finite pixels and those outside DATASEC/TRIMSEC.
+    """
+    # float32 is ample for detection and halves the memory of the working copies.
+    data = np.asarray(ccd.data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if ccd.mask is not None:
+        bad |= np.asarray(ccd.mask, dtype=bool)
+    outside = _section_mask(ccd.meta, data.shape)
+    if outside is not None:
+        bad |= outside
+    if bad.all():
+        raise FrameError(f"{frame_label(ccd)}: every pixel is masked or not finite; "
+                         "no stars can be detected.")
+    level = _saturation_level(data, ~bad, ccd.meta, saturation)
+    saturated = np.zeros(data.shape, dtype=bool) if level is None else (data >= level) & ~bad
+    sub = np.array(data, dtype=np.float32)  # becomes the background-subtracted image
+    sub[bad] = np.median(data[~bad])
+    del data
+    background, rms = _background(sub, bad, box_size)
+    sub -= background
+    del background
+    if not (np.isfinite(rms) and rms > 0):
+        raise FrameError(f"{frame_label(ccd)}: the background noise is zero or undefined; "
+                         "no stars can be detected.")
+    return sub, bad, rms, saturated
+
+
+def _peaks_fwhm(sub, mask, rms, saturated, n_stars=40, nsigma=20.0):
+    """Median FWHM (pixels) of the brightest unsaturated peaks, or None (fewer than 3).
+
+    The peaks (local maxima in 11x11 boxes, above ``nsigma`` times the background rms, none
+    touching a saturated pixel) are fitted by `photutils.psf.fit_fwhm` in 7x7 boxes of the
+    background-subtracted image.
+    """
     from photutils.detection import find_peaks
     from photutils.psf import fit_fwhm
     from photutils.utils.exceptions import NoDetectionsWarning
 
-    threshold = 20.0 * rms
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        peaks = find_peaks(sub, threshold, box_size=11, mask=mask | saturated, n_peaks=200,
-                           border_width=8)
+        peaks = find_peaks(sub, nsigma * rms, box_size=11, mask=mask | saturated,
+                           n_peaks=200, border_width=8)
     if peaks is None or len(peaks) < 3:
-        return default
+        return None
     peaks.sort("peak_value", reverse=True)
-    peaks = peaks[:40]
+    peaks = peaks[:n_stars]
     xy = np.column_stack([peaks["x_peak"], peaks["y_peak"]]).astype(float)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fwhm = fit_fwhm(sub, xypos=xy, fit_shape=7, mask=mask)
-    except Exception as exc:  # a failed fit only means we keep the default
-        log.debug("FWHM estimate failed (%s); using %.1f px", exc, default)
-        return default
+    except Exception as exc:  # a failed fit is no FWHM, not an error of the frame
+        log.debug("FWHM estimate failed (%s)", exc)
+        return None
     fwhm = np.asarray(fwhm, dtype=float)
     fwhm = fwhm[np.isfinite(fwhm) & (fwhm > 0.8) & (fwhm < 30)]
     if len(fwhm) < 3:
-        return default
+        return None
     return float(np.median(fwhm))
 
 
@@ -161,30 +197,10 @@ def detect_stars(ccd, threshold=5.0, fwhm=None, max_stars=300, saturation=None,
     from photutils.detection import DAOStarFinder
     from photutils.utils.exceptions import NoDetectionsWarning
 
-    # float32 is ample for detection and halves the memory of the working copies.
-    data = np.asarray(ccd.data, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    if ccd.mask is not None:
-        bad |= np.asarray(ccd.mask, dtype=bool)
-    outside = _section_mask(ccd.meta, data.shape)
-    if outside is not None:
-        bad |= outside
-    if bad.all():
-        raise FrameError(f"{frame_label(ccd)}: every pixel is masked or not finite; "
-                         "no stars can be detected.")
-    level = _saturation_level(data, ~bad, ccd.meta, saturation)
-    saturated = np.zeros(data.shape, dtype=bool) if level is None else (data >= level) & ~bad
-    sub = np.array(data, dtype=np.float32)  # becomes the background-subtracted image
-    sub[bad] = np.median(data[~bad])
-    del data
-    background, rms = _background(sub, bad, box_size)
-    sub -= background
-    del background
-    if not (np.isfinite(rms) and rms > 0):
-        raise FrameError(f"{frame_label(ccd)}: the background noise is zero or undefined; "
-                         "no stars can be detected.")
+    sub, bad, rms, saturated = _prepare(ccd, saturation, box_size)
     if fwhm is None:
-        fwhm = _estimate_fwhm(sub, bad, rms, saturated)
+        fwhm = _peaks_fwhm(sub, bad, rms, saturated)
+        fwhm = _DEFAULT_FWHM if fwhm is None else fwhm
     fwhm = float(fwhm)
 
     finder = DAOStarFinder(threshold=float(threshold) * rms,
@@ -237,39 +253,57 @@ def measure_fwhm(ccd, position, fit_shape=9):
                           fit_shape=fit_shape, mask=mask)[0])
 
 
-def stellar_fwhm(ccd, n_stars=20, nsigma=20.0):
-    """Median FWHM (pixels) of the brightest isolated point sources in an image.
+def stellar_fwhm(ccd, n_stars=40, nsigma=20.0, saturation=None, box_size=64):
+    """Median FWHM (pixels) of the brightest unsaturated stars of an image.
 
-    Sources are found with `photutils.detection.DAOStarFinder` above ``nsigma`` times the
-    sky noise (with a first guess of 3 pixels for the FWHM) and each is fitted with
-    `measure_fwhm`; sources closer than 10 pixels to another are skipped.
+    The one estimator of the package (`detect_stars` uses it when not given a FWHM). The
+    image's background is modelled (`photutils.background.Background2D`, as in
+    `detect_stars`), the local maxima above ``nsigma`` times its rms that touch no
+    saturated pixel are found (`photutils.detection.find_peaks`) and the ``n_stars``
+    brightest are fitted with `photutils.psf.fit_fwhm` (7x7 boxes).
+
+    Why this one: ``benchmarks/bench_stellar_fwhm.py`` compared it with the former
+    ``stellar_fwhm`` (DAOStarFinder above one global sigma-clipped level, isolated stars
+    fitted by `measure_fwhm`). On simulated Moffat stars of FWHM 1.5 to 6 pixels both agree
+    within 1 % of each other (rms error against the nominal FWHM 12.0 % and 12.1 %, +17 % at
+    1.5 px down to +3 % at 6 px: pixel sampling and a Gaussian fitted to Moffat wings). On
+    the ten raw Lowell 42-inch frames the former picked saturated stars (flat tops at
+    65535 ADU) and gave 3.76 px, against 1.84 px here and 1.5-1.9 px for `measure_fwhm` on
+    single unsaturated stars; the frame-to-frame scatter is 0.17 px for both, and this one
+    takes 1.5 s a frame against 3.3 s.
+
+    Parameters
+    ----------
+    ccd : `~astropy.nddata.CCDData` or array
+        The image (raw, calibrated or stacked).
+    n_stars : int
+        Number of the brightest peaks fitted.
+    nsigma : float
+        Peaks must stand this many background rms above the background.
+    saturation : float, optional
+        Saturation level (default: as `detect_stars`).
+    box_size : int
+        Box size of the background mesh, in pixels.
 
     Returns
     -------
     fwhm : float or None
-        None when no source could be measured.
+        None when fewer than three stars could be measured.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.datasets import simulate_observation
+    >>> from shiftstack_ccd.stars import stellar_fwhm
+    >>> frame = simulate_observation(n_frames=1, fwhm=4.5, n_stars=150, seed=1).frames[0]
+    >>> print(f"{stellar_fwhm(frame):.1f}")  # Moffat stars of FWHM 4.5 px
+    4.9
     """
-    from photutils.detection import DAOStarFinder
-    data, mask = data_and_mask(ccd)
-    _, median, std = sigma_clipped_stats(data[~mask], sigma=3)
-    found = DAOStarFinder(fwhm=3.0, threshold=nsigma * std, exclude_border=True)(
-        np.where(mask, median, data) - median, mask=mask)
-    if found is None or len(found) == 0:
+    if not hasattr(ccd, "meta"):
+        from astropy.nddata import CCDData
+        ccd = CCDData(np.asarray(ccd, dtype=float), unit="adu")
+    try:
+        prepared = _prepare(ccd, saturation, box_size)
+    except FrameError as exc:
+        log.debug("no stellar FWHM: %s", exc)
         return None
-    found.sort("flux", reverse=True)
-    xy = np.column_stack([found["x_centroid"], found["y_centroid"]])
-    widths = []
-    for i, (x, y) in enumerate(xy):
-        distance = np.hypot(*(xy - (x, y)).T)
-        distance[i] = np.inf
-        if distance.min() < 10:
-            continue
-        try:
-            width = measure_fwhm(ccd, (x, y))
-        except Exception:  # a fit that fails on one source is no verdict on the image
-            continue
-        if np.isfinite(width) and 0.5 < width < 50:
-            widths.append(width)
-        if len(widths) >= n_stars:
-            break
-    return float(np.median(widths)) if widths else None
+    return _peaks_fwhm(*prepared, n_stars=n_stars, nsigma=nsigma)

@@ -16,15 +16,21 @@ star by star, so what is reported is the actual residual of the corrected WCS.
 
 import copy
 import logging
+import os
 import re
 import warnings
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.nddata import CCDData
+from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .._utils import frame_label, require_celestial_wcs
 from ..exceptions import FrameError
+from ..steps import log_to_header, provenance_header
 from ..stars import detect_stars
 from ._match import (FIT_MODELS, gnomonic, linear_matrix, measure_correction, pixel_scale,
                      reference_coords)
@@ -91,19 +97,18 @@ def _check_plausible(summary, stats, scale, match_arcsec, max_arcsec, max_rotati
                       "residuals; the correction may be poor.", AstropyUserWarning)
 
 
-def _add_history(meta, text):
-    if hasattr(meta, "add_history"):
-        meta.add_history(text)
-    else:
-        history = meta.get("HISTORY", [])
-        history = list(history) if isinstance(history, (list, tuple)) else [history]
-        meta["HISTORY"] = history + [text]
-
-
-def correct_wcs(ccd, offset=None, reference=None, *, fit="shift", min_stars=5,
-                match_radius=3.0, max_offset=50.0, detect_threshold=5.0, fwhm=None,
-                max_stars=300, sigma_clip=3.0, max_rotation=1.0 * u.deg,
-                max_scale_change=0.01):
+@log_to_header
+def correct_wcs(ccd: CCDData,
+                offset: tuple[float, float] | u.Quantity | Table | str | os.PathLike | None
+                = None,
+                reference: CCDData | Table | SkyCoord | str | os.PathLike | None = None, *,
+                fit: Literal["shift", "shift+rotation", "shift+rotation+scale", "affine"]
+                = "shift",
+                min_stars: int = 5, match_radius: float | u.Quantity = 3.0,
+                max_offset: float | u.Quantity = 50.0, detect_threshold: float = 5.0,
+                fwhm: float | None = None, max_stars: int = 300, sigma_clip: float = 3.0,
+                max_rotation: u.Quantity = 1.0 * u.deg,
+                max_scale_change: float = 0.01) -> CCDData:
     """Correct a frame's celestial WCS by a known offset, or by matching its stars.
 
     Only the linear part of the WCS changes: ``CRVAL`` for a shift and the ``CD`` (or
@@ -262,24 +267,21 @@ def correct_wcs(ccd, offset=None, reference=None, *, fit="shift", min_stars=5,
     meta = copy.deepcopy(ccd.meta)
     for key in [k for k in list(meta.keys()) if _LINEAR_CARD.match(str(k))]:
         del meta[key]  # the WCS object is authoritative; stale cards would contradict it
-    meta["WCSCORR"] = ("+".join(steps), "WCS corrected by shiftstack_ccd.correct_wcs")
-    meta["WCSDX"] = (round(summary["dx"], 4), "[pix] star at old-WCS pixel p is at p+dx")
-    meta["WCSDY"] = (round(summary["dy"], 4), "[pix] star at old-WCS pixel p is at p+dy")
-    meta["WCSDRA"] = (round(summary["dra"], 4), "[arcsec] dRA*cos(Dec) added at centre")
-    meta["WCSDDEC"] = (round(summary["ddec"], 4), "[arcsec] dDec added at centre")
-    meta["WCSROT"] = (round(summary["rot"], 6), "[deg] rotation applied to the CD matrix")
-    meta["WCSSCAL"] = (round(summary["scale"], 8), "scale factor applied to the CD matrix")
+    cards = [("WCSCORR", "+".join(steps), "WCS corrected by shiftstack_ccd.correct_wcs"),
+             ("WCSDX", round(summary["dx"], 4), "[pix] star at old-WCS pixel p is at p+dx"),
+             ("WCSDY", round(summary["dy"], 4), "[pix] star at old-WCS pixel p is at p+dy"),
+             ("WCSDRA", round(summary["dra"], 4), "[arcsec] dRA*cos(Dec) added at centre"),
+             ("WCSDDEC", round(summary["ddec"], 4), "[arcsec] dDec added at centre"),
+             ("WCSROT", round(summary["rot"], 6), "[deg] rotation applied to the CD matrix"),
+             ("WCSSCAL", round(summary["scale"], 8), "scale factor applied to the CD matrix")]
     if stats is not None:
-        meta["WCSFIT"] = (fit, "model fitted to the matched stars")
-        meta["WCSNSTAR"] = (stats["n"], "stars used in the WCS fit")
-        meta["WCSRMS"] = (round(stats["rms"], 4), "[arcsec] rms residual of the WCS fit")
-        meta["WCSRMSPX"] = (round(stats["rms_px"], 4), "[pix] rms residual of the WCS fit")
-        meta["WCSERR"] = (round(stats["shift_err"], 4), "[arcsec] 1-sigma error of the shift")
-    if not hasattr(meta, "add_history"):  # plain dict meta: drop the (value, comment) form
-        meta.update({k: v[0] for k, v in meta.items() if isinstance(v, tuple) and
-                     str(k).startswith("WCS")})
-    for text in history:
-        _add_history(meta, text)
+        cards += [("WCSFIT", fit, "model fitted to the matched stars"),
+                  ("WCSNSTAR", stats["n"], "stars used in the WCS fit"),
+                  ("WCSRMS", round(stats["rms"], 4), "[arcsec] rms residual of the WCS fit"),
+                  ("WCSRMSPX", round(stats["rms_px"], 4), "[pix] rms residual of the WCS fit"),
+                  ("WCSERR", round(stats["shift_err"], 4),
+                   "[arcsec] 1-sigma error of the shift")]
+    meta = provenance_header(meta, cards, history)
     log.info("%s: %s", label, "; ".join(history))
     out = ccd.copy()  # deep copy: data, mask, uncertainty, flags, psf
     out.wcs = wcs

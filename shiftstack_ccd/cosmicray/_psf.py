@@ -5,7 +5,6 @@
 import functools
 
 import numpy as np
-from scipy.special import erf
 
 from ._ring import RING3
 
@@ -34,6 +33,8 @@ def psf_bank(min_fwhm):
     ``min_fwhm * 2 ** (k / 8)`` for k = 0 ... 21 (up to about six times ``min_fwhm``),
     centred at (oy, ox) = (i, j) / 16 pixel from the centre of the central pixel, i and j
     from 0 to 8: the lower-right quarter of the pixel (patches are flipped to match)."""
+    from scipy.special import erf  # here: `import shiftstack_ccd` stays light
+
     edges = np.arange(-1.5, 2.0)                 # pixel edges of a 3-pixel row
     shifts = np.arange(PSF_STEPS) / (2 * (PSF_STEPS - 1))
     widths = min_fwhm * 2.0 ** (np.arange(PSF_WIDTHS) / 8)
@@ -52,6 +53,8 @@ def star_sharpness(min_fwhm):
     wide, over sub-pixel centres, at the pixel that is its local maximum (a finely sampled
     7x7 model: m1 is the median of the 8 neighbours, m3 of the 24 pixels at distance 3).
     It is largest for the sharpest star centred on a pixel corner: 6.7 at FWHM 1.5."""
+    from scipy.special import erf
+
     edges = np.arange(-3.5, 4.0)
     shifts = np.linspace(0.0, 0.5, 11)
     ring1 = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if (dy, dx) != (0, 0)]

@@ -23,16 +23,17 @@ from their neighbours, adds them to the mask and returns a new frame. Two method
 
 import logging
 import warnings
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
-from astropy.io import fits
 from astropy.nddata import (CCDData, InverseVariance, StdDevUncertainty,
                             VarianceUncertainty)
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .._utils import frame_label
 from ..exceptions import FrameError
+from ..steps import log_to_header, provenance_header
 from ._lacosmic import lacosmic
 from ._median import mad_std, median_method, sample_residuals, saturation_from_data
 from ._noise import Noise, SATURATION_KEYS, header_number, noise_model
@@ -50,9 +51,14 @@ NOISE_TOLERANCE = 1.3
 # --------------------------------------------------------------------------------------
 # Public function
 # --------------------------------------------------------------------------------------
-def clean_cosmic_rays(ccd, method="median", *, threshold=5.0, sharpness=None,
-                      grow_threshold=3.0, iterations=None, gain=None, read_noise=None,
-                      saturation=None, min_fwhm=1.5, lacosmic_kwargs=None):
+@log_to_header
+def clean_cosmic_rays(ccd: CCDData, method: Literal["median", "lacosmic"] = "median", *,
+                      threshold: float = 5.0, sharpness: float | None = None,
+                      grow_threshold: float = 3.0, iterations: int | None = None,
+                      gain: float | u.Quantity | None = None,
+                      read_noise: float | u.Quantity | None = None,
+                      saturation: float | u.Quantity | None = None, min_fwhm: float = 1.5,
+                      lacosmic_kwargs: dict | None = None) -> CCDData:
     r"""Find cosmic-ray hits, repair them from their neighbours and mask them.
 
     Parameters
@@ -316,18 +322,4 @@ def _record(meta, method, noise, ratio, params, nflag):
     text = ", ".join(f"{k}={v}" for k, v in params.items())
     history = (f"clean_cosmic_rays: method={method}, {text}; noise: {noise.describe()}; "
                f"{nflag} pixels flagged")
-    if isinstance(meta, fits.Header):
-        out = meta.copy()
-    else:
-        try:
-            out = fits.Header(dict(meta or {}))
-        except (ValueError, TypeError, KeyError):
-            out = dict(meta or {})
-            for key, value, _ in cards:
-                out[key] = value
-            out["HISTORY"] = history
-            return out
-    for key, value, comment in cards:
-        out[key] = (value, comment)
-    out.add_history(history)
-    return out
+    return provenance_header(meta, cards, history)

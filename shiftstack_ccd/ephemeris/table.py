@@ -10,7 +10,6 @@ import numpy as np
 import astropy.units as u
 from astropy.table import Table
 from astropy.time import Time
-from scipy.interpolate import CubicHermiteSpline, CubicSpline
 
 from ..exceptions import EphemerisError
 from ._sphere import rates_to_vectors, unit_vectors
@@ -57,6 +56,8 @@ class TableEphemeris(Ephemeris, kind="table"):
         return obj
 
     def _setup(self, std, interpolation):
+        from scipy.interpolate import CubicHermiteSpline, CubicSpline  # `import` stays light
+
         if interpolation not in ("auto", "hermite", "spline"):
             raise EphemerisError(
                 f"interpolation must be 'auto', 'hermite' or 'spline', not {interpolation!r}")

@@ -1,20 +1,18 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""The parameters of a step, and the types they accept, for checking pipeline files (private)."""
+"""The parameters of a step, and the types they accept, for checking pipeline files (private).
 
+The types are the step's annotations, the single source (``threshold: float = 3.0``,
+``method: Literal["a", "b"] = "a"``, ``gain: float | Quantity | None = None``); a parameter
+without one accepts what its default's type is, else anything.
+"""
+
+import collections.abc
 import inspect
-import re
+import os
+import pathlib
+import types
+import typing
 
-
-# --------------------------------------------------------------------------------------
-# Parameter types, from signatures and numpydoc docstrings
-# --------------------------------------------------------------------------------------
-KIND_WORDS = {
-    "bool": "bool", "boolean": "bool", "int": "int", "integer": "int", "float": "float",
-    "number": "float", "str": "str", "string": "str", "path": "path", "pathlike": "path",
-    "quantity": "quantity", "time": "time", "list": "list", "sequence": "list",
-    "array-like": "list", "array_like": "list", "ndarray": "list", "tuple": "tuple",
-    "dict": "dict", "mapping": "dict",
-}
 KIND_TEXT = {"bool": "a boolean", "int": "an integer", "float": "a number",
              "str": "a string", "path": "a file name", "quantity": "a quantity such as "
              "'1.5 arcsec'", "time": "a time (ISO string or TOML date-time)",
@@ -43,78 +41,66 @@ class ParamSpec:
         return " or ".join(parts + texts) or "any value"
 
 
-def split_top(text):
-    """Split on commas and ' or ' outside braces, brackets and parentheses."""
-    parts, depth, current = [], 0, []
-    for token in re.split(r"(,|\bor\b|[{}()\[\]])", text):
-        if not token:
-            continue
-        if token in ("{", "(", "["):
-            depth += 1
-        elif token in ("}", ")", "]"):
-            depth -= 1
-        if depth == 0 and token in (",", "or"):
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(token)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
+def _class_kinds(cls):
+    """The kinds a class stands for; none for classes TOML cannot give (CCDData, SkyCoord)."""
+    from astropy.time import Time
+    from astropy.units import Quantity
+
+    for base, kinds in ((bool, {"bool"}), (int, {"int"}), (float, {"float"}), (str, {"str"}),
+                        (os.PathLike, {"path"}), (pathlib.PurePath, {"path"}),
+                        (Quantity, {"quantity"}), (Time, {"time"}), (tuple, {"tuple", "list"}),
+                        (list, {"list"}), (dict, {"dict"})):
+        if isinstance(cls, type) and issubclass(cls, base):
+            return set(kinds)
+    if cls in (collections.abc.Sequence, collections.abc.Iterable):
+        return {"list"}
+    if cls is collections.abc.Mapping:
+        return {"dict"}
+    return set()
 
 
-def kinds_from_text(text):
-    """Kinds and choices from a numpydoc type line or an annotation's text."""
-    choices = None
-    match = re.search(r"\{([^}]*)\}", text)
-    if match:
-        choices = tuple(c.strip().strip("'\"") for c in match.group(1).split(",")
-                        if c.strip())
-        text = text.replace(match.group(0), " ")
-    kinds = set()
-    if "(" in text and "int" in text:  # "(int, int)"
-        kinds.add("tuple")
-    lowered = text.lower().replace("`", " ").replace("~", " ")
-    for word in re.findall(r"[a-z][a-z_\-]*", lowered.replace(".", " ")):
-        if word in KIND_WORDS:
-            kinds.add(KIND_WORDS[word])
-    if "tuple" in kinds:
-        kinds.add("list")
-    return kinds, choices
+def annotation_kinds(annotation):
+    """``(kinds, choices)`` of an annotation: unions, ``Optional``, ``Literal`` and
+    generic containers (``tuple[float, float]``, ``list[str]``) included.
+
+    Examples
+    --------
+    >>> from typing import Literal
+    >>> from astropy.units import Quantity
+    >>> kinds, choices = annotation_kinds(float | Quantity | Literal["auto"] | None)
+    >>> sorted(kinds), choices
+    (['float', 'quantity'], ('auto',))
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        kinds, choices = set(), ()
+        for arg in typing.get_args(annotation):
+            k, c = annotation_kinds(arg)
+            kinds |= k
+            choices += c or ()
+        return kinds, choices or None
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        kinds = {kind for v in values if not isinstance(v, str) for kind in _class_kinds(type(v))}
+        return kinds, tuple(v for v in values if isinstance(v, str)) or None
+    if annotation is type(None) or annotation is inspect.Parameter.empty:
+        return set(), None
+    return _class_kinds(origin if origin is not None else annotation), None
 
 
-def doc_types(function):
-    """``{name: type line}`` from the numpydoc Parameters section of a docstring."""
-    doc = inspect.getdoc(function) or ""
-    lines = doc.splitlines()
-    types = {}
+def _annotations(function):
+    """Resolved annotations (string ones too) of the function a decorator may wrap."""
+    function = inspect.unwrap(function)
     try:
-        start = next(i for i, line in enumerate(lines[:-1])
-                     if line.strip() == "Parameters" and set(lines[i + 1].strip()) == {"-"})
-    except StopIteration:
-        return types
-    for i in range(start + 2, len(lines)):
-        line = lines[i]
-        if i + 1 < len(lines) and line.strip() and set(lines[i + 1].strip()) == {"-"} \
-                and not line.startswith(" "):
-            break  # next section
-        if not line or line.startswith(" "):
-            continue
-        names, _, type_text = line.partition(":")
-        names = [n.strip() for n in names.split(",") if n.strip()]
-        if len(names) > 1:
-            type_parts = [p for p in split_top(type_text) if p != "optional"]
-            if len(type_parts) == len(names):
-                types.update(zip(names, type_parts))
-                continue
-        for name in names:
-            types[name] = type_text.strip()
-    return types
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable names: use them as written
+        return dict(getattr(function, "__annotations__", {}))
 
 
 def param_specs(function, skip=0):
     """``({name: ParamSpec}, accepts_any_keyword)`` for a step function."""
     signature = inspect.signature(function)
-    doc = doc_types(function)
+    hints = _annotations(function)
     specs, var_keyword = {}, False
     parameters = list(signature.parameters.values())
     for parameter in parameters[skip:]:
@@ -123,20 +109,11 @@ def param_specs(function, skip=0):
             continue
         if parameter.kind == parameter.VAR_POSITIONAL:
             continue
-        kinds, choices = set(), None
-        if parameter.annotation is not parameter.empty:
-            annotation = parameter.annotation
-            text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-            kinds, choices = kinds_from_text(text)
-        if not kinds and not choices and parameter.name in doc:
-            kinds, choices = kinds_from_text(doc[parameter.name])
+        kinds, choices = annotation_kinds(hints.get(parameter.name, parameter.empty))
         default = parameter.default
-        if not kinds and not choices and default is not parameter.empty and default is not None:
-            for typ, kind in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"),
-                              ((list, tuple), "list"), (dict, "dict")):
-                if isinstance(default, typ):
-                    kinds = {kind}
-                    break
+        if not kinds and not choices and parameter.name not in hints \
+                and default is not parameter.empty and default is not None:
+            kinds = _class_kinds(type(default))
         if not kinds and not choices:
             kinds = {"any"}
         specs[parameter.name] = ParamSpec(parameter.name, kinds, choices,

@@ -16,6 +16,7 @@ from .._utils import frame_label, set_card
 from ..calibration import (calibrate_frame, combine_bias, combine_flat, read_calibration_frame,
                            subtract_overscan_and_trim)
 from ..exceptions import ShiftStackError
+from ..steps import run_steps
 from ._checker import header_key, is_header_ref
 
 __all__ = ["Pipeline", "PipelineResult"]
@@ -92,32 +93,32 @@ class Pipeline:
     def run(self):
         """Run the pipeline; return a `PipelineResult`.
 
-        The input files are only read. Outputs are written atomically, at the end; an
-        existing output is replaced only when ``overwrite`` is set.
+        The input files go to `shift_and_stack` as paths, with the calibration and the
+        ``[[steps]]`` as its per-frame steps: it reads, calibrates and processes one frame
+        at a time, so memory does not grow with the number of frames. The input files are
+        only read. Outputs are written atomically, at the end; an existing output is
+        replaced only when ``overwrite`` is set.
         """
         from ..frames import read_frame
         from ..stack import shift_and_stack
         from ..visualization import write_preview
 
         masters = self._masters()
-        frames, added = [], None
-        for path in self.files:
-            raw = read_frame(path, hdu=self.hdu, unit=self.unit)
-            before = set(raw.meta.keys()) if hasattr(raw.meta, "keys") else set()
-            if added is None:
-                used = self._resolved(raw)
-            frame = self._calibrate(raw, masters)
-            if added is None:  # the cards ccdproc wrote, kept for the stack's header
-                added = [card for card in frame.meta.cards if card.keyword not in before
-                         and card.keyword not in ("HISTORY", "COMMENT", "")]
-            for name, function, params in self.steps:
-                frame = _run_step(name, function, frame, params)
-            frames.append(frame)
-            log.info("%s: calibrated%s", frame_label(frame),
-                     f", then {', '.join(s[0] for s in self.steps)}" if self.steps else "")
-        eph = self._ephemeris(frames)
-        result = shift_and_stack(frames, eph, **self.stack_options)
-        self._record(result, added or [], used)
+        first = read_frame(self.files[0], hdu=self.hdu, unit=self.unit)
+        used = self._resolved(first)
+        added = []
+        if self._calibrates():
+            # The cards ccdproc writes, kept for the stack's header: from the first frame,
+            # calibrated once more here (shift_and_stack keeps no frame's header).
+            before = set(first.meta.keys())
+            added = [card for card in self._calibrate(first, masters).meta.cards
+                     if card.keyword not in before
+                     and card.keyword not in ("HISTORY", "COMMENT", "")]
+        del first
+        result = shift_and_stack([str(p) for p in self.files], self._ephemeris(),
+                                 per_frame_steps=self._per_frame_steps(masters),
+                                 hdu=self.hdu, unit=self.unit, **self.stack_options)
+        self._record(result, added, used)
 
         written = {}
         overwrite = self.outputs["overwrite"]
@@ -132,7 +133,30 @@ class Pipeline:
                           marks=[result.target_pixel] + [None] * (len(images) - 1),
                           overwrite=overwrite)
             written["preview"] = self.outputs["preview"]
-        return PipelineResult(self, result, frames, written)
+        return PipelineResult(self, result, written)
+
+    def frames(self):
+        """The input frames as `run` stacks them (read, calibrated, after the ``[[steps]]``),
+        one at a time: a generator, to look at what the stack is made of.
+        """
+        from ..frames import read_frame
+
+        steps = self._per_frame_steps(self._masters())
+        for path in self.files:
+            yield run_steps(read_frame(path, hdu=self.hdu, unit=self.unit), steps)
+
+    def _calibrates(self):
+        cal = self.calibration
+        return any(cal.get(key) for key in ("overscan", "trim", "bias", "flat")) \
+            or cal.get("gain") is not None
+
+    def _per_frame_steps(self, masters):
+        """``(name, function, params)``: the calibration (if any), then the ``[[steps]]``."""
+        steps = list(self.steps)
+        if self._calibrates():
+            steps.insert(0, ("calibration", _calibration_step,
+                             {"pipeline": self, "masters": masters}))
+        return steps
 
     def _resolved(self, ccd):
         """The calibration values a frame gets: sections and numbers from its header."""
@@ -197,13 +221,14 @@ class Pipeline:
                                bias=masters.get("bias"), flat=masters.get("flat"),
                                flat_min=cal.get("flat_min"))
 
-    def _ephemeris(self, frames):
+    def _ephemeris(self):
         if "ephemeris" in self.motion:
             return self.motion["ephemeris"]
         from ..ephemeris import ephemeris_for_times
-        from ..frames import mid_exposure_time
+        from ..frames import mid_exposure_time, read_frame
         spec = self.motion["horizons"]
-        times = Time([mid_exposure_time(f) for f in frames])
+        times = Time([mid_exposure_time(read_frame(p, hdu=self.hdu, unit=self.unit))
+                      for p in self.files])  # one frame in memory at a time
         return ephemeris_for_times(times, spec["target"], spec.get("location", "500"),
                                    id_type=spec.get("id_type"), cache=spec.get("cache", True))
 
@@ -244,29 +269,24 @@ class PipelineResult:
     Attributes
     ----------
     pipeline : `Pipeline`
+        The pipeline that ran (``pipeline.frames()`` gives the frames as they were stacked,
+        one at a time).
     result : `~shiftstack_ccd.stack.StackResult`
         The stack.
-    frames : list of `~astropy.nddata.CCDData`
-        The calibrated frames after the per-frame steps, as they were stacked.
     outputs : dict
         ``{"stack": path, "preview": path}`` of the files written.
     """
 
-    def __init__(self, pipeline, result, frames, outputs):
+    def __init__(self, pipeline, result, outputs):
         self.pipeline = pipeline
         self.result = result
-        self.frames = frames
         self.outputs = outputs
 
 
-def _run_step(name, function, frame, params):
-    from astropy.nddata import CCDData
-    out = function(frame, **params)
-    if not isinstance(out, CCDData):
-        raise ShiftStackError(f"{frame_label(frame)}: the step {name!r} returned "
-                              f"{type(out).__name__}, not a CCDData (see the step contract in "
-                              "shiftstack_ccd.steps).")
-    return out
+def _calibration_step(ccd, pipeline, masters):
+    """The pipeline's calibration as a per-frame step (a module-level function, so that the
+    step pickles for shift_and_stack's process scheduler)."""
+    return pipeline._calibrate(ccd, masters)
 
 
 def _format_args(params):

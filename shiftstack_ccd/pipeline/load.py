@@ -55,7 +55,7 @@ _LINEAR_KEYS = ("ra", "dec", "epoch", "ra_rate", "dec_rate")
 _HORIZONS_KEYS = ("target", "location", "id_type", "cache")
 # shift_and_stack parameters that other sections set
 _STACK_FROM_ELSEWHERE = {"frames": "[inputs]", "ephemeris": "[motion]",
-                         "per_frame_steps": "[[steps]]"}
+                         "per_frame_steps": "[[steps]]", "hdu": "[inputs]", "unit": "[inputs]"}
 
 
 # --------------------------------------------------------------------------------------
