@@ -80,6 +80,7 @@ def one_run(frames, seed, n_fakes=40, fwhm=2.0, beta=3.0):
                   for r in rows if r["on_frame"])
         snr.append(float(fakes["flux"][k].value) * np.sqrt(inv))
     fakes["snr_optimal"] = snr
+    print(f"seed {seed}: {n_fakes} fakes injected")
     found = ss.search_motion(injected, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
                              snr_threshold=5)
     hit = []
@@ -88,6 +89,14 @@ def one_run(frames, seed, n_fakes=40, fwhm=2.0, beta=3.0):
         drate = np.hypot(found["ra_rate"].to_value(RATE) - row["ra_rate"].to_value(RATE),
                          found["dec_rate"].to_value(RATE) - row["dec_rate"].to_value(RATE))
         hit.append(bool(np.any((sep < 1.5 * u.arcsec) & (drate < 4))))
+        if not hit[-1] and len(found):
+            j = int(np.argmin(sep))
+            x, y = frames[0].wcs.world_to_pixel(SkyCoord(row["ra"], row["dec"]))
+            print(f"missed: pixel ({float(x):.0f}, {float(y):.0f}) rates "
+                  f"{row['ra_rate'].value:+.1f} {row['dec_rate'].value:+.1f}, nearest "
+                  f"candidate {sep[j].to_value(u.arcsec):.1f}\" away, rate error "
+                  f"{drate[j]:.1f}\"/h, S/N {found['snr'][j]:.1f}; grid masked "
+                  f"{found.meta['masked_fraction']:.1%}")
     fakes["found"] = hit
     return fakes
 

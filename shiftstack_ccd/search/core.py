@@ -471,22 +471,34 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
         log.warning("search: %d starting pixels pass the first pass; only the best %d are "
                     "scored", len(xs), len(order))
         ys, xs = ys[order], xs[order]
-    # the first pass's best motion and its grid neighbours, scored exactly; the best few
-    # of them scored robustly
+    # from the first pass's best motion, climb the exact score over the grid of motions (the
+    # first pass caps each frame, so a bright source's best motion there is anywhere on a
+    # plateau); then the best few of the last neighbourhood are scored robustly
     nvx, nvy = grid_shape
     ix, iy = best_index[ys, xs] % nvx, best_index[ys, xs] // nvx
-    near = [np.clip(iy + b, 0, nvy - 1) * nvx + np.clip(ix + a, 0, nvx - 1)
-            for a in (-1, 0, 1) for b in (-1, 0, 1)]
-    near = np.column_stack(near)  # (k, 9)
-    scores = np.full(near.shape, -np.inf)
-    for j in range(near.shape[1]):
-        ox = np.rint(motions[near[:, j], 0][None, :] * dt[:, None])
-        oy = np.rint(motions[near[:, j], 1][None, :] * dt[:, None])
+
+    def exact(index):
+        ox = np.rint(motions[index, 0][None, :] * dt[:, None])
+        oy = np.rint(motions[index, 1][None, :] * dt[:, None])
         x, y = xs[None, :] + ox, ys[None, :] + oy
         s = sample(psi, x, y).sum(axis=0)
         f = sample(phi, x, y).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            scores[:, j] = np.where(f > 0, s / np.sqrt(np.where(f > 0, f, 1)), -np.inf)
+            return np.where(f > 0, s / np.sqrt(np.where(f > 0, f, 1)), -np.inf)
+
+    steps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]  # (0, 0) is the fifth
+    for _ in range(max(nvx, nvy)):
+        near = np.column_stack([np.clip(iy + b, 0, nvy - 1) * nvx + np.clip(ix + a, 0, nvx - 1)
+                                for a, b in steps])
+        scores = np.column_stack([exact(near[:, j]) for j in range(len(steps))])
+        move = np.argmax(scores, axis=1)
+        moving = scores[np.arange(len(move)), move] > scores[:, 4]
+        if not moving.any():
+            break
+        ix = np.where(moving, np.clip(ix + np.array([a for a, _ in steps])[move], 0, nvx - 1),
+                      ix)
+        iy = np.where(moving, np.clip(iy + np.array([b for _, b in steps])[move], 0, nvy - 1),
+                      iy)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     hits = np.concatenate([np.column_stack([xs, ys, np.take_along_axis(near, order[:, k:k + 1],
                                                                        axis=1)[:, 0]])
