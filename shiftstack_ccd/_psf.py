@@ -90,7 +90,7 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     """
     from photutils.detection import DAOStarFinder
 
-    from .photometry import stellar_fwhm
+    from .stars import stellar_fwhm
 
     data = np.asarray(ccd.data, dtype=float)
     mask = ~np.isfinite(data)
