@@ -23,11 +23,13 @@ from astropy.wcs import WCS
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import as_header, atomic_output, require_celestial_wcs
+from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
+                     set_card)
+from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .ephemeris import Ephemeris
-from .exceptions import FrameError
-from .frames import mid_exposure_time, read_frame
+from .exceptions import FrameError, ParameterError
+from .frames import exposure_time, mid_exposure_time, read_frame
 from .noise import mask_outside_trimsec, noise_model
 from .resample import resample_to_target
 from .stars import stellar_fwhm
@@ -90,14 +92,20 @@ class StackResult:
         if self.sky_stack is not None:
             sky = fits.ImageHDU(self.sky_stack.data, name="SKY")
             sky.header.update(self.sky_stack.wcs.to_header())
-            sky.header["BUNIT"] = self.sky_stack.unit.to_string("fits")
+            # as CCDData writes BUNIT: the FITS format raises for units outside the standard
+            # (electron, which HST/JWST frames carry)
+            sky.header["BUNIT"] = self.sky_stack.unit.to_string()
             hdul.append(sky)
             skyunc = fits.ImageHDU(self.sky_stack.uncertainty.array, name="SKYUNC")
             skyunc.header.update(self.sky_stack.wcs.to_header())
             hdul.append(skyunc)
         table = self.table.copy()
         table["mid_time"] = table["mid_time"].utc.isot
-        hdul.append(fits.BinTableHDU(table, name="FRAMES"))
+        frames = fits.BinTableHDU(table, name="FRAMES")
+        for i, name in enumerate(table.colnames, start=1):  # units and conventions, in FITS
+            if table[name].description:
+                set_card(frames.header, f"TTYPE{i}", name, table[name].description)
+        hdul.append(frames)
         return hdul
 
     def write(self, path, overwrite=False):
@@ -109,8 +117,17 @@ class StackResult:
             Output file name.
         overwrite : bool
             Replace an existing file; otherwise an existing file is an error and is left as
-            it was.
+            it was. A file that is one of the stacked frames is never replaced.
+
+        Raises
+        ------
+        OutputError
+            ``path`` is one of the input frames, a folder, or cannot be written.
+        OutputExistsError
+            ``path`` exists and ``overwrite`` is False.
         """
+        inputs = [] if self.table is None else [str(f) for f in self.table["file"]]
+        check_output_path(path, overwrite=overwrite, inputs=inputs)
         hdul = self.to_hdulist()
         with atomic_output(path, overwrite=overwrite) as tmp:
             hdul.writeto(tmp, overwrite=True)
@@ -414,7 +431,23 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     `~shiftstack_ccd.static_sky.static_sky_variance_factor` (header ``SSSTVARF``), the
     template sharing the frames' noise.
     """
+    params = stack_parameters(
+        method=method, size=size, reference_time=reference_time, resample=resample,
+        sigma_clip=sigma_clip, sigma_low=sigma_low, sigma_high=sigma_high, weights=weights,
+        frame_weights=frame_weights, clip_gradient=clip_gradient, pixel_scale=pixel_scale,
+        orientation=orientation, sky_stack=sky_stack, per_frame_steps=per_frame_steps,
+        interpolation=interpolation, subtract_static=subtract_static,
+        track_radius=track_radius, static_k=static_k, refine=refine,
+        refine_max_shift=refine_max_shift, refine_size=refine_size, scheduler=scheduler,
+        workdir=workdir, mem_limit=mem_limit, intermediate=intermediate)
+    size, reference_time, pixel_scale = params["size"], params["reference_time"], \
+        params["pixel_scale"]
+    if not hasattr(ephemeris, "at"):
+        raise ParameterError(f"ephemeris: must be an Ephemeris (or have .at(times)), not "
+                             f"{type(ephemeris).__name__}.")
     sources = _sources(frames)
+    for name, value in (("weights", weights), ("frame_weights", frame_weights)):
+        per_frame_weights(value, name, len(sources))
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
         frame = _load(source, hdu, unit)
@@ -426,6 +459,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
                                   ephemeris, reference_time=reference_time, size=size,
                                   pixel_scale=pixel_scale, orientation=orientation, times=times)
+    _check_frame_weights(headers, labels, weights, frame_weights)
+    check_stack_memory(grid.shape, len(sources), 2 if (sky_stack or subtract_static) else 1,
+                       workdir)
     offsets = grid.offset(times)
     targets = ephemeris.at(times)
 
@@ -519,6 +555,20 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     return StackResult(stack, sky, combined.coverage, table, grid)
 
 
+def _check_frame_weights(headers, labels, weights, frame_weights):
+    """Refuse, before any work, per-frame weights that would leave a frame (or all) at 0."""
+    for name, spec in (("weights", weights), ("frame_weights", frame_weights)):
+        if isinstance(spec, str) and spec == "exptime":
+            for header, label in zip(headers, labels):
+                key, value = exposure_time(header)
+                if value is None:
+                    raise FrameError(f"{label}: has no exposure time (EXPTIME) in its header; "
+                                     f"{name}='exptime' needs one.")
+                if value <= 0:
+                    raise FrameError(f"{label}: {key} = {value}, so {name}='exptime' gives it "
+                                     "no weight; leave the frame out or choose other weights.")
+
+
 def _named(option, name):
     """``option == name`` for options that may also be arrays."""
     return isinstance(option, str) and option == name
@@ -594,6 +644,8 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
     table["mjd_mid"] = times.utc.mjd
     table["x_frame"] = [p["position"][0] for p in prepared]
     table["y_frame"] = [p["position"][1] for p in prepared]
+    table["x_frame"].description = "target x in the frame (0-based pixel; FITS is 1-based)"
+    table["y_frame"].description = "target y in the frame (0-based pixel; FITS is 1-based)"
     table["dx"] = offsets[0]
     table["dy"] = offsets[1]
     table["dx"].unit = table["dy"].unit = u.pix
