@@ -380,7 +380,8 @@ def build_parser():
                              "instead of the whole field")
     search.add_argument("--around-radius", type=float, metavar="ARCSEC",
                         help="search radius about --around's position")
-    search.add_argument("--snr-threshold", type=float, default=5.0)
+    search.add_argument("--snr-threshold", type=float, default=5.0,
+                        help="report candidates at this robust S/N or more (default 5)")
     search.add_argument("--fwhm", type=float, default=None,
                         help="PSF FWHM in pixels (default: measured on the stars)")
     search.add_argument("--scheduler", default=None,
