@@ -17,8 +17,8 @@ except ImportError:  # not installed, running from a source tree
 # --help``) does not pay for astropy.coordinates, astropy.nddata, scipy, ... up front.
 _PUBLIC_MODULES = ("astrometry", "background", "calibration", "combine", "config", "cosmicray",
                    "datasets", "ephemeris", "exceptions", "fluxscale", "frames", "noise",
-                   "photometry", "register", "pipeline", "resample", "stack", "stars",
-                   "static_sky", "steps", "target_frame", "visualization")
+                   "photometry", "register", "pipeline", "resample", "search", "stack",
+                   "stars", "static_sky", "steps", "target_frame", "visualization")
 
 
 def _load_public_names():

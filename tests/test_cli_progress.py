@@ -58,11 +58,12 @@ def test_plain_progress_is_bounded_and_not_duplicated(tmp_path, capsys, root_han
     counts = Counter(err)
     assert max(counts.values()) == 1, [line for line, n in counts.items() if n > 1]
     stages = Counter(line.rsplit(":", 1)[0] for line in progress)
-    assert set(stages) == {"shiftstack-ccd: preparing frames",
+    # without a sky stack the frames are resampled while prepared (one pass): one stage or two
+    assert "shiftstack-ccd: preparing frames" in stages
+    assert set(stages) <= {"shiftstack-ccd: preparing frames",
                            "shiftstack-ccd: resampling on the target"}
     assert all(n <= STEPS_PER_STAGE for n in stages.values()), stages
-    assert "shiftstack-ccd: preparing frames: 30/30" in progress
-    assert "shiftstack-ccd: resampling on the target: 30/30" in progress
+    assert all(f"{stage}: 30/30" in progress for stage in stages)
     assert root_handler.getvalue() == ""
 
 

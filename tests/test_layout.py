@@ -146,3 +146,12 @@ def test_cli_help_and_steps_import_no_step_module():
                           check=True)
     assert "shift_and_stack" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_public_module_is_gathered():
+    """A new public module (or subpackage) goes into ``shiftstack_ccd._PUBLIC_MODULES``
+    (the command-line modules excepted), or its names would be missing from the package."""
+    public = {p.stem if p.suffix == ".py" else p.name for p in PACKAGE.iterdir()
+              if not p.name.startswith(("_", ".")) and
+              (p.suffix == ".py" or (p / "__init__.py").is_file())}
+    assert public - {"cli", "demo"} == set(shiftstack_ccd._PUBLIC_MODULES)

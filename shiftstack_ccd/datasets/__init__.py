@@ -1,6 +1,7 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
 """Data sets: simulated observations with known truth, and the real example data.
 
+`inject_moving_source` adds fake moving sources to real frames, with their truth.
 `simulate_observation` makes a sequence of calibrated CCD frames of a star field
 with a moving target whose position, flux and signal-to-noise ratio are known
 exactly; tests, the demo and the documentation use it. `get_data_path` and
@@ -11,3 +12,4 @@ asteroid (5945) Roachapproach), locally through the environment variable
 
 from .example_data import *  # noqa: F401, F403
 from .simulate import *  # noqa: F401, F403
+from .inject import *  # noqa: F401, F403
