@@ -79,7 +79,7 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     Returns
     -------
     psf : dict
-        ``fwhm`` and ``beta`` (medians over the stars), ``fwhm_std`` (their scatter),
+        ``fwhm`` and ``beta`` (the stars' inverse-covariance weighted mean, outliers out), ``fwhm_std`` (their scatter),
         ``n_stars``, and ``stars`` (the fitted ``x``, ``y``, ``flux``, ``fwhm``, ``beta``
         as arrays).
 
@@ -97,6 +97,11 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     if ccd.mask is not None:
         mask |= np.asarray(ccd.mask, dtype=bool)
     _, median, std = sigma_clipped_stats(data[~mask], sigma=3)
+    sigma = None
+    if getattr(ccd, "uncertainty", None) is not None:
+        from astropy.nddata import StdDevUncertainty
+        sigma = np.asarray(ccd.uncertainty.represent_as(StdDevUncertainty).array, dtype=float)
+        mask |= ~np.isfinite(sigma) | (sigma <= 0)
     if saturation is None:
         meta = getattr(ccd, "meta", None) or {}
         saturation = float(meta["SATURATE"]) if "SATURATE" in meta \
@@ -118,7 +123,7 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     for i, (x, y) in enumerate(xy):
         distance = np.hypot(*(xy - (x, y)).T)
         distance[i] = np.inf
-        if distance.min() < 2 * half:
+        if distance.min() < 1.5 * half:
             continue
         if exclude and any(np.hypot(x - ex, y - ey) < r + half for ex, ey, r in exclude):
             continue
@@ -130,20 +135,42 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         if cmask[half - 2:half + 3, half - 2:half + 3].any() or cut.max() >= saturation:
             continue
         weights = (~cmask).astype(float)
+        if sigma is not None:  # inverse-noise weights: faint wings count as much as they tell
+            weights /= np.where(cmask, 1.0, sigma[yi - half:yi + half + 1, xi - half:xi + half + 1])
         fit = _fit_one(np.where(cmask, 0.0, cut), weights, x - xi + half, y - yi + half, guess)
         flux, fx, fy, fwhm, beta, _ = fit.x
         if not fit.success or beta >= 19.9 or fwhm <= 0.51:
             continue
-        rows.append((fx + xi - half, fy + yi - half, flux, fwhm, beta))
+        try:  # covariance of (fwhm, beta) from the fit's Jacobian and residuals
+            dof = max(int(np.count_nonzero(weights)) - 6, 1)
+            cov = np.linalg.inv(fit.jac.T @ fit.jac)[3:5, 3:5] * (2 * fit.cost / dof)
+        except np.linalg.LinAlgError:
+            continue
+        rows.append((fx + xi - half, fy + yi - half, flux, fwhm, beta, cov))
         if len(rows) >= n_stars:
             break
     if len(rows) < 3:
         raise FrameError(f"{label}: only {len(rows)} isolated, unsaturated stars could be "
                          "fitted; cannot measure the PSF (give the FWHM instead).")
-    x, y, flux, fwhm, beta = (np.array(c) for c in zip(*rows))
-    result = {"fwhm": float(np.median(fwhm)), "beta": float(np.median(beta)),
+    x, y, flux, fwhm, beta, cov = (np.array(c) for c in zip(*rows))
+    best = _combine(np.column_stack([fwhm, beta]), cov)
+    result = {"fwhm": float(best[0]), "beta": float(best[1]),
               "fwhm_std": float(np.std(fwhm)), "n_stars": len(rows),
               "stars": {"x": x, "y": y, "flux": flux, "fwhm": fwhm, "beta": beta}}
     log.debug("%s: PSF from %d stars: FWHM %.3f px, beta %.2f", label, len(rows),
               result["fwhm"], result["beta"])
     return result
+
+
+def _combine(values, covariances, nsigma=5.0):
+    """Inverse-covariance weighted mean of 2-vectors, leaving out those beyond ``nsigma``
+    of the median (a double star, a galaxy, a cosmic ray on a star)."""
+    median = np.median(values, axis=0)
+    inverse = np.array([np.linalg.pinv(c) for c in covariances])
+    delta = values - median
+    chi2 = np.einsum("ni,nij,nj->n", delta, inverse, delta)
+    keep = chi2 <= nsigma ** 2
+    if keep.sum() < 3:  # formal errors too small to tell: the median
+        return median
+    weight = inverse[keep].sum(axis=0)
+    return np.linalg.solve(weight, np.einsum("nij,nj->i", inverse[keep], values[keep]))
