@@ -74,7 +74,9 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         Places whose stars are not used (e.g. the target).
     saturation : float, optional
         Stars peaking above this are not used. Default: the ``SATURATE`` card if any, else
-        90 % of the image's maximum.
+        90 % of the image's maximum; besides, flat-topped stars (whose brightest pixel holds
+        less than 0.8 times the typical fraction of the light of the central 5 x 5 pixels)
+        are left out as saturated.
 
     Returns
     -------
@@ -119,7 +121,7 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     xy = np.column_stack([found["x_centroid"], found["y_centroid"]])
     half = int(np.ceil(2.5 * guess)) + 2
     ny, nx = data.shape
-    rows = []
+    candidates = []
     for i, (x, y) in enumerate(xy):
         distance = np.hypot(*(xy - (x, y)).T)
         distance[i] = np.inf
@@ -130,13 +132,26 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         xi, yi = int(round(x)), int(round(y))
         if not (half <= xi < nx - half and half <= yi < ny - half):
             continue
-        cut = data[yi - half:yi + half + 1, xi - half:xi + half + 1]
-        cmask = mask[yi - half:yi + half + 1, xi - half:xi + half + 1]
+        box = (slice(yi - half, yi + half + 1), slice(xi - half, xi + half + 1))
+        cut, cmask = data[box], mask[box]
         if cmask[half - 2:half + 3, half - 2:half + 3].any() or cut.max() >= saturation:
             continue
+        level = np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
+        core = cut[half - 2:half + 3, half - 2:half + 3] - level
+        if core.sum() > 0:
+            candidates.append((x, y, xi, yi, box, float(core.max() / core.sum())))
+    if candidates:
+        # A saturated star is flat-topped: its peak holds less of its light than an
+        # unsaturated one's (whatever the saturation level, which headers rarely give).
+        sharpness = np.array([c[-1] for c in candidates])
+        typical = np.median(sharpness[len(sharpness) // 2:])  # the fainter half
+        candidates = [c for c, f in zip(candidates, sharpness) if f >= 0.8 * typical]
+    rows = []
+    for x, y, xi, yi, box, _ in candidates:
+        cut, cmask = data[box], mask[box]
         weights = (~cmask).astype(float)
         if sigma is not None:  # inverse-noise weights: faint wings count as much as they tell
-            weights /= np.where(cmask, 1.0, sigma[yi - half:yi + half + 1, xi - half:xi + half + 1])
+            weights /= np.where(cmask, 1.0, sigma[box])
         fit = _fit_one(np.where(cmask, 0.0, cut), weights, x - xi + half, y - yi + half, guess)
         flux, fx, fy, fwhm, beta, _ = fit.x
         if not fit.success or beta >= 19.9 or fwhm <= 0.51:

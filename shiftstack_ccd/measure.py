@@ -263,7 +263,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     model = _Model(psf["fwhm"], psf["beta"], _trail_vector(stack))
     star_model = _Model(psf["fwhm"], psf["beta"])
     cov, n_noise = _noise_model(stack, model, px, py)
-    apcor = _aperture_corrections(stack, star_model, psf)
+    apcor = _aperture_corrections(stack, star_model, psf, model.aperture)
 
     zp, zp_err, zp_meta = None, 0.0, {}
     if catalog is not None:
@@ -291,7 +291,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
         "psf_fwhm_pix": model.fwhm, "psf_beta": model.beta, "psf_stars": psf.get("n_stars"),
         "trail_pix": float(np.hypot(*model.trail)),
         "aperture_correction": apcor["psf"], "aperture_correction_err": apcor["psf_err"],
-        "noise_scale": float(np.sqrt(cov.sum())), "noise_pixels": n_noise,
+        "noise_ratio": [r["noise_ratio"] for r in rows], "noise_pixels": n_noise,
         "n_frames": stack.n_frames, "wcs_error_arcsec": wcs_sigma,
         "exptime": float(stack.meta.get("EXPTOTAL", np.nan)) / max(stack.n_frames, 1),
         **{f"catalog_{k}": v for k, v in zp_meta.items() if k not in ("matches",)}})
@@ -336,7 +336,9 @@ def _noise_model(stack, model, px, py):
     if usable.sum() < 2000:
         raise FrameError(f"stack: only {int(usable.sum())} empty-sky pixels where the target "
                          "is; cannot measure the noise (make a larger stack, size=...).")
-    max_lag = int(np.ceil(2 * model.fwhm)) + 3
+    # every pixel pair of a measurement (fit box and background annulus): the background
+    # subtraction cancels the slow part of the noise only if its covariances are all counted
+    max_lag = 2 * (int(np.ceil(model.r_out)) + 1)
     return normalised_residual_covariance(stack.data, stack.sigma, usable, max_lag,
                                           box=int(max(32, 10 * model.fwhm)))
 
@@ -504,6 +506,7 @@ def _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor):
     ap_weights = ap_weights - ap_weights.sum() * keep
     covariance = measurement_covariance(np.concatenate([weights, ap_weights[None]]), sigma, cov)
     flux_var = covariance[0, 0]
+    naive = float(np.sum((weights[0] * sigma) ** 2))  # independent pixels, sigma as reported
     # 5-sigma limit: the noise of a PSF flux there without the target's own photons
     sky_sigma = np.where(sigma > 0, float(np.median(sigma[keep > 0])), 0.0)
     limit_sigma = float(np.sqrt(measurement_covariance(weights[:1], sky_sigma, cov)[0, 0]))
@@ -516,7 +519,8 @@ def _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor):
                                               + (ap_flux * apcor["aperture_err"]) ** 2)),
            "flux_limit": 5.0 * limit_sigma * apcor["psf"],
            "x_err": np.nan, "y_err": np.nan, "xy_cov": np.zeros((2, 2)),
-           "background": background}
+           "background": background,
+           "noise_ratio": float(np.sqrt(flux_var / naive)) if naive > 0 else np.nan}
     row["snr"] = row["flux"] / row["flux_err"] if row["flux_err"] > 0 else np.inf
     row["detected"] = bool(not forced and row["snr"] >= snr_threshold)
     if not forced:
@@ -525,11 +529,12 @@ def _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor):
     return row
 
 
-def _aperture_corrections(stack, model, psf):
+def _aperture_corrections(stack, model, psf, aperture):
     """PSF flux and small-aperture flux to the light in a large aperture, from the stars.
 
     Each star of the PSF fit gives the ratios (large aperture / PSF flux) and (large
-    aperture / small aperture) with an error from the sky stack's uncertainty; stars more
+    aperture / aperture of radius ``aperture``, the target's) with an error from the sky
+    stack's uncertainty; stars more
     than 5 sigma from the median (a neighbour in the large aperture) are left out and the
     rest averaged with inverse-variance weights.
     """
@@ -555,7 +560,7 @@ def _aperture_corrections(stack, model, psf):
         data = np.where(sky.bad[sl], 0.0, sky.data[sl] - background)
         sigma = np.where(sky.bad[sl], 0.0, sky.sigma[sl])
         sums, errors = [], []
-        for r in (radius, model.aperture):
+        for r in (radius, aperture):
             weights = _aperture_image(x - xx[0, 0], y - yy[0, 0], r, keep.shape)
             sums.append(float(np.sum(weights * data)))
             weights = weights - weights.sum() * keep
