@@ -12,14 +12,17 @@ except ImportError:  # not installed, running from a source tree
 
 from .astrometry import *  # noqa: F401, F403
 from .combine import *  # noqa: F401, F403
+from .completeness import *  # noqa: F401, F403
 from .cosmicray import *  # noqa: F401, F403
 from .datasets import *  # noqa: F401, F403
 from .ephemeris import *  # noqa: F401, F403
 from .exceptions import *  # noqa: F401, F403
 from .frames import *  # noqa: F401, F403
+from .measure import *  # noqa: F401, F403
 from .motion import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
 from .register import *  # noqa: F401, F403
+from .report import *  # noqa: F401, F403
 from .pipeline import *  # noqa: F401, F403
 from .resample import *  # noqa: F401, F403
 from .stack import *  # noqa: F401, F403
@@ -27,3 +30,4 @@ from .static_sky import *  # noqa: F401, F403
 from .steps import *  # noqa: F401, F403
 from .target_frame import *  # noqa: F401, F403
 from .visualization import *  # noqa: F401, F403
+from .zeropoint import *  # noqa: F401, F403

@@ -81,7 +81,8 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     Returns
     -------
     psf : dict
-        ``fwhm`` and ``beta`` (the stars' inverse-covariance weighted mean, outliers out), ``fwhm_std`` (their scatter),
+        ``fwhm`` and ``beta`` (the stars' inverse-covariance weighted mean, outliers out),
+        ``fwhm_std`` (their scatter),
         ``n_stars``, and ``stars`` (the fitted ``x``, ``y``, ``flux``, ``fwhm``, ``beta``
         as arrays).
 

@@ -43,9 +43,9 @@ from astropy.time import Time
 
 from ._noise import measurement_covariance, normalised_residual_covariance
 from ._psf import fit_psf, moffat_integrated
-from .exceptions import FrameError
+from .exceptions import FrameError, MeasurementError
 
-__all__ = ["measure_target"]
+__all__ = ["measure_target", "summary_line"]
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     FrameError
         A stack without WCS, uncertainty or epoch; a target off the stack; a PSF that cannot
         be measured.
-    ValueError
+    MeasurementError
         A zero point without a band; a catalogue with no star in the field.
     """
     from .stack import StackResult
@@ -244,8 +244,8 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     if isinstance(result, (str, bytes)) or hasattr(result, "__fspath__"):
         result = StackResult.read(result)
     if zero_point is not None and not band:
-        raise ValueError("a zero point needs its band (band='V', 'r', 'G', ...): a magnitude "
-                         "without one cannot be reported")
+        raise MeasurementError("a zero point needs its band (band='V', 'r', 'G', ...): a magnitude "
+                               "without one cannot be reported")
     stack = _Stack(result)
     predicted = _predicted_positions(result, stack, position)
     px, py = (np.atleast_1d(np.asarray(v, dtype=float))
@@ -296,7 +296,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
         "exptime": float(stack.meta.get("EXPTOTAL", np.nan)) / max(stack.n_frames, 1),
         **{f"catalog_{k}": v for k, v in zp_meta.items() if k not in ("matches",)}})
     for row in table:
-        log.info("%s", describe_row(row, table.meta))
+        log.info("%s", summary_line(row, table.meta))
     return table
 
 
@@ -502,7 +502,7 @@ def _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor):
     yy, xx = np.mgrid[sl_bg]
     ap_weights = _aperture_image(x - xx[0, 0], y - yy[0, 0], model.aperture, keep.shape)
     ap_flux = float(np.sum(ap_weights * np.where(stack.bad[sl_bg], 0.0,
-                                                  stack.data[sl_bg] - background)))
+                                                 stack.data[sl_bg] - background)))
     ap_weights = ap_weights - ap_weights.sum() * keep
     covariance = measurement_covariance(np.concatenate([weights, ap_weights[None]]), sigma, cov)
     flux_var = covariance[0, 0]
@@ -649,8 +649,16 @@ def _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model):
     return table
 
 
-def describe_row(row, meta):
-    """One line saying what was measured (the CLI prints it)."""
+def summary_line(row, meta):
+    """One line saying what was measured on a target (the command line prints it).
+
+    Parameters
+    ----------
+    row : `~astropy.table.Row`
+        A row of a `measure_target` table.
+    meta : dict
+        That table's ``meta`` (for the band).
+    """
     if not row["detected"]:
         limit = f"{row['flux_limit'].value:.4g} {row['flux_limit'].unit}"
         if np.isfinite(row["mag_limit"].value):

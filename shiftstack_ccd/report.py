@@ -22,6 +22,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ._utils import atomic_output
+from .exceptions import MeasurementError
 
 __all__ = ["write_ades", "write_mpc80"]
 
@@ -44,32 +45,34 @@ def _identify(obj):
         return "provID", text
     if _TRK_SUB.match(text):
         return "trkSub", text
-    raise ValueError(f"obj={obj!r}: not a number (permID), a provisional designation such as "
-                     "'2019 AB12' (provID), nor a tracklet name of 1-8 letters, digits, '-' "
-                     "or '_' (trkSub)")
+    raise MeasurementError(f"obj={obj!r}: not a number (permID), a provisional designation such as "
+                           "'2019 AB12' (provID), nor a tracklet name of 1-8 letters, digits, '-' "
+                           "or '_' (trkSub)")
 
 
 def _decimal(name, value, decimals, width, low=None, high=None, positive=False):
-    """A decimal string within the schema's width and range, or a ValueError."""
+    """A decimal string within the schema's width and range, or a MeasurementError."""
     value = float(value)
     if not np.isfinite(value):
-        raise ValueError(f"ADES field {name}: {value} is not a finite number")
+        raise MeasurementError(f"ADES field {name}: {value} is not a finite number")
+    if positive and value <= 0:
+        raise MeasurementError(f"ADES field {name}: {value} must be positive")
     text = f"{value:.{decimals}f}"
     if positive and float(text) <= 0:
         text = f"{10.0 ** -decimals:.{decimals}f}"  # rounds to zero: the smallest step
     if text.startswith("-0.") and float(text) == 0:
         text = text[1:]
     if low is not None and float(text) < low or high is not None and float(text) > high:
-        raise ValueError(f"ADES field {name}: {value} is out of range [{low}, {high}]")
+        raise MeasurementError(f"ADES field {name}: {value} is out of range [{low}, {high}]")
     if len(text.lstrip("+-")) > width:
-        raise ValueError(f"ADES field {name}: {value} does not fit in {width} characters")
+        raise MeasurementError(f"ADES field {name}: {value} does not fit in {width} characters")
     return text
 
 
 def _text(name, value, pattern, what):
     text = str(value).strip()
     if not pattern.match(text):
-        raise ValueError(f"ADES field {name}: {value!r} is not {what}")
+        raise MeasurementError(f"ADES field {name}: {value!r} is not {what}")
     return text
 
 
@@ -82,28 +85,28 @@ def _context(stn, submitter, observers, measurers, telescope):
                          ("measurers", measurers)):
         value = [value] if isinstance(value, str) else list(value or [])
         if not value or any(not str(v).strip() or len(str(v)) > 100 for v in value):
-            raise ValueError(f"ADES field {field}: give one or more names of 1-100 characters; "
-                             f"got {value!r}")
+            raise MeasurementError(f"ADES field {field}: give one or more names of 1-100 "
+                                   f"characters; got {value!r}")
         names[field] = [str(v).strip() for v in value]
     if len(names["submitter"]) != 1:
-        raise ValueError(f"ADES field submitter: one name; got {names['submitter']!r}")
+        raise MeasurementError(f"ADES field submitter: one name; got {names['submitter']!r}")
     if not isinstance(telescope, dict):
-        raise ValueError("ADES field telescope: a dict with 'design', 'aperture' (m) and "
-                         "'detector'")
+        raise MeasurementError("ADES field telescope: a dict with 'design', 'aperture' (m) and "
+                               "'detector'")
     missing = [k for k in ("design", "aperture", "detector") if k not in telescope]
     if missing:
-        raise ValueError(f"ADES field telescope: missing {missing} (design, aperture in m, "
-                         "detector)")
+        raise MeasurementError(f"ADES field telescope: missing {missing} (design, aperture in m, "
+                               "detector)")
     tel = []
     if "name" in telescope:
         tel.append(("name", str(telescope["name"])[:100]))
     design = str(telescope["design"]).strip()
     if not design or len(design) > 35:
-        raise ValueError(f"ADES field telescope design: 1-35 characters; got {design!r}")
+        raise MeasurementError(f"ADES field telescope design: 1-35 characters; got {design!r}")
     aperture = u.Quantity(telescope["aperture"], u.m).to_value(u.m)
     detector = str(telescope["detector"]).strip()
     if not detector or len(detector) > 25:
-        raise ValueError(f"ADES field telescope detector: 1-25 characters; got {detector!r}")
+        raise MeasurementError(f"ADES field telescope detector: 1-25 characters; got {detector!r}")
     tel += [("design", design),
             ("aperture", _decimal("telescope aperture", aperture, 2, 6, positive=True)),
             ("detector", detector)]
@@ -121,8 +124,8 @@ def _observations(table, stn, obj, ast_cat, phot_cat):
                     "(e.g. 'Gaia3', 'Gaia2', 'UCAC4')")
     detected = np.asarray(table["detected"], dtype=bool)
     if not detected.any():
-        raise ValueError("no detected target in the table: ADES reports detections only "
-                         "(the 5-sigma limit is in the table)")
+        raise MeasurementError("no detected target in the table: ADES reports detections only "
+                               "(the 5-sigma limit is in the table)")
     if not detected.all():
         warnings.warn(f"{int((~detected).sum())} undetected row(s) left out of the report",
                       AstropyUserWarning)
@@ -147,8 +150,8 @@ def _observations(table, stn, obj, ast_cat, phot_cat):
         mag = u.Quantity(row["mag"], u.mag).value
         if np.isfinite(mag):
             if not band:
-                raise ValueError("ADES field band: the table has magnitudes but no band "
-                                 "(table.meta['band'])")
+                raise MeasurementError("ADES field band: the table has magnitudes but no band "
+                                       "(table.meta['band'])")
             fields.append(("mag", _decimal("mag", mag, 2, 7, low=-5.0, high=35.0)))
             mag_err = u.Quantity(row["mag_err"], u.mag).value
             if np.isfinite(mag_err):
@@ -248,7 +251,7 @@ def write_ades(table, path, *, stn, submitter, observers, measurers, telescope, 
 
     Raises
     ------
-    ValueError
+    MeasurementError
         A field out of the schema's range (the message names it); nothing is written.
     OutputExistsError
         The file exists and ``overwrite`` is False.
@@ -278,7 +281,7 @@ def write_ades(table, path, *, stn, submitter, observers, measurers, telescope, 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".psv", ".xml"):
-        raise ValueError(f"{path}: ADES files end in .psv or .xml, not {path.suffix!r}")
+        raise MeasurementError(f"{path}: ADES files end in .psv or .xml, not {path.suffix!r}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: exists; pass overwrite=True to replace it.")
     stn, context = _context(stn, submitter, observers, measurers, telescope)
@@ -303,19 +306,19 @@ def _packed_number(number):
         return f"{number:05d}"
     if number < 620000:
         return _PACK[number // 10000] + f"{number % 10000:04d}"
-    raise ValueError(f"obj={number}: numbers from 620000 need the MPC's extended packing, "
-                     "which write_mpc80 does not write; use write_ades")
+    raise MeasurementError(f"obj={number}: numbers from 620000 need the MPC's extended packing, "
+                           "which write_mpc80 does not write; use write_ades")
 
 
 def _packed_provisional(designation):
     match = re.match(r"^(\d{2})(\d{2}) ([A-HJ-Y])([A-HJ-Z])(\d*)$", designation)
     if not match:
-        raise ValueError(f"obj={designation!r}: only provisional designations such as "
-                         "'2019 AB12' are packed by write_mpc80")
+        raise MeasurementError(f"obj={designation!r}: only provisional designations such as "
+                               "'2019 AB12' are packed by write_mpc80")
     century, year, half, letter, cycle = match.groups()
     cycle = int(cycle or 0)
     if cycle >= 620:
-        raise ValueError(f"obj={designation!r}: cycle count too large to pack")
+        raise MeasurementError(f"obj={designation!r}: cycle count too large to pack")
     return (_PACK[int(century)] + year + half + _PACK[cycle // 10] + str(cycle % 10)
             + letter)
 
@@ -363,7 +366,7 @@ def write_mpc80(table, path, *, stn, obj, overwrite=False):
         raise OutputExistsError(f"{path}: exists; pass overwrite=True to replace it.")
     stn = str(stn).strip()
     if not re.match(r"^[A-Z0-9]{3}$", stn):
-        raise ValueError(f"stn={stn!r}: the 80-column format takes a 3-character code")
+        raise MeasurementError(f"stn={stn!r}: the 80-column format takes a 3-character code")
     text = str(obj).strip()
     if re.match(r"^\d+$", text):
         ident = _packed_number(text) + " " * 7
@@ -372,11 +375,11 @@ def write_mpc80(table, path, *, stn, obj, overwrite=False):
     elif re.match(r"^[A-Za-z0-9]{1,7}$", text):
         ident = " " * 5 + text.ljust(7)
     else:
-        raise ValueError(f"obj={obj!r}: a number, a provisional designation or a temporary "
-                         "name of up to 7 letters or digits")
+        raise MeasurementError(f"obj={obj!r}: a number, a provisional designation or a temporary "
+                               "name of up to 7 letters or digits")
     detected = np.asarray(table["detected"], dtype=bool)
     if not detected.any():
-        raise ValueError("no detected target in the table: nothing to report")
+        raise MeasurementError("no detected target in the table: nothing to report")
     band = table.meta.get("band") or ""
     lines = []
     for row in table[detected]:
@@ -390,13 +393,14 @@ def write_mpc80(table, path, *, stn, obj, overwrite=False):
         photometry = " " * 6
         if np.isfinite(mag):
             if not band or len(band) != 1:
-                raise ValueError(f"band {band!r}: the 80-column format takes a one-letter band")
+                raise MeasurementError(f"band {band!r}: the 80-column format takes a "
+                                       "one-letter band")
             if not -5 < mag < 35:
-                raise ValueError(f"mag {mag}: out of range")
+                raise MeasurementError(f"mag {mag}: out of range")
             photometry = f"{mag:.1f}".ljust(5) + band  # 66-70 magnitude, 71 band
         line = f"{ident}  C{date}{ra}{dec}" + " " * 9 + photometry + " " * 6 + stn
         if len(line) != 80:
-            raise ValueError(f"internal: an 80-column line came out {len(line)} long: {line!r}")
+            raise RuntimeError(f"internal: an 80-column line came out {len(line)} long: {line!r}")
         lines.append(line)
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="ascii")

@@ -584,8 +584,27 @@ def _crop_to_grids(frame, position, wcses, shape, margin=8):
 
 #: Header cards written by per-frame steps, copied into the per-frame table.
 _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
-                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix",
+                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix", "WCSERR": "wcs_err",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
+
+
+def _wcs_error(headers, table):
+    """The frames' WCS error per axis (arcsec, median over frames), when they say it.
+
+    From `~shiftstack_ccd.astrometry.correct_wcs`'s ``WCSERR`` when it ran, else SCAMP's
+    ``ASTRRMS1``/``ASTRRMS2`` (degrees; the residual rms of the reference stars, an upper
+    bound of the solution's error at one place).
+    """
+    if "wcs_err" in table.colnames and np.any(np.isfinite(table["wcs_err"])):
+        return float(np.nanmedian(table["wcs_err"]))
+    values = []
+    for h in headers:
+        try:
+            r1, r2 = float(h["ASTRRMS1"]), float(h["ASTRRMS2"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        values.append(3600.0 * np.sqrt((r1 ** 2 + r2 ** 2) / 2))
+    return float(np.median(values)) if values else None
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
@@ -608,6 +627,9 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
                  ("TIMESYS", "UTC", "time scale of the time cards")]
     for key, value, comment in cards:
         set_card(header, key, value, comment)
+    wcs_error = _wcs_error(headers, table)
+    if wcs_error is not None:
+        header["SSWCSRMS"] = (round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis (frames)")
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)

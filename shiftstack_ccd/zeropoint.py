@@ -16,7 +16,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
-from .exceptions import FrameError
+from .exceptions import FrameError, MeasurementError
 
 __all__ = ["gaia_catalog", "zero_point_from_catalog"]
 
@@ -85,8 +85,8 @@ def _catalog_columns(catalog, band):
     names = {name.lower(): name for name in catalog.colnames}
     ra_name, dec_name = names.get("ra"), names.get("dec")
     if ra_name is None or dec_name is None:
-        raise ValueError(f"the catalogue needs 'ra' and 'dec' columns (deg); it has "
-                         f"{catalog.colnames}")
+        raise MeasurementError(f"the catalogue needs 'ra' and 'dec' columns (deg); it has "
+                               f"{catalog.colnames}")
     if band is not None and band in catalog.colnames:
         mag_name = band
     elif "mag" in names:
@@ -94,12 +94,12 @@ def _catalog_columns(catalog, band):
     elif band is None and catalog.meta.get("band") in catalog.colnames:
         mag_name = catalog.meta["band"]
     else:
-        raise ValueError(f"the catalogue has no magnitude column {band!r} (nor 'mag'); its "
-                         f"columns are {catalog.colnames}. Name the band with band=.")
+        raise MeasurementError(f"the catalogue has no magnitude column {band!r} (nor 'mag'); its "
+                               f"columns are {catalog.colnames}. Name the band with band=.")
     band = band or catalog.meta.get("band") or (mag_name if mag_name.lower() != "mag" else None)
     if not band:
-        raise ValueError("the catalogue's magnitudes need a band: pass band= (e.g. 'V', 'r', "
-                         "'G') or set catalog.meta['band']")
+        raise MeasurementError("the catalogue's magnitudes need a band: pass band= (e.g. 'V', 'r', "
+                               "'G') or set catalog.meta['band']")
     ra = u.Quantity(catalog[ra_name], u.deg).value
     dec = u.Quantity(catalog[dec_name], u.deg).value
     mag = np.asarray(u.Quantity(catalog[mag_name]).value, dtype=float)
@@ -111,10 +111,10 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
     """The zero point of an image from the catalogued stars on it.
 
     The image's stars are found (`photutils.detection.DAOStarFinder`, 10 sigma), measured in
-    an aperture of radius 4 FWHM, at least 6 pixels (the whole PSF to about 1 %, with a sigma-clipped annulus
-    background), and matched to the catalogue within ``match_radius``. The zero point is the
-    sigma-clipped median of ``mag + 2.5 log10(flux)`` over the matches; its error is the
-    scatter over the square root of their number.
+    an aperture of radius 4 FWHM, at least 6 pixels (the whole PSF to about 1 %, with a
+    sigma-clipped annulus background), and matched to the catalogue within ``match_radius``.
+    The zero point is the sigma-clipped median of ``mag + 2.5 log10(flux)`` over the
+    matches; its error is the scatter over the square root of their number.
 
     Parameters
     ----------
@@ -140,7 +140,7 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
 
     Raises
     ------
-    ValueError
+    MeasurementError
         A catalogue without the needed columns, without stars in the field, or with fewer
         than ``min_stars`` matched.
     FrameError
@@ -182,9 +182,9 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
         & (cy > -0.5) & (cy < ny - 0.5) & np.isfinite(mag)
     if not inside.any():
         centre = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
-        raise ValueError(f"the catalogue has no star in the field (image centred at RA "
-                         f"{centre.ra.deg:.5f}, Dec {centre.dec.deg:+.5f}, {nx} x {ny} "
-                         f"pixels; catalogue of {len(ra)} stars). Is it the right field?")
+        raise MeasurementError(f"the catalogue has no star in the field (image centred at RA "
+                               f"{centre.ra.deg:.5f}, Dec {centre.dec.deg:+.5f}, {nx} x {ny} "
+                               f"pixels; catalogue of {len(ra)} stars). Is it the right field?")
     data = np.asarray(ccd.data, dtype=float)
     bad = ~np.isfinite(data) | (np.asarray(ccd.mask, dtype=bool) if ccd.mask is not None
                                 else False)
@@ -211,9 +211,9 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
         if np.isfinite(flux) and flux > 0:
             rows.append((x, y, float(mag[inside][index[k]]), flux))
     if len(rows) < min_stars:
-        raise ValueError(f"only {len(rows)} catalogue stars matched stars of the image within "
-                         f"{match_radius:.2f} (at least {min_stars} needed): the wrong field, "
-                         "band or epoch, or a WCS off by more than that?")
+        raise MeasurementError(f"only {len(rows)} catalogue stars matched stars of the image "
+                               f"within {match_radius:.2f} (at least {min_stars} needed): the "
+                               "wrong field, band or epoch, or a WCS off by more than that?")
     matches = Table(rows=rows, names=("x", "y", "mag", "flux"))
     matches["zero_point"] = matches["mag"] + 2.5 * np.log10(matches["flux"])
     clipped = sigma_clip(np.asarray(matches["zero_point"]), sigma=3.0)
