@@ -19,7 +19,8 @@ def _wilson(k, n, z=1.0):
         p = k / n
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    # rounding aside, the interval holds the fraction itself
+    return np.clip(np.fmin(centre - half, p), 0, 1), np.clip(np.fmax(centre + half, p), 0, 1)
 
 
 def completeness(mag, detected, bins=8):
