@@ -175,7 +175,7 @@ class _Model:
         centre = (len(grid) - 1) / 2
         self.psf = ImagePSF(image, origin=(centre, centre), oversampling=_OVERSAMPLING)
         # fit box: the core and the trail; background annulus beyond the model's wings
-        self.fit_half = int(np.ceil(2.0 * self.fwhm + length / 2)) + 1
+        self.fit_half = int(np.ceil(1.5 * self.fwhm + length / 2)) + 1
         self.r_in = max(self.fit_half + 2.0, 3.0 * self.fwhm + length / 2)
         self.r_out = self.r_in + max(5.0, 2.0 * self.fwhm)
         self.aperture = max(1.5, self.fwhm) + length / 2
@@ -425,15 +425,45 @@ def _matched_filter_peak(stack, model, cov, x0, y0, region, background):
     return float(xx[iy, ix]), float(yy[iy, ix]), float(snr[iy, ix])
 
 
+def _neighbours(stack, model, x, y, background):
+    """Sources whose light reaches the fit box around (x, y), the target aside."""
+    from photutils.detection import DAOStarFinder
+    reach = 2 * model.fit_half + int(np.ceil(2 * model.fwhm))
+    sl = _cutout(stack, x, y, reach)
+    bad = stack.bad[sl]
+    if bad.all():
+        return []
+    data = np.where(bad, 0.0, stack.data[sl] - background)
+    sigma = float(np.median(stack.sigma[sl][~bad]))
+    with warnings.catch_warnings():  # NoDetectionsWarning: none is an answer
+        warnings.simplefilter("ignore")
+        found = DAOStarFinder(fwhm=model.fwhm, threshold=5.0 * sigma)(data, mask=bad)
+    if found is None:
+        return []
+    x0, y0 = sl[1].start, sl[0].start
+    xy = [(float(a) + x0, float(b) + y0) for a, b in zip(found["x_centroid"],
+                                                          found["y_centroid"])]
+    return [(a, b) for a, b in xy if np.hypot(a - x, b - y) > 1.5 * model.fwhm + 1]
+
+
 def _psf_fit(stack, model, x, y, background, forced):
-    """photutils PSF fit of flux (and position unless forced) on the stack minus background."""
-    from photutils.psf import PSFPhotometry
+    """photutils PSF fit of flux (and position unless forced) on the stack minus background.
+
+    Neighbours whose light reaches the fit box are fitted at the same time (photutils
+    groups them with the target), so that they do not pull the target's fit.
+    """
+    from photutils.psf import PSFPhotometry, SourceGrouper
     half = model.fit_half
     shape = 2 * half + 1
     psf = model.psf.copy()
     psf.x_0.fixed = psf.y_0.fixed = bool(forced)
-    phot = PSFPhotometry(psf, fit_shape=(shape, shape), aperture_radius=model.aperture)
-    init = QTable({"x": [x], "y": [y]})  # photutils starts from the aperture flux
+    # the position may move at most one FWHM from where the fit starts
+    bound = max(model.fwhm, 1.0)
+    others = _neighbours(stack, model, x, y, background)
+    phot = PSFPhotometry(psf, fit_shape=(shape, shape), aperture_radius=model.aperture,
+                         xy_bounds=None if forced else (bound, bound),
+                         grouper=SourceGrouper(min_separation=4 * half) if others else None)
+    init = QTable({"x": [x] + [a for a, _ in others], "y": [y] + [b for _, b in others]})
     with warnings.catch_warnings():  # photutils warns about fits it flags; the flags are read
         warnings.simplefilter("ignore")
         out = phot(stack.data - background, error=stack.sigma, mask=stack.bad,
