@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shiftstack_ccd.astrometry import correct_wcs, detect_stars  # noqa: E402
+from shiftstack_ccd.astrometry import correct_wcs  # noqa: E402
+from shiftstack_ccd.stars import detect_stars  # noqa: E402
 from shiftstack_ccd.datasets import get_data_path  # noqa: E402
 from shiftstack_ccd.frames import read_frames  # noqa: E402
 

@@ -39,12 +39,13 @@ from astropy.utils import iers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shiftstack_ccd.ephemeris import (Ephemeris, _radec, _unit_vectors,  # noqa: E402
-                                      _vectors_to_rates)
-from shiftstack_ccd.horizons import (parse_horizons_elements,  # noqa: E402
-                                     parse_horizons_text)
-from shiftstack_ccd.orbits import (GM_SUN, elements_to_state, observer_posvel,  # noqa: E402
-                                   propagate_two_body, two_body_astrometric)
+from shiftstack_ccd.ephemeris import Ephemeris  # noqa: E402
+from shiftstack_ccd.ephemeris._sphere import radec, unit_vectors, vectors_to_rates  # noqa: E402
+from shiftstack_ccd.ephemeris.horizons import (parse_horizons_elements,  # noqa: E402
+                                               parse_horizons_text)
+from shiftstack_ccd.ephemeris.orbits import (GM_SUN, elements_to_state,  # noqa: E402
+                                             observer_posvel, propagate_two_body,
+                                             two_body_astrometric)
 
 MAS = 206264806.247
 iers.conf.auto_download = False
@@ -73,7 +74,7 @@ def part_a(root):
              "sbpy/TestEphemerisCLI-c1995o1-horizons.txt"]
     for name in files:
         table, meta = parse_horizons_text((root / name).read_text())
-        truth = _unit_vectors(table["ra"], table["dec"])
+        truth = unit_vectors(table["ra"], table["dec"])
         n = len(table)
         for start in (0, 1):
             keep = np.arange(start, n, 2)
@@ -88,7 +89,7 @@ def part_a(root):
             for tab, method in ((sub, "spline"), (sub, "hermite"), (raw, "hermite")):
                 eph = Ephemeris(tab, meta={"rates": "apparent"}, interpolation=method)
                 pos = eph.at(table["time"][test])
-                err = sep_mas(_unit_vectors(pos.ra.deg, pos.dec.deg), truth[test])
+                err = sep_mas(unit_vectors(pos.ra.deg, pos.dec.deg), truth[test])
                 res.append(f"{err.max():7.1f} |{np.sqrt(np.mean(err ** 2)):6.1f}")
             step = (table["time"][keep[1]] - table["time"][keep[0]]).to(u.day)
             label = name.split("/")[-1] + f" (row {start})"
@@ -165,14 +166,14 @@ def _truth(r0, v0, epoch, times, observer):
 def part_b(root):
     r_c, v_c, ep = _ceres_state(root)
     # the state is ecliptic: rotate to ICRS once for _truth (frame="icrs")
-    from shiftstack_ccd.orbits import _ecliptic_to_icrs
-    r_c, v_c = _ecliptic_to_icrs(r_c), _ecliptic_to_icrs(v_c)
+    from shiftstack_ccd.ephemeris.orbits import ecliptic_to_icrs
+    r_c, v_c = ecliptic_to_icrs(r_c), ecliptic_to_icrs(v_c)
     r_n, v_n = _neo_state(ep)
     print("\nB. Interpolation error on an exact synthetic truth (max over 1 day, mas)")
     print(f"{'target/observer':24s} {'step':>6s} {'spline':>9s} {'hermite exact':>14s} "
           f"{'hermite apparent':>17s}")
     from astropy.table import Table
-    from shiftstack_ccd.horizons import default_step
+    from shiftstack_ccd.ephemeris.horizons import default_step
     chosen = {"geocentre": default_step("500"), "ground": default_step("688"),
               "leo": default_step("@hst")}
     worst = {}
@@ -187,15 +188,15 @@ def part_b(root):
                 k = int(round(step / base))
                 idx = np.arange(0, len(grid), k)
                 test = np.setdiff1d(np.arange(idx[1], idx[-2]), idx)  # no end intervals
-                ra_n, dec_n = _radec(unit[idx])
+                ra_n, dec_n = radec(unit[idx])
                 out = []
                 for rates_vec, method in ((rate, "spline"), (rate, "hermite"),
                                           (rate + bias, "hermite")):
-                    rr, dr = _vectors_to_rates(unit[idx], rates_vec[idx])
+                    rr, dr = vectors_to_rates(unit[idx], rates_vec[idx])
                     tab = Table({"time": grid[idx].utc, "ra": ra_n, "dec": dec_n,
                                  "ra_rate": rr, "dec_rate": dr})
                     pos = Ephemeris(tab, interpolation=method).at(grid[test])
-                    out.append(sep_mas(_unit_vectors(pos.ra.deg, pos.dec.deg), unit[test]).max())
+                    out.append(sep_mas(unit_vectors(pos.ra.deg, pos.dec.deg), unit[test]).max())
                 print(f"{tname + ' / ' + obs:24s} {step:5g}m {out[0]:9.4f} {out[1]:14.4f} "
                       f"{out[2]:17.4f}")
                 if step == chosen[obs].to_value(u.min):
@@ -212,7 +213,7 @@ def part_c(root):
     vec_table, vmeta = parse_horizons_elements(
         (root / "astroquery_jplhorizons/ceres_vectors_range.txt").read_text())
     el_path = root / "astroquery_jplhorizons/ceres_elements_range.txt"
-    truth = _unit_vectors(obs_table["ra"], obs_table["dec"])
+    truth = unit_vectors(obs_table["ra"], obs_table["dec"])
     jd_v = np.asarray(vec_table["datetime_jd"], float)
     xyz = np.stack([np.asarray(vec_table[c], float) for c in ("x", "y", "z")], -1)
     vxyz = np.stack([np.asarray(vec_table[c], float) for c in ("vx", "vy", "vz")], -1)
@@ -224,7 +225,7 @@ def part_c(root):
         eph = Ephemeris.from_elements(el_path, epoch=ep,
                                       time_range=(ep - 31 * u.day, ep + 31 * u.day))
         pos = eph.at(obs_table["time"])
-        err = sep_mas(_unit_vectors(pos.ra.deg, pos.dec.deg), truth)
+        err = sep_mas(unit_vectors(pos.ra.deg, pos.dec.deg), truth)
         r, _ = propagate_two_body(xyz[k], vxyz[k], jd_v - jd_v[k], vmeta.get("mu", GM_SUN))
         km = np.linalg.norm(r - xyz, axis=-1) * 1.495978707e8
         dts = np.round(jd_v - jd_v[k]).astype(int).tolist()

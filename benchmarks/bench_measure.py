@@ -30,7 +30,7 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 import shiftstack_ccd as ss
-from shiftstack_ccd.motion import fit_linear_motion, track_target
+from shiftstack_ccd.ephemeris.motion import fit_linear_motion, track_target
 
 TRIM = "[18:1382,1:1370]"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "_static"
@@ -230,8 +230,8 @@ def main():
         print(f"  wrote {DOCS / 'lowell_completeness.png'}")
 
     print("\nTime per target (30 positions on the 601 x 601 stack):")
-    for name, seconds, peak in timings(plain, empty_spots(plain, 30, np.random.default_rng(9),
-                                                         len(frames))):
+    spots = empty_spots(plain, 30, np.random.default_rng(9), len(frames))
+    for name, seconds, peak in timings(plain, spots):
         memory = f", peak {peak:.0f} MiB" if np.isfinite(peak) else ""
         print(f"  {name}: {1e3 * seconds:.1f} ms{memory}")
 

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .exceptions import FrameError, OutputExistsError
 
 __all__ = []
@@ -79,7 +81,6 @@ def atomic_output(path, overwrite=False):
 
 def check_finite_fraction(ccd, label):
     """Refuse a frame whose pixels are all masked or non-finite."""
-    import numpy as np
     good = np.isfinite(ccd.data)
     if ccd.mask is not None:
         good &= ~ccd.mask
@@ -109,3 +110,12 @@ def set_card(header, key, value, comment=""):
     if len(bare) <= 80:  # a long string value continues on CONTINUE cards: leave it
         comment = comment[:max(80 - len(bare.rstrip()) - 3, 0)]  # 3 for " / "
     header[key] = (value, comment) if comment else value
+
+
+def data_and_mask(ccd):
+    """Float data of a frame (or an array) and its bad-pixel mask (masked or not finite)."""
+    data = np.asarray(getattr(ccd, "data", ccd), dtype=float)
+    mask = ~np.isfinite(data)
+    if getattr(ccd, "mask", None) is not None:
+        mask |= np.asarray(ccd.mask, dtype=bool)
+    return data, mask

@@ -78,7 +78,7 @@ def _motion_model(args, frames):
 
 def _cmd_stack(args):
     from .cosmicray import clean_cosmic_rays
-    from .frames import _expand, read_frames
+    from .frames import expand_files
     from .stack import shift_and_stack
     from .visualization import write_preview
 
@@ -88,10 +88,8 @@ def _cmd_stack(args):
     if args.preview and Path(args.preview).exists() and not args.overwrite:
         raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
     files = args.files if len(args.files) > 1 else args.files[0]
-    if args.workdir:  # frames are read one at a time (shift_and_stack checks them all first)
-        frames = [str(p) for p in _expand(files)]
-    else:
-        frames = read_frames(files)
+    # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.
+    frames = [str(p) for p in expand_files(files)]
     eph = _motion_model(args, frames)
     steps = [clean_cosmic_rays] if args.clean_cosmic_rays else None
     result = shift_and_stack(frames, eph, method=args.method, size=args.size,
@@ -217,7 +215,7 @@ def _cmd_run(args):
         return 0
     run = pipeline.run()
     result = run.result
-    print(f"{args.pipeline}: {len(run.frames)} frames stacked, target at pixel "
+    print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
           f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
     for path in run.outputs.values():
         print(f"wrote {path}")

@@ -102,7 +102,6 @@ import os
 import warnings
 
 import numpy as np
-from astropy import config as _config
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import (CCDData, InverseVariance, StdDevUncertainty,
@@ -113,7 +112,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from ._utils import as_header, frame_label
 from .exceptions import FrameError
-from .frames import _exposure_time, mid_exposure_time
+from .config import conf
+from .frames import exposure_time, mid_exposure_time
 
 __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_cards",
            "exposure_weighted_mid_time"]
@@ -121,16 +121,6 @@ __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_c
 log = logging.getLogger(__name__)
 progress = logging.getLogger("shiftstack_ccd.progress")
 
-
-class Conf(_config.ConfigNamespace):
-    """Defaults of the combine step (``[combine]`` in ``shiftstack_ccd.cfg``)."""
-
-    mem_limit = _config.ConfigItem(
-        512e6, "Largest size, in bytes, of the working arrays of one block of rows when "
-        "combining frames.", cfgtype="float")
-
-
-conf = Conf()
 
 #: Variance of the median of n Gaussian values relative to their mean, for large n.
 MEDIAN_VARIANCE_FACTOR = np.pi / 2
@@ -348,7 +338,7 @@ def _as_source(frame, index):
 # Weights and exposure
 # ------------------------------------------------------------------------------------------
 def _exptime_of(meta, label):
-    key, value = _exposure_time(meta)
+    key, value = exposure_time(meta)
     if value is None:
         raise FrameError(f"{label}: has no exposure time (EXPTIME) in its header; "
                          "exposure-time weights and totals need one.")
@@ -371,7 +361,7 @@ def _frame_weights(spec, metas, labels, what="weights"):
     return w
 
 
-def _frame_factors(weights, frame_weights, metas, labels):
+def frame_factors(weights, frame_weights, metas, labels):
     """The per-frame part of ``weights`` times ``frame_weights`` (per-pixel weights aside)."""
     inverse_variance = isinstance(weights, str) and weights == "inverse-variance"
     factors = _frame_weights(None if inverse_variance else weights, metas, labels)
@@ -747,7 +737,7 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
             raise FrameError(f"{s.label}: its unit ({s.unit}) differs from the first "
                              f"frame's ({sources[0].unit}); convert the frames first.")
     inverse_variance = isinstance(weights, str) and weights == "inverse-variance"
-    frame_w = _frame_factors(weights, frame_weights, metas, labels)
+    frame_w = frame_factors(weights, frame_weights, metas, labels)
     if method == "median" and (weights is not None or frame_weights is not None):
         warnings.warn("the median ignores weights; use method='mean' for weighted "
                       "combining.", AstropyUserWarning)

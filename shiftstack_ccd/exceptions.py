@@ -7,7 +7,7 @@ bad input, so code written against plain Python exceptions still works.
 """
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
-           "MeasurementError", "OutputExistsError"]
+           "MeasurementError", "OutputExistsError", "PipelineError", "UnknownStepError"]
 
 
 class ShiftStackError(Exception):
@@ -33,3 +33,25 @@ class MeasurementError(ShiftStackError, ValueError):
 
 class OutputExistsError(ShiftStackError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class PipelineError(ShiftStackError, ValueError):
+    """A pipeline file is invalid; ``problems`` lists ``(line, message)`` pairs."""
+
+    def __init__(self, path, problems):
+        self.path = str(path)
+        self.problems = list(problems)
+        n = len(self.problems)
+        lines = [f"line {line}: {msg}" if line else msg for line, msg in self.problems]
+        if n == 1:
+            text = f"{self.path}: {lines[0]} (nothing was run)"
+        else:
+            text = (f"{self.path}: {n} problems (nothing was run):\n  " + "\n  ".join(lines))
+        super().__init__(text)
+
+
+class UnknownStepError(ShiftStackError, KeyError):
+    """No step of that name is installed."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -92,7 +92,15 @@ def _parse_time_of_day(value, header, key):
     return 3600 * h + 60 * m + s
 
 
-def _exposure_time(header):
+def exposure_time(header):
+    """The exposure time of a header: ``(key, seconds)`` from the first of the usual cards
+    present, or ``(None, None)`` when none is.
+
+    Raises
+    ------
+    shiftstack_ccd.exceptions.FrameError
+        The card holds no number, or a negative or non-finite one.
+    """
     for key in _EXPTIME_KEYS:
         if key in header:
             try:
@@ -132,7 +140,7 @@ def _mid_time_and_source(header):
     if has("MJD-AVG"):
         return _mjd(header, "MJD-AVG"), "MJD-AVG"
 
-    exp_key, exptime = _exposure_time(header)
+    exp_key, exptime = exposure_time(header)
     start, source = None, None
     if has("DATE-OBS") and str(header["DATE-OBS"]).strip():
         date_text = str(header["DATE-OBS"]).strip()
@@ -415,7 +423,16 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
     return CCDData(data, unit=unit, wcs=wcs, meta=header, mask=mask, uncertainty=uncertainty)
 
 
-def _expand(files):
+def expand_files(files):
+    """The list of inputs ``files`` stands for: a glob pattern's matches (sorted), a folder's
+    FITS files (sorted), an `~ccdproc.ImageFileCollection`'s files, a single path, or the
+    items of a list (paths or frames) as they are.
+
+    Raises
+    ------
+    shiftstack_ccd.exceptions.FrameError
+        A pattern that matches nothing, or a folder without FITS files.
+    """
     if isinstance(files, (str, Path)):
         text = str(files)
         if any(ch in text for ch in "*?["):
@@ -480,7 +497,7 @@ def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
     Files are opened read-only and never modified.
     """
     frames = []
-    for item in _expand(files):
+    for item in expand_files(files):
         if isinstance(item, CCDData):
             frames.append(item.copy())
         else:

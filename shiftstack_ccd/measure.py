@@ -441,8 +441,8 @@ def _neighbours(stack, model, x, y, background):
     if found is None:
         return []
     x0, y0 = sl[1].start, sl[0].start
-    xy = [(float(a) + x0, float(b) + y0) for a, b in zip(found["x_centroid"],
-                                                          found["y_centroid"])]
+    xy = [(float(a) + x0, float(b) + y0)
+          for a, b in zip(found["x_centroid"], found["y_centroid"])]
     return [(a, b) for a, b in xy if np.hypot(a - x, b - y) > 1.5 * model.fwhm + 1]
 
 

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""Measuring the target in a frame or a stack: centroid, FWHM, flux and an honest S/N.
+"""Measuring the target in a frame or a stack: centroid, flux and an honest S/N.
 
 Resampled pixels are correlated, so the pixel-to-pixel scatter of a stack underestimates
 the noise of an aperture sum. The S/N here uses the scatter of the same aperture placed on
@@ -12,26 +12,18 @@ import warnings
 
 import numpy as np
 from astropy.stats import mad_std, sigma_clipped_stats
-from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
-from photutils.centroids import centroid_2dg, centroid_com
 
+from ._utils import data_and_mask
 from .exceptions import FrameError
 
-__all__ = ["aperture_flux", "aperture_snr", "centroid_target", "measure_fwhm", "source_mask",
-           "stellar_fwhm"]
+__all__ = ["aperture_flux", "aperture_snr", "centroid_target", "source_mask"]
 
 log = logging.getLogger(__name__)
 
 
-def _arrays(ccd):
-    data = np.asarray(getattr(ccd, "data", ccd), dtype=float)
-    mask = ~np.isfinite(data)
-    if getattr(ccd, "mask", None) is not None:
-        mask |= np.asarray(ccd.mask, dtype=bool)
-    return data, mask
-
-
 def _annulus_background(data, mask, positions, r_in, r_out):
+    from photutils.aperture import CircularAnnulus
+
     annulus = CircularAnnulus(positions, r_in, r_out)
     values = []
     for ann in annulus.to_mask(method="center"):
@@ -42,6 +34,8 @@ def _annulus_background(data, mask, positions, r_in, r_out):
 
 
 def _background_subtracted_sums(data, mask, positions, radius, r_in, r_out):
+    from photutils.aperture import CircularAperture, aperture_photometry
+
     aperture = CircularAperture(positions, radius)
     table = aperture_photometry(np.where(mask, 0, data), aperture, mask=mask)
     masked = aperture_photometry(mask.astype(float), aperture)["aperture_sum"]
@@ -64,7 +58,7 @@ def source_mask(ccd, nsigma=3.0, npixels=10, dilate=3, smooth=1.5):
     from photutils.segmentation import detect_sources
     from photutils.utils.exceptions import NoDetectionsWarning
     from scipy.ndimage import binary_dilation
-    data, mask = _arrays(ccd)
+    data, mask = data_and_mask(ccd)
     _, median, _ = sigma_clipped_stats(data[~mask], sigma=3)
     smoothed = convolve(np.where(mask, median, data) - median, Gaussian2DKernel(smooth),
                         boundary="extend")
@@ -89,7 +83,7 @@ def aperture_flux(ccd, position, radius, annulus=None):
     flux, background : float
         The flux and the background per pixel.
     """
-    data, mask = _arrays(ccd)
+    data, mask = data_and_mask(ccd)
     r_in, r_out = annulus if annulus is not None else (2 * radius + 2, 3 * radius + 4)
     flux, background = _background_subtracted_sums(data, mask, [position], radius, r_in, r_out)
     return float(flux[0]), float(background[0])
@@ -115,6 +109,8 @@ def _autocovariance(data, good, max_lag):
 
 def _measurement_weights(radius, r_in, r_out):
     """Pixel weights of 'aperture sum minus area x annulus mean', on a centred stamp."""
+    from photutils.aperture import CircularAnnulus, CircularAperture
+
     half = int(np.ceil(r_out)) + 1
     centre = (half, half)
     shape = (2 * half + 1, 2 * half + 1)
@@ -187,7 +183,7 @@ def aperture_snr(ccd, position, radius, annulus=None, noise_method="autocovarian
     if noise_method not in ("autocovariance", "apertures"):
         raise ValueError(f"noise_method must be 'autocovariance' or 'apertures', "
                          f"not {noise_method!r}")
-    data, mask = _arrays(ccd)
+    data, mask = data_and_mask(ccd)
     r_in, r_out = annulus if annulus is not None else (2 * radius + 2, 3 * radius + 4)
     ny, nx = data.shape
     x0, y0 = position
@@ -260,7 +256,7 @@ def centroid_target(ccd, position, box_size=11, method="2dg"):
     x, y : float
         0-based centroid.
     """
-    data, mask = _arrays(ccd)
+    data, mask = data_and_mask(ccd)
     half = box_size // 2
     xi, yi = int(round(position[0])), int(round(position[1]))
     y0, y1 = max(0, yi - half), min(data.shape[0], yi + half + 1)
@@ -269,59 +265,8 @@ def centroid_target(ccd, position, box_size=11, method="2dg"):
     if cut.size == 0 or cmask.all():
         raise FrameError(f"no valid pixels around ({position[0]:.1f}, {position[1]:.1f}).")
     background = np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
+    from photutils.centroids import centroid_2dg, centroid_com
+
     func = centroid_2dg if method == "2dg" else centroid_com
     cx, cy = func(np.where(cmask, 0, cut - background), mask=cmask)
     return float(cx + x0), float(cy + y0)
-
-
-def measure_fwhm(ccd, position, fit_shape=9):
-    """FWHM (pixels) of a source by a 2-D Gaussian fit (`photutils.psf.fit_fwhm`).
-
-    The local background (median of the fit box's border) is subtracted first.
-    """
-    from photutils.psf import fit_fwhm
-    data, mask = _arrays(ccd)
-    half = fit_shape // 2 + 3
-    xi, yi = int(round(position[0])), int(round(position[1]))
-    box = data[max(0, yi - half):yi + half + 1, max(0, xi - half):xi + half + 1]
-    background = np.median(np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]]))
-    return float(fit_fwhm(np.where(mask, 0, data - background), xypos=[position],
-                          fit_shape=fit_shape, mask=mask)[0])
-
-
-def stellar_fwhm(ccd, n_stars=20, nsigma=20.0):
-    """Median FWHM (pixels) of the brightest isolated point sources in an image.
-
-    Sources are found with `photutils.detection.DAOStarFinder` above ``nsigma`` times the
-    sky noise (with a first guess of 3 pixels for the FWHM) and each is fitted with
-    `measure_fwhm`; sources closer than 10 pixels to another are skipped.
-
-    Returns
-    -------
-    fwhm : float or None
-        None when no source could be measured.
-    """
-    from photutils.detection import DAOStarFinder
-    data, mask = _arrays(ccd)
-    _, median, std = sigma_clipped_stats(data[~mask], sigma=3)
-    found = DAOStarFinder(fwhm=3.0, threshold=nsigma * std, exclude_border=True)(
-        np.where(mask, median, data) - median, mask=mask)
-    if found is None or len(found) == 0:
-        return None
-    found.sort("flux", reverse=True)
-    xy = np.column_stack([found["x_centroid"], found["y_centroid"]])
-    widths = []
-    for i, (x, y) in enumerate(xy):
-        distance = np.hypot(*(xy - (x, y)).T)
-        distance[i] = np.inf
-        if distance.min() < 10:
-            continue
-        try:
-            width = measure_fwhm(ccd, (x, y))
-        except Exception:  # a fit that fails on one source is no verdict on the image
-            continue
-        if np.isfinite(width) and 0.5 < width < 50:
-            widths.append(width)
-        if len(widths) >= n_stars:
-            break
-    return float(np.median(widths)) if widths else None

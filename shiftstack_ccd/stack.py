@@ -4,9 +4,12 @@
 import contextlib
 import functools
 import logging
+import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from astropy import units as u
@@ -19,13 +22,15 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs, set_card
-from .combine import RunningStack, _frame_factors, combine_frames, exposure_header_cards
+from ._utils import as_header, atomic_output, require_celestial_wcs
+from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .ephemeris import Ephemeris
 from .exceptions import FrameError
 from .frames import mid_exposure_time, read_frame
-from .photometry import stellar_fwhm
+from .stars import stellar_fwhm
 from .resample import resample_to_target
 from .static_sky import static_sky_template, subtract_static_sky
+from .steps import provenance_header, run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -144,16 +149,6 @@ def _ensure_uncertainty(frame, label):
     return out
 
 
-def _apply_steps(frame, steps):
-    for step in steps or ():
-        if isinstance(step, tuple):
-            function, kwargs = step
-        else:
-            function, kwargs = step, {}
-        frame = function(frame, **kwargs)
-    return frame
-
-
 class _Context:
     """What every per-frame task needs: picklable, so tasks can run in other processes."""
 
@@ -205,7 +200,7 @@ class _Stored:
         self.path = path
 
 
-def _load(source):
+def _load(source, hdu=None, unit=None):
     """A frame in memory, an input file, or an intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
@@ -214,7 +209,7 @@ def _load(source):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source)
+    return read_frame(source, hdu=hdu, unit=unit)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -244,7 +239,7 @@ def _combinable(products):
 def _prepare_task(job, ctx):
     """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(_apply_steps(_load(source), ctx.steps), label)
+    frame = _ensure_uncertainty(run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps), label)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
@@ -276,13 +271,26 @@ def _target_task(job, ctx):
             "path": resampled.meta["SSRESAMP"], "static_cards": cards}
 
 
-def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=None,
-                    resample="auto", sigma_clip=False, sigma_low=3.0, sigma_high=3.0,
-                    weights=None, frame_weights=None, clip_gradient=1.0, pixel_scale=None,
-                    orientation="north", sky_stack=True, per_frame_steps=None,
-                    interpolation="bicubic", subtract_static=False, track_radius=None,
-                    static_k=5.0, refine=False, refine_max_shift=None, refine_size=64,
-                    scheduler=None, workdir=None, mem_limit=None, intermediate=None):
+def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,
+                    ephemeris: Ephemeris, method: Literal["mean", "median", "sum"] = "mean",
+                    size: int | tuple[int, int] | u.Quantity | None = None,
+                    reference_time: Time | None = None,
+                    resample: Literal["auto", "shift", "warp"] = "auto",
+                    sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
+                    weights: Literal["inverse-variance", "exptime"] | Sequence[float] | None
+                    = None,
+                    frame_weights: Literal["exptime"] | Sequence[float] | None = None,
+                    clip_gradient: float = 1.0, pixel_scale: u.Quantity | None = None,
+                    orientation: Literal["north", "first"] | WCS = "north",
+                    sky_stack: bool = True, per_frame_steps: list | None = None,
+                    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+                    subtract_static: bool = False, track_radius: float | None = None,
+                    static_k: float = 5.0, refine: bool = False,
+                    refine_max_shift: float | None = None, refine_size: int = 64,
+                    scheduler: str | None = None, workdir: str | os.PathLike | None = None,
+                    mem_limit: float | None = None,
+                    intermediate: Callable | None = None, hdu: int | str | None = None,
+                    unit: str | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -315,9 +323,13 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     sky_stack : bool
         Also combine the frames on the stars.
     per_frame_steps : list, optional
-        Steps applied to each frame before resampling, in order: callables
-        ``CCDData -> CCDData`` or ``(callable, kwargs)`` pairs, e.g.
-        ``[(clean_cosmic_rays, {"method": "median"})]``.
+        Steps applied to each frame before resampling, in order, through
+        `~shiftstack_ccd.steps.run_steps` (which checks the step contract): callables
+        ``CCDData -> CCDData``, ``(callable, kwargs)`` pairs or ``(name, callable, kwargs)``
+        triples, e.g. ``[(clean_cosmic_rays, {"method": "median"})]``. The output grid is
+        laid out from the frames as read (their WCS and shape): steps that trim a frame or
+        correct its WCS do not move it (with ``size`` the grid is centred on the target
+        whatever the frames' WCS; without, it covers the frames as read).
     interpolation : {'bicubic', 'bilinear'}
         Resampling kernel for the data (see `resample_to_target`).
     subtract_static : bool
@@ -360,6 +372,11 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
         frames, at the cost of one frame each time.
 
+    hdu : int or str, optional
+        The extension to read from files (see `read_frames`).
+    unit : str, optional
+        The data unit of files whose header has none (see `read_frames`).
+
     Returns
     -------
     result : `StackResult`
@@ -383,7 +400,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
     sources = _sources(frames)
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source)
+        frame = _load(source, hdu, unit)
         headers.append(as_header(frame.meta))
         shapes.append(frame.shape)
         wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
@@ -404,7 +421,7 @@ def shift_and_stack(frames, ephemeris, method="mean", size=None, reference_time=
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
                        need_sky=sky_stack or subtract_static, workdir=folder, template=None,
-                       track_radius=track_radius, static_k=static_k)
+                       track_radius=track_radius, static_k=static_k, hdu=hdu, unit=unit)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
@@ -472,8 +489,8 @@ def _sources(frames):
     if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, CCDData)
                                                             for f in frames):
         return list(frames)
-    from .frames import _expand
-    paths = [str(p) for p in _expand(frames)]
+    from .frames import expand_files
+    paths = [str(p) for p in expand_files(frames)]
     if not paths:
         raise FrameError("no frames to stack.")
     return paths
@@ -517,7 +534,7 @@ def _per_frame_factors(headers, weights, frame_weights):
     """The per-frame part of the weights (pixel weights aside), as the combine uses them,
     normalised to sum 1."""
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
-    factors = _frame_factors(weights, frame_weights, headers, labels)
+    factors = frame_factors(weights, frame_weights, headers, labels)
     return factors / factors.sum()
 
 
@@ -608,36 +625,30 @@ def _wcs_error(headers, table):
 
 
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
-    header = fits.Header()
-    for key, value in meta.items():
-        header[key] = value
-    for key, value, comment in grid.header_cards():
-        set_card(header, key, value, comment)
-    header["SSRESMP"] = (resample, "requested resampling path")
+    """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
+    and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
+    cards = list(grid.header_cards())
+    cards.append(("SSRESMP", resample, "requested resampling path"))
     if hasattr(ephemeris, "header_cards"):
-        for key, value, comment in ephemeris.header_cards():
-            set_card(header, key, value, comment)
+        cards += ephemeris.header_cards()
     times = Time(table["mid_time"])
     try:  # exposure-weighted, when every frame has an exposure time
-        cards = exposure_header_cards(headers, weights=np.asarray(table["weight"]))
+        cards += exposure_header_cards(headers, weights=np.asarray(table["weight"]))
     except FrameError:
         mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
-        cards = [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
-                 ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
-                 ("TIMESYS", "UTC", "time scale of the time cards")]
-    for key, value, comment in cards:
-        set_card(header, key, value, comment)
+        cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
+                  ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
+                  ("TIMESYS", "UTC", "time scale of the time cards")]
     wcs_error = _wcs_error(headers, table)
     if wcs_error is not None:
-        header["SSWCSRMS"] = (round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis (frames)")
+        cards.append(("SSWCSRMS", round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis"))
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)
     for i, row in enumerate(table[:999], start=1):
-        set_card(header, f"SSF{i:03d}", str(row["file"])[-60:], "input frame")
-        header[f"SST{i:03d}"] = (float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)")
-        header[f"SSX{i:03d}"] = (round(float(row["dx"]), 4), "[pix] target offset x")
-        header[f"SSY{i:03d}"] = (round(float(row["dy"]), 4), "[pix] target offset y")
-    header.add_history(f"shiftstack_ccd: {len(table)} frames stacked by {method} on the "
-                       f"target's motion")
-    return header
+        cards += [(f"SSF{i:03d}", str(row["file"])[-60:], "input frame"),
+                  (f"SST{i:03d}", float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)"),
+                  (f"SSX{i:03d}", round(float(row["dx"]), 4), "[pix] target offset x"),
+                  (f"SSY{i:03d}", round(float(row["dy"]), 4), "[pix] target offset y")]
+    return provenance_header(as_header(meta), cards, f"shiftstack_ccd: {len(table)} frames "
+                             f"stacked by {method} on the target's motion")

@@ -16,14 +16,18 @@ never moves off is not subtracted either).
 """
 
 import logging
+import os
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.stats import sigma_clipped_stats
 
-from ._utils import as_header, frame_label
+from ._utils import frame_label
 from .combine import combine_frames
 from .resample import resample_to_target
+from .steps import log_to_header, provenance_header
 
 __all__ = ["static_sky_template", "subtract_static_sky"]
 
@@ -35,8 +39,13 @@ def _track_mask(shape, centre, radius):
     return np.hypot(xx - centre[0], yy - centre[1]) <= radius
 
 
-def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="median",
-                        min_frames=3, workdir=None, mem_limit=None):
+@log_to_header
+def static_sky_template(sky_frames: Sequence[CCDData | str | os.PathLike],
+                        target_pixels: Sequence[tuple[float, float]],
+                        track_radius: float = 5.0,
+                        method: Literal["median", "mean"] = "median", min_frames: int = 3,
+                        workdir: str | os.PathLike | None = None,
+                        mem_limit: float | None = None) -> CCDData:
     """The static sky: frames aligned on the stars, the target masked, combined.
 
     Parameters
@@ -103,16 +112,18 @@ def static_sky_template(sky_frames, target_pixels, track_radius=5.0, method="med
                  min_frames)
     mask = holes & ~covered_by_any
     data = np.where(mask, np.nan, data).astype(combined.data.dtype)
-    meta = as_header(combined.meta)
-    meta["SSHOLES"] = (int(inner.sum()), "template pixels filled (never off the target)")
-    meta["SSTRACKR"] = (float(track_radius), "[pix] radius masked around the target")
+    meta = provenance_header(combined.meta, [
+        ("SSHOLES", int(inner.sum()), "template pixels filled (never off the target)"),
+        ("SSTRACKR", float(track_radius), "[pix] radius masked around the target")])
     return CCDData(data, unit=combined.unit, wcs=combined.wcs, mask=mask,
                    uncertainty=StdDevUncertainty(np.sqrt(variance).astype(data.dtype)),
                    meta=meta)
 
 
-def subtract_static_sky(ccd, template, target_pixel, track_radius=5.0, k=5.0,
-                        interpolation="bicubic"):
+@log_to_header
+def subtract_static_sky(ccd: CCDData, template: CCDData, target_pixel: tuple[float, float],
+                        track_radius: float = 5.0, k: float = 5.0,
+                        interpolation: Literal["bicubic", "bilinear"] = "bicubic") -> CCDData:
     """Subtract the static-sky template from one frame, in the frame's own pixels.
 
     Parameters
@@ -129,7 +140,7 @@ def subtract_static_sky(ccd, template, target_pixel, track_radius=5.0, k=5.0,
     k : float
         Residuals beyond ``k`` sigma (frame and template noise together) elsewhere are
         masked, grown by one pixel.
-    interpolation : str
+    interpolation : {'bicubic', 'bilinear'}
         Kernel used to warp the template onto the frame.
 
     Returns
@@ -160,10 +171,10 @@ def subtract_static_sky(ccd, template, target_pixel, track_radius=5.0, k=5.0,
         residual = (np.abs(difference) > k * sigma) & ~bad & ~target
     residual = binary_dilation(residual) & ~target
     mask = bad | residual
-    meta = as_header(ccd.meta)
-    meta["SSSTATIC"] = (True, "static-sky template subtracted")
-    meta["SSSKYOFF"] = (offset, "sky level difference removed with the template")
-    meta["SSNSTMSK"] = (int(residual.sum()), "pixels masked as unsubtractable residuals")
+    meta = provenance_header(ccd.meta, [
+        ("SSSTATIC", True, "static-sky template subtracted"),
+        ("SSSKYOFF", offset, "sky level difference removed with the template"),
+        ("SSNSTMSK", int(residual.sum()), "pixels masked as unsubtractable residuals")])
     log.debug("%s: static sky subtracted, %d residual pixels masked", label,
               int(residual.sum()))
     dtype = ccd.data.dtype if ccd.data.dtype.kind == "f" else np.float32

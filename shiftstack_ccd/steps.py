@@ -19,11 +19,14 @@ them and `get_step` returns one. Another distribution adds a step by declaring, 
     **new** `~astropy.nddata.CCDData` and never modifies its input; it carries the data
     unit, the mask (or-ed with anything it flags), the uncertainty (propagated or, where it
     changes pixels, replaced for those pixels), the WCS and the meta through; it records
-    what it did in the header: cards of at most 8 characters and/or a ``HISTORY`` line
-    naming the step and its parameters. It raises
+    what it did in the header: cards of at most 8 characters and/or ``HISTORY`` lines,
+    written with `provenance_header`, and the call itself (a ``HISTORY`` line
+    ``name(param=value, ...)``), written by the `log_to_header` decorator. It raises
     `~shiftstack_ccd.exceptions.FrameError` (naming the frame, ``meta['SSFILE']``) when
     the frame cannot be processed. Per-frame steps are what a pipeline file's
-    ``[[steps]]`` and `shift_and_stack`'s ``per_frame_steps`` run, in order, on every frame.
+    ``[[steps]]`` and `shift_and_stack`'s ``per_frame_steps`` run, in order, on every frame,
+    through one runner, `run_steps`, which refuses a step that returns anything but a new
+    CCDData or that changes its input.
 *stack steps* (kind ``"stack"``)
     ``step(frames: list of CCDData, ...) -> result``: a combination of many frames; the
     result records ``NCOMBINE`` and its own provenance cards.
@@ -37,10 +40,10 @@ them and `get_step` returns one. Another distribution adds a step by declaring, 
 
 A third-party function may say which kind it is with an attribute,
 ``function.step_kind = "stack"``; without one it is taken to be a per-frame step. Its
-parameters are checked against its signature when a pipeline file names it: annotations
-(``threshold: float = 3.0``) are used when present, else the numpydoc ``Parameters``
-section, else the type of the default. Its one-line description is the first line of its
-docstring.
+parameters are checked against its signature when a pipeline file names it: its
+annotations are the types (``threshold: float = 3.0``, ``method: Literal["a", "b"] = "a"``,
+``gain: float | Quantity | None = None``), else the type of the default. Its one-line
+description is the first line of its docstring.
 
 This package's steps, what each writes to the header:
 
@@ -68,20 +71,25 @@ is not installed, where no entry point exists.
 """
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import inspect
 import logging
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .exceptions import ShiftStackError
+from ._utils import frame_label
+from .exceptions import ShiftStackError, UnknownStepError
 
-__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "UnknownStepError",
-           "available_steps", "get_step", "step_info"]
+__all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo", "available_steps",
+           "get_step", "log_to_header", "provenance_header", "run_step", "run_steps",
+           "step_info"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +113,6 @@ BUILTIN_STEPS = {
 }
 
 _OWN_DISTRIBUTION = "shiftstack_ccd"
-
-
-class UnknownStepError(ShiftStackError, KeyError):
-    """No step of that name is installed."""
-
-    def __str__(self):  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -274,13 +275,218 @@ def step_info(name, steps=None):
     steps = available_steps() if steps is None else steps
     if name in steps:
         return steps[name]
-    raise UnknownStepError(_unknown_step_message(name, steps))
+    raise UnknownStepError(unknown_step_message(name, steps))
 
 
-def _unknown_step_message(name, names):
+def unknown_step_message(name, names):
     """``no step named 'x'; did you mean 'y'? Available: ...`` for an unknown step name."""
     names = sorted(names)
     close = difflib.get_close_matches(str(name), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "."
     return (f"no step named {name!r}{hint} Available steps: {', '.join(names)} "
             f"(see 'shiftstack-ccd steps').")
+
+
+# --------------------------------------------------------------------------------------
+# Provenance: what a step writes in the header of its output
+# --------------------------------------------------------------------------------------
+def provenance_header(meta, cards=(), history=()):
+    """A new header: ``meta`` with a step's cards and ``HISTORY`` lines added.
+
+    The one way a step records what it did. A `~astropy.io.fits.Header` (or a dict that
+    makes one) gives a new Header; a dict that cannot be a FITS header (e.g. lower-case or
+    long keys) stays a dict, with the card values and a ``HISTORY`` list.
+
+    Parameters
+    ----------
+    meta : `~astropy.io.fits.Header` or dict
+        The input frame's meta (not modified).
+    cards : iterable of (key, value, comment)
+        Keys of at most 8 characters (no HIERARCH), values that FITS can hold.
+    history : str or iterable of str
+        ``HISTORY`` lines, in order.
+
+    Returns
+    -------
+    header : `~astropy.io.fits.Header` or dict
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> from shiftstack_ccd.steps import provenance_header
+    >>> header = provenance_header(fits.Header({"EXPTIME": 300.0}),
+    ...                            [("CRNFLAG", 12, "pixels flagged")], "my_step: done")
+    >>> header["CRNFLAG"], header.comments["CRNFLAG"], str(header["HISTORY"])
+    (12, 'pixels flagged', 'my_step: done')
+    """
+    from astropy.io import fits
+
+    from ._utils import set_card
+
+    cards = list(cards)
+    history = [history] if isinstance(history, str) else list(history)
+    for key, _, _ in cards:
+        if len(key) > 8:
+            raise ValueError(f"header key {key!r} is longer than 8 characters")
+    if isinstance(meta, fits.Header):
+        header = meta.copy()
+    else:
+        try:
+            header = fits.Header(dict(meta or {}))
+        except (ValueError, TypeError, KeyError):  # not FITS-able: keep the user's dict
+            out = dict(meta or {})
+            out.update({key: value for key, value, _ in cards})
+            old = out.get("HISTORY", [])
+            out["HISTORY"] = (list(old) if isinstance(old, (list, tuple)) else [old]) + history
+            return out
+    for key, value, comment in cards:
+        set_card(header, key, value, comment)
+    for line in history:
+        header.add_history(line)
+    return header
+
+
+def _argument_text(value):
+    """Short text of an argument for a HISTORY line (frames and arrays by their kind)."""
+    if hasattr(value, "shape") and getattr(value, "size", 0) > 4:
+        return f"<{type(value).__name__} {tuple(value.shape)}>"
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)
+    # One line of printable ASCII: what a FITS HISTORY card can hold.
+    text = " ".join(repr(value).split()).encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def log_to_header(function):
+    """Decorator: record each call of a step in the header of the CCDData it returns.
+
+    ccdproc's ``log_to_metadata`` pattern: the output gets one ``HISTORY`` line
+    ``name(param=value, ...)`` with the arguments given (the frame itself left out), after
+    whatever cards the step wrote itself (`provenance_header`). Outputs that are not a
+    `~astropy.nddata.CCDData` are returned untouched.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> from shiftstack_ccd.steps import log_to_header
+    >>> @log_to_header
+    ... def add_constant(ccd, value=1.0):
+    ...     return ccd.add(value * ccd.unit)
+    >>> out = add_constant(CCDData(np.zeros((2, 2)), unit="adu"), value=2.5)
+    >>> str(out.meta["HISTORY"][-1])
+    'add_constant(value=2.5)'
+    """
+    signature = inspect.signature(function)
+    name = function.__name__
+
+    @functools.wraps(function)
+    def step(*args, **kwargs):
+        out = function(*args, **kwargs)
+        if _is_ccddata(out):
+            given = list(signature.bind(*args, **kwargs).arguments.items())[1:]
+            text = ", ".join(f"{key}={_argument_text(value)}" for key, value in given)
+            out.meta = provenance_header(out.meta, history=f"{name}({text})")
+        return out
+
+    return step
+
+
+# --------------------------------------------------------------------------------------
+# The step runner
+# --------------------------------------------------------------------------------------
+def _is_ccddata(value):
+    from astropy.nddata import CCDData
+    return isinstance(value, CCDData)
+
+
+def _fingerprint(ccd):
+    """Checksums of a frame's data, mask, uncertainty and header, to see it unchanged."""
+    def crc(array):
+        if array is None:
+            return None
+        array = np.ascontiguousarray(array)
+        return array.shape, array.dtype.str, zlib.crc32(array.reshape(-1).view(np.uint8))
+
+    uncertainty = getattr(ccd.uncertainty, "array", None)
+    meta = ccd.meta.tostring() if hasattr(ccd.meta, "tostring") else repr(ccd.meta)
+    return crc(ccd.data), crc(ccd.mask), crc(uncertainty), zlib.crc32(meta.encode())
+
+
+def run_step(function, frame, params=None, name=None):
+    """Run one per-frame step and check the step contract on what it did.
+
+    Parameters
+    ----------
+    function : callable
+        ``function(frame, **params) -> CCDData``.
+    frame : `~astropy.nddata.CCDData`
+        The input frame.
+    params : dict, optional
+        Keyword arguments of the step.
+    name : str, optional
+        The step's name in messages (default: the function's name).
+
+    Returns
+    -------
+    ccd : `~astropy.nddata.CCDData`
+        What the step returned.
+
+    Raises
+    ------
+    shiftstack_ccd.exceptions.ShiftStackError
+        The step returned something that is not a CCDData, returned its input, or changed
+        its input's data, mask, uncertainty or header (checksums before and after, a few
+        milliseconds a frame).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> from shiftstack_ccd.steps import run_step
+    >>> def in_place(ccd):
+    ...     ccd.data += 1
+    ...     return ccd.copy()
+    >>> run_step(in_place, CCDData(np.zeros((2, 2)), unit="adu"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    shiftstack_ccd.exceptions.ShiftStackError: frame: the step 'in_place' changed its input...
+    """
+    name = name or getattr(function, "__name__", repr(function))
+    before = _fingerprint(frame)
+    out = function(frame, **(params or {}))
+    contract = "(see the step contract in shiftstack_ccd.steps)"
+    if not _is_ccddata(out):
+        raise ShiftStackError(f"{frame_label(frame)}: the step {name!r} returned "
+                              f"{type(out).__name__}, not a CCDData {contract}.")
+    if out is frame or _fingerprint(frame) != before:
+        raise ShiftStackError(f"{frame_label(frame)}: the step {name!r} changed its input "
+                              "frame; a step returns a new CCDData and leaves its input as "
+                              f"it was {contract}.")
+    return out
+
+
+def run_steps(frame, steps):
+    """Run per-frame steps in order through `run_step`: the one runner of the package.
+
+    Parameters
+    ----------
+    frame : `~astropy.nddata.CCDData`
+        The input frame.
+    steps : iterable
+        Callables, ``(callable, kwargs)`` pairs or ``(name, callable, kwargs)`` triples.
+
+    Returns
+    -------
+    ccd : `~astropy.nddata.CCDData`
+        The frame after the last step (the input itself when there are no steps).
+    """
+    for step in steps or ():
+        if not isinstance(step, tuple):
+            name, function, params = None, step, {}
+        elif len(step) == 2:
+            name, (function, params) = None, step
+        else:
+            name, function, params = step
+        frame = run_step(function, frame, params, name=name)
+    return frame

@@ -4,7 +4,6 @@
 import logging
 
 import numpy as np
-from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
 from ._utils import atomic_output
 
@@ -29,6 +28,10 @@ def plot_image(ax, ccd, title=None, mark=None, stretch=None):
     stretch : `astropy.visualization.BaseStretch`, optional
         Default `~astropy.visualization.AsinhStretch`.
     """
+    # imported here: astropy.visualization imports matplotlib, which `import shiftstack_ccd`
+    # must not
+    from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
+
     data = np.array(getattr(ccd, "data", ccd), dtype=float)
     mask = getattr(ccd, "mask", None)
     if mask is not None:

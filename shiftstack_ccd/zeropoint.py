@@ -27,7 +27,7 @@ def gaia_catalog(center, radius, *, mag_limit=20.0, cache=True, cache_dir=None):
     """Gaia DR3 stars around a position (``ra``, ``dec`` in deg, ``G`` magnitude).
 
     The answer is cached on disk (``<root>/gaia/<hash>.ecsv``, with the same ``<root>`` as
-    the Horizons cache, see `~shiftstack_ccd.horizons.horizons_cache_dir`), so a repeated
+    the Horizons cache, see `~shiftstack_ccd.ephemeris.horizons.horizons_cache_dir`), so a repeated
     query makes no request.
 
     Parameters
@@ -46,7 +46,7 @@ def gaia_catalog(center, radius, *, mag_limit=20.0, cache=True, cache_dir=None):
     table : `~astropy.table.Table`
         ``ra``, ``dec`` (deg), ``G`` (mag); ``meta['band'] = 'G'``.
     """
-    from .horizons import horizons_cache_dir
+    from .ephemeris.horizons import horizons_cache_dir
 
     center = SkyCoord(center).icrs
     radius = u.Quantity(radius, u.deg)
@@ -126,7 +126,7 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
     band : str, optional
         The magnitude column and band name (``catalog.meta['band']`` otherwise).
     fwhm : float, optional
-        Stars' FWHM in pixels (default: measured, `~shiftstack_ccd.photometry.stellar_fwhm`).
+        Stars' FWHM in pixels (default: measured, `~shiftstack_ccd.stars.stellar_fwhm`).
     match_radius : `~astropy.units.Quantity`, optional
         Default: one FWHM (at least 1 arcsec).
     min_stars : int
@@ -162,7 +162,8 @@ def zero_point_from_catalog(ccd, catalog, band=None, *, fwhm=None, match_radius=
     from photutils.detection import DAOStarFinder
 
     from ._utils import require_celestial_wcs
-    from .photometry import aperture_flux, stellar_fwhm
+    from .photometry import aperture_flux
+    from .stars import stellar_fwhm
 
     if isinstance(catalog, str) and catalog.lower() == "gaia":
         wcs = require_celestial_wcs(ccd, "zero_point_from_catalog")

@@ -17,7 +17,8 @@ from astropy.table import Table
 from astropy.wcs import WCS, Sip
 from scipy.special import erf
 
-from shiftstack_ccd.astrometry import correct_wcs, detect_stars, read_offsets
+from shiftstack_ccd.astrometry import correct_wcs, read_offsets
+from shiftstack_ccd.stars import detect_stars
 from shiftstack_ccd.exceptions import FrameError
 from shiftstack_ccd.frames import read_frames
 

@@ -8,7 +8,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
-from shiftstack_ccd.ephemeris import Ephemeris, _radec
+from shiftstack_ccd.ephemeris import Ephemeris
+from shiftstack_ccd.ephemeris._sphere import radec
 from shiftstack_ccd.exceptions import EphemerisError, OutputExistsError
 
 RATE = u.arcsec / u.hour
@@ -30,7 +31,7 @@ def rotating_track(t, t0, pole, start, rate):
 
 
 def table_from_vectors(times, vec, dvec=None):
-    ra, dec = _radec(vec)
+    ra, dec = radec(vec)
     tab = Table({"time": times, "ra": ra * u.deg, "dec": dec * u.deg})
     if dvec is not None:
         ra_r = np.deg2rad(ra)
@@ -45,7 +46,7 @@ def table_from_vectors(times, vec, dvec=None):
 
 
 def sep_uas(coord, vec):
-    ra, dec = _radec(vec)
+    ra, dec = radec(vec)
     return coord.separation(SkyCoord(ra * u.deg, dec * u.deg)).to_value(u.uas)
 
 
@@ -127,7 +128,7 @@ def test_interpolation_on_a_rotating_track(method, case):
     rate = 2000 * RATE  # 0.56 arcsec/s, a fast near-Earth object
     nodes = t0 + np.arange(0, 8.01, 0.5) * u.hour
     vec, dvec = rotating_track(nodes, t0, pole, start, rate)
-    ra, _ = _radec(vec)
+    ra, _ = radec(vec)
     if case == "ra_wrap":
         assert ra.min() < 1 and ra.max() > 359
     eph = Ephemeris(table_from_vectors(nodes, vec, dvec), interpolation=method)
@@ -141,7 +142,7 @@ def test_interpolation_on_a_rotating_track(method, case):
     expected = np.linalg.norm(tdvec, axis=1) * (1 * u.rad / u.day).to(RATE)
     assert np.all(np.abs(speed - expected) < 1e-5 * rate)
     if case == "over_pole":
-        ra_t, dec_t = _radec(tvec)
+        ra_t, dec_t = radec(tvec)
         assert dec_t.max() > 89.98 and np.ptp(ra_t) > 170
 
 

@@ -18,10 +18,11 @@ from astropy.coordinates import EarthLocation
 from astropy.io import fits
 from astropy.time import Time
 
-from shiftstack_ccd.ephemeris import Ephemeris, _unit_vectors, ephemeris_for_times
+from shiftstack_ccd.ephemeris import Ephemeris, ephemeris_for_times
+from shiftstack_ccd.ephemeris._sphere import unit_vectors
 from shiftstack_ccd.exceptions import EphemerisError, HorizonsError
-from shiftstack_ccd.horizons import (CACHE_ENV, default_step, horizons_cache_dir,
-                                     parse_horizons_text, plan_epochs)
+from shiftstack_ccd.ephemeris.horizons import (CACHE_ENV, default_step, horizons_cache_dir,
+                                               parse_horizons_text, plan_epochs)
 
 HERE = Path(__file__).parent / "data" / "ephemerides"
 AQ = "ephemerides/astroquery_jplhorizons/"
@@ -98,7 +99,7 @@ def test_rates_rotated_to_icrs_are_derivatives_of_positions(shared_data):
     time derivative of the astrometric positions (1-day steps, 61 rows)."""
     table, _ = parse_horizons_text(
         Path(shared_data("ephemerides/sbpy/TestEphemerisCLI-ceres-horizons.txt")).read_text())
-    vec = _unit_vectors(table["ra"], table["dec"])
+    vec = unit_vectors(table["ra"], table["dec"])
     h = 24.0  # hours between rows
     d = (vec[:-4] - 8 * vec[1:-3] + 8 * vec[3:-1] - vec[4:]) / (12 * h)  # rad/hour
     ra = np.deg2rad(np.asarray(table["ra"]))[2:-2]
@@ -120,7 +121,7 @@ def test_astroquery_table_is_recognised(shared_data):
     """A table as returned by astroquery's Horizons.ephemerides() is read as a Horizons
     ephemeris: same positions, rates rotated to ICRS axes, spline interpolation."""
     from astroquery.jplhorizons import HorizonsClass
-    from shiftstack_ccd.horizons import _TextResponse
+    from shiftstack_ccd.ephemeris.horizons import _TextResponse
 
     text = Path(shared_data("ephemerides/sbpy/TestEphemerisCLI-2p-horizons.txt")).read_text()
     parser = HorizonsClass()

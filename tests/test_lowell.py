@@ -19,8 +19,9 @@ from astropy.modeling.fitting import TRFLSQFitter
 from astropy.modeling.models import Const2D, Gaussian2D
 
 import shiftstack_ccd as ss
-from shiftstack_ccd.motion import fit_linear_motion, track_target
-from shiftstack_ccd.photometry import aperture_flux, measure_fwhm, source_mask
+from shiftstack_ccd.ephemeris.motion import fit_linear_motion, track_target
+from shiftstack_ccd.photometry import aperture_flux, source_mask
+from shiftstack_ccd.stars import measure_fwhm
 
 
 def _detections(frame):

@@ -17,7 +17,7 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 import shiftstack_ccd as ss
-from shiftstack_ccd.motion import fit_linear_motion, track_target
+from shiftstack_ccd.ephemeris.motion import fit_linear_motion, track_target
 
 TRIM = "[18:1382,1:1370]"
 

@@ -18,9 +18,9 @@ from astropy.utils import iers
 
 from shiftstack_ccd.ephemeris import Ephemeris
 from shiftstack_ccd.exceptions import EphemerisError
-from shiftstack_ccd.horizons import parse_horizons_elements, parse_horizons_text
-from shiftstack_ccd.orbits import (GM_SUN, elements_to_state, propagate_two_body,
-                                   two_body_astrometric)
+from shiftstack_ccd.ephemeris.horizons import parse_horizons_elements, parse_horizons_text
+from shiftstack_ccd.ephemeris.orbits import (GM_SUN, elements_to_state, propagate_two_body,
+                                             two_body_astrometric)
 
 AQ = "ephemerides/astroquery_jplhorizons/"
 KM_PER_AU = 1.495978707e8

@@ -17,7 +17,7 @@ from astropy.time import Time
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.cli import main
-from shiftstack_ccd.photometry import measure_fwhm
+from shiftstack_ccd.stars import measure_fwhm
 from shiftstack_ccd.pipeline import PipelineError, load_pipeline, run_pipeline
 from shiftstack_ccd.steps import ENTRY_POINT_GROUP
 
@@ -298,6 +298,62 @@ def test_every_problem_reported_with_its_line_before_any_work(sim_dir, monkeypat
     assert not (folder / "out").exists()
 
 
+def test_parameter_types_are_the_steps_annotations(sim_dir, tmp_path, monkeypatch):
+    """--check takes each parameter's type from the step's annotations: a union with None,
+    a Literal of strings, a Literal beside an array; a plug-in's too."""
+    sim, folder = sim_dir
+    plugin = tmp_path / "annotated_step.py"
+    plugin.write_text(textwrap.dedent("""
+        from typing import Literal
+
+        def tilt(ccd, axis: Literal["x", "y"] = "x", amount: float | None = None,
+                 label: str = "tilt"):
+            \"\"\"Add a gradient (a test step).\"\"\"
+            return ccd.copy()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ss.steps.BUILTIN_STEPS, "tilt", ("annotated_step:tilt", "frame"))
+    toml = write_toml(folder, """
+        [inputs]
+        files = "frames/*.fits"
+
+        [[steps]]
+        step = "tilt"
+        axis = "z"
+        amount = "lots"
+        label = 3
+
+        [[steps]]
+        step = "clean_cosmic_rays"
+        iterations = 2.5
+        sharpness = true
+
+        [motion]
+        ephemeris = "eph.ecsv"
+
+        [stack]
+        weights = "exptime"
+        frame_weights = "inverse-variance"
+
+        [output]
+        stack = "out/stack.fits"
+    """)
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(toml)
+    problems = dict(info.value.problems)
+    expected = {
+        6: "tilt: axis must be one of 'x', 'y', not 'z'",
+        7: "tilt: amount must be a number, not the string 'lots'",
+        8: "tilt: label must be a string, not the integer 3",
+        12: "clean_cosmic_rays: iterations must be an integer, not the number 2.5",
+        13: "clean_cosmic_rays: sharpness must be a number, not a boolean",
+        20: "[stack]: frame_weights must be one of 'exptime', not 'inverse-variance'",
+    }
+    assert sorted(problems) == sorted(expected)  # weights = "exptime" (line 19) is fine
+    for line, text in expected.items():
+        assert text in problems[line], (line, problems[line])
+
+
 def test_toml_syntax_error_names_its_line(tmp_path):
     toml = write_toml(tmp_path, """
         [inputs]
@@ -398,7 +454,7 @@ def test_third_party_step_in_a_pipeline(sim_dir, tmp_path, monkeypatch):
         load_pipeline(toml)
     toml = write_toml(folder, text.replace("FACTOR", "3"))
     run = run_pipeline(toml)
-    assert all(f.meta["SCALEFAC"] == 3.0 for f in run.frames)
+    assert all(f.meta["SCALEFAC"] == 3.0 for f in run.pipeline.frames())
     # the files hold no uncertainty: each frame gets its sky noise, three times larger
     plain = ss.shift_and_stack(ss.read_frames(folder / "frames"), sim.ephemeris, size=31,
                                sky_stack=False)
@@ -496,7 +552,7 @@ def test_ccdproc_calibration_recovers_the_frames(raw_dir, digests, caplog):
     # the bias, which tells no time, was read as plain pixels; the flat, which does, was not
     plain = [r.getMessage() for r in caplog.records if "plain calibration frame" in r.getMessage()]
     assert len(plain) == 1 and "bias.fits" in plain[0]
-    for frame, truth in zip(run.frames, sim.frames):
+    for frame, truth in zip(run.pipeline.frames(), sim.frames):
         # overscan (row by row), trim, bias and flat undone: the simulated frame again
         assert frame.shape == truth.shape
         assert np.max(np.abs(frame.data - truth.data)) < 2e-3  # ADU, float32 rounding
@@ -581,11 +637,13 @@ def lowell_run(tmp_path_factory):
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
     run = run_pipeline(tmp / "lowell.toml")
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
-    return Path(folder), tmp, run, before == after
+    # the frames as the stack got them (the run keeps none in memory)
+    frames = list(run.pipeline.frames())
+    return Path(folder), tmp, run, before == after, frames
 
 
 def test_lowell_example_pipeline(lowell_run):
-    folder, tmp, run, inputs_untouched = lowell_run
+    folder, tmp, run, inputs_untouched, frames = lowell_run
     assert inputs_untouched
     result = run.result
     assert run.outputs == {"stack": tmp / "out" / "roachapproach.fits",
@@ -597,7 +655,7 @@ def test_lowell_example_pipeline(lowell_run):
     assert abs(x - cx) < 0.15 and abs(y - cy) < 0.15, (x, y)
     grid = result.target_frame
     single = [measure_fwhm(f, grid.target_pixel_in(f, t))
-              for f, t in zip(run.frames, result.table["mid_time"])]
+              for f, t in zip(frames, result.table["mid_time"])]
     stacked = measure_fwhm(result.stack, (cx, cy))
     assert abs(stacked / np.median(single) - 1) < 0.10, (stacked, np.median(single))
 
@@ -607,12 +665,12 @@ def test_lowell_example_pipeline(lowell_run):
         "BIASSEC"], median=True), fits_section=raw.meta["TRIMSEC"])
     for x0, y0 in DUST_RINGS:
         before_flat = _ring_contrast(trimmed.data, x0, y0)
-        after_flat = _ring_contrast(run.frames[0].data, x0, y0)
+        after_flat = _ring_contrast(frames[0].data, x0, y0)
         assert before_flat < -0.02 and abs(after_flat) < 0.005, (x0, y0, before_flat,
                                                                  after_flat)
     # the trim moved the WCS with the pixels: a star is where it was on the sky
     star = raw.wcs.pixel_to_world(512.3 + 17, 640.7)
-    assert run.frames[0].wcs.pixel_to_world(512.3, 640.7).separation(star) < 1e-6 * u.arcsec
+    assert frames[0].wcs.pixel_to_world(512.3, 640.7).separation(star) < 1e-6 * u.arcsec
 
     # the header says what was done
     with fits.open(run.outputs["stack"]) as hdul:
@@ -629,7 +687,7 @@ def test_lowell_example_pipeline(lowell_run):
 def test_lowell_python_script_in_the_docs_gives_the_same_stack(lowell_run, tmp_path,
                                                                monkeypatch):
     """The plain ccdproc script of docs/pipelines.rst is the pipeline file, step for step."""
-    folder, _, run, _ = lowell_run
+    folder, _, run, _, frames = lowell_run
     text = (EXAMPLE.parents[1] / "pipelines.rst").read_text()
     section = text[text.index("The same reduction as a Python script"):]
     script = section[section.index(".. doctest-skip::"):]
@@ -641,8 +699,8 @@ def test_lowell_python_script_in_the_docs_gives_the_same_stack(lowell_run, tmp_p
         exec(compile(example.source, "pipelines.rst", "exec"), namespace)
     script_result = namespace["result"]
     assert (tmp_path / "roachapproach.fits").is_file()
-    assert len(namespace["frames"]) == len(run.frames) == 10
-    for mine, theirs in zip(namespace["frames"], run.frames):
+    assert len(namespace["frames"]) == len(frames) == 10
+    for mine, theirs in zip(namespace["frames"], frames):
         assert np.array_equal(mine.data, theirs.data)
         assert np.array_equal(mine.uncertainty.array, theirs.uncertainty.array)
     assert np.array_equal(script_result.stack.data, run.result.stack.data, equal_nan=True)

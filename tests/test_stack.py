@@ -202,7 +202,7 @@ def test_refinement_recovers_per_frame_ephemeris_errors():
     error = measured - expected
     assert np.sqrt(np.mean(error ** 2)) < 0.05, error
     # the target is sharper once the frames are re-aligned
-    from shiftstack_ccd.photometry import measure_fwhm
+    from shiftstack_ccd.stars import measure_fwhm
     assert measure_fwhm(refined.stack, refined.target_pixel) < \
         measure_fwhm(plain.stack, plain.target_pixel)
 

@@ -225,3 +225,66 @@ def test_grid_step_contract():
         assert out.unit == frame.unit and out.uncertainty is not None, name
         added = set(out.meta.keys()) - set(frame.meta.keys())
         assert added and all(len(key) <= 8 for key in added), (name, added)
+
+
+# --- the step runner and the provenance helper --------------------------------------------
+def _mutating_steps():
+    def adds_in_place(ccd):
+        ccd.data[0, 0] += 1.0
+        return ccd.copy()
+
+    def masks_in_place(ccd):
+        ccd.mask = np.zeros(ccd.shape, bool)
+        ccd.mask[1, 1] = True
+        return ccd.copy()
+
+    def writes_header_in_place(ccd):
+        ccd.meta["TOUCHED"] = True
+        return ccd.copy()
+
+    def returns_input(ccd):
+        return ccd
+
+    return [adds_in_place, masks_in_place, writes_header_in_place, returns_input]
+
+
+@pytest.mark.parametrize("step", _mutating_steps(), ids=lambda f: f.__name__)
+def test_runner_refuses_a_step_that_changes_its_input(step):
+    frame = ss.simulate_observation(n_frames=1, shape=(32, 32), n_stars=3, seed=1).frames[0]
+    with pytest.raises(ShiftStackError, match=f"step '{step.__name__}' changed its input"):
+        ss.run_steps(frame, [step])
+
+
+def test_runner_refuses_a_step_that_returns_no_ccddata():
+    frame = ss.simulate_observation(n_frames=1, shape=(32, 32), n_stars=3, seed=1).frames[0]
+    with pytest.raises(ShiftStackError, match="returned ndarray, not a CCDData"):
+        ss.run_steps(frame, [("as_array", lambda ccd: np.asarray(ccd.data), {})])
+
+
+def test_shift_and_stack_runs_its_steps_through_the_runner():
+    """shift_and_stack and pipeline files share the runner: a bad step is caught in both."""
+    sim = ss.simulate_observation(n_frames=2, shape=(48, 48), n_stars=5, seed=2)
+    with pytest.raises(ShiftStackError, match="step 'adds_in_place' changed its input"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, size=21,
+                           per_frame_steps=[_mutating_steps()[0]])
+
+
+def test_runner_result_and_call_recorded_in_the_header():
+    sim = ss.simulate_observation(n_frames=1, shape=(64, 64), n_stars=5, seed=3)
+    out = ss.run_steps(sim.frames[0], [(ss.clean_cosmic_rays, {"threshold": 6.0})])
+    history = [str(line) for line in out.meta["HISTORY"]]
+    # the step's own result (long lines continue on more cards), then the call as the
+    # decorator records it
+    assert "clean_cosmic_rays: method=median, threshold=6.0" in "".join(history[:-1])
+    assert history[-1] == "clean_cosmic_rays(threshold=6.0)"
+    assert out.meta["CRTHRESH"] == 6.0
+
+
+def test_provenance_header_keys_and_plain_dict_meta():
+    with pytest.raises(ValueError, match="longer than 8 characters"):
+        ss.provenance_header({}, [("TOOLONGKEY", 1, "")])
+    # a dict that FITS cannot hold stays a dict, its values and HISTORY added
+    meta = {"OBSERVER": "Ana Mar\u00eda", "HISTORY": "read"}  # not ASCII: no FITS card
+    out = ss.provenance_header(meta, [("CRNFLAG", 3, "pixels")], "step: done")
+    assert isinstance(out, dict) and out["CRNFLAG"] == 3
+    assert out["HISTORY"] == ["read", "step: done"] and meta["HISTORY"] == "read"

@@ -23,7 +23,7 @@ from astropy.constants import c as _c
 from astropy.coordinates import EarthLocation, get_body_barycentric_posvel
 from astropy.time import Time
 
-__all__ = ["GM_SUN", "OBLIQUITY_J2000", "elements_to_state", "observer_posvel",
+__all__ = ["GM_SUN", "OBLIQUITY_J2000", "ecliptic_to_icrs", "elements_to_state", "observer_posvel",
            "propagate_two_body", "two_body_astrometric"]
 
 #: Heliocentric gravitational parameter (au^3/day^2), the "Keplerian GM" JPL Horizons
@@ -37,7 +37,7 @@ OBLIQUITY_J2000 = np.deg2rad(84381.448 / 3600.0)
 _C_AU_PER_DAY = _c.to_value(u.au / u.day)
 
 
-def _ecliptic_to_icrs(vec):
+def ecliptic_to_icrs(vec):
     """Rotate (..., 3) vectors from the J2000 ecliptic to ICRS axes."""
     ce, se = np.cos(OBLIQUITY_J2000), np.sin(OBLIQUITY_J2000)
     vec = np.asarray(vec, dtype=float)
@@ -94,7 +94,7 @@ def propagate_two_body(r0, v0, dt, mu=GM_SUN):
     A circular orbit at 1 au returns to its start after one period:
 
     >>> import numpy as np
-    >>> from shiftstack_ccd.orbits import propagate_two_body, GM_SUN
+    >>> from shiftstack_ccd.ephemeris.orbits import propagate_two_body, GM_SUN
     >>> period = 2 * np.pi / np.sqrt(GM_SUN)
     >>> r, v = propagate_two_body([1, 0, 0], [0, np.sqrt(GM_SUN), 0], period)
     >>> np.allclose(r, [1, 0, 0], atol=1e-10)
@@ -258,7 +258,7 @@ def two_body_astrometric(r0, v0, epoch, times, *, mu=GM_SUN, center="sun",
     r0 = np.asarray(r0, dtype=float)
     v0 = np.asarray(v0, dtype=float)
     if frame == "ecliptic":
-        r0, v0 = _ecliptic_to_icrs(r0), _ecliptic_to_icrs(v0)
+        r0, v0 = ecliptic_to_icrs(r0), ecliptic_to_icrs(v0)
     elif frame != "icrs":
         raise ValueError(f"frame must be 'ecliptic' or 'icrs', not {frame!r}")
     if center not in ("sun", "ssb"):

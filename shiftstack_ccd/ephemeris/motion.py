@@ -14,11 +14,11 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.time import Time
 
-from ._utils import frame_label, require_celestial_wcs
-from .ephemeris import Ephemeris
-from .exceptions import FrameError
-from .frames import mid_exposure_time
-from .photometry import centroid_target
+from .._utils import frame_label, require_celestial_wcs
+from ..exceptions import FrameError
+from ..frames import mid_exposure_time
+from ..photometry import centroid_target
+from .core import Ephemeris
 
 __all__ = ["fit_linear_motion", "track_target"]
 

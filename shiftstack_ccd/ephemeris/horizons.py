@@ -77,8 +77,10 @@ from astropy.coordinates import EarthLocation
 from astropy.table import Table
 from astropy.time import Time
 
-from ._utils import atomic_output
-from .exceptions import EphemerisError, HorizonsError
+from .._utils import atomic_output
+from ..exceptions import EphemerisError, HorizonsError
+from ._sphere import basis, unit_vectors
+from ._values import float_array
 
 __all__ = ["CACHE_ENV", "HORIZONS_QUANTITIES", "default_step", "horizons_cache_dir",
            "parse_horizons_elements", "parse_horizons_text", "plan_epochs", "query_horizons",
@@ -186,7 +188,7 @@ def default_step(location):
 
     Examples
     --------
-    >>> from shiftstack_ccd.horizons import default_step
+    >>> from shiftstack_ccd.ephemeris.horizons import default_step
     >>> default_step("688"), default_step("@hst"), default_step("500")
     (<Quantity 20. min>, <Quantity 1. min>, <Quantity 60. min>)
     """
@@ -236,7 +238,7 @@ def plan_epochs(times, step, *, epochs="auto", max_tlist=50, max_rows=5000):
     >>> import numpy as np
     >>> import astropy.units as u
     >>> from astropy.time import Time
-    >>> from shiftstack_ccd.horizons import plan_epochs
+    >>> from shiftstack_ccd.ephemeris.horizons import plan_epochs
     >>> night = Time("2024-03-01T03:00") + np.arange(50) * 5 * u.min
     >>> plan_epochs(night, 20 * u.min)
     ('range', [{'start': '2024-03-01 02:40:00', 'stop': '2024-03-01 07:40:00', 'step': '20m'}])
@@ -523,33 +525,30 @@ def _apparent_rates_to_icrs(times, ra, dec, ra_rate, dec_rate):
     2022-2024 (measured on the recorded Ceres answers).
     """
     import erfa
-    from .ephemeris import _basis, _unit_vectors
 
     tt = times.tt
     mat = erfa.pnm80(tt.jd1, tt.jd2)  # (N, 3, 3): J2000 mean -> true of date
-    vec = _unit_vectors(ra, dec)
+    vec = unit_vectors(ra, dec)
     vec_tod = np.einsum("nij,nj->ni", mat, vec)
     ra_t = np.rad2deg(np.arctan2(vec_tod[:, 1], vec_tod[:, 0]))
     dec_t = np.rad2deg(np.arcsin(np.clip(vec_tod[:, 2], -1, 1)))
-    e_t, n_t = _basis(ra_t, dec_t)
+    e_t, n_t = basis(ra_t, dec_t)
     vel_tod = ra_rate[:, None] * e_t + dec_rate[:, None] * n_t
     vel = np.einsum("nji,nj->ni", mat, vel_tod)
-    e, n = _basis(ra, dec)
+    e, n = basis(ra, dec)
     return np.sum(vel * e, axis=1), np.sum(vel * n, axis=1)
 
 
 def standardize_horizons_table(raw):
     """Convert astroquery's ephemerides table to shiftstack_ccd's columns (see
     `parse_horizons_text`)."""
-    from .ephemeris import _float_array
-
     if "datetime_jd" not in raw.colnames or "RA" not in raw.colnames or \
             "DEC" not in raw.colnames:
         raise HorizonsError(f"the Horizons table lacks datetime_jd/RA/DEC (has {raw.colnames}); "
                             "request quantity 1 with CAL_FORMAT=BOTH")
-    times = Time(_float_array(raw["datetime_jd"]), format="jd", scale="utc")
-    ra = _float_array(raw["RA"])
-    dec = _float_array(raw["DEC"])
+    times = Time(float_array(raw["datetime_jd"]), format="jd", scale="utc")
+    ra = float_array(raw["RA"])
+    dec = float_array(raw["DEC"])
     out = Table()
     out["time"] = times
     out["ra"] = ra * u.deg
@@ -558,8 +557,8 @@ def standardize_horizons_table(raw):
             "radec": "astrometric RA/DEC (ICRF), Horizons quantity 1"}
     apparent = None
     if "RA_rate" in raw.colnames and "DEC_rate" in raw.colnames:
-        rr = _float_array(raw["RA_rate"])
-        dr = _float_array(raw["DEC_rate"])
+        rr = float_array(raw["RA_rate"])
+        dr = float_array(raw["DEC_rate"])
         if np.all(np.isfinite(rr)) and np.all(np.isfinite(dr)):
             ra_rate, dec_rate = _apparent_rates_to_icrs(times, ra, dec, rr, dr)
             out["ra_rate"] = ra_rate * _RATE_UNIT
@@ -570,7 +569,7 @@ def standardize_horizons_table(raw):
                                   "of-date to ICRS axes (erfa.pnm80); raw in *_app")
     for src, dst in (("RA_3sigma", "ra_3sigma"), ("DEC_3sigma", "dec_3sigma")):
         if src in raw.colnames:
-            vals = _float_array(raw[src])
+            vals = float_array(raw[src])
             if np.any(np.isfinite(vals)):
                 out[dst] = vals * u.arcsec
     if apparent is not None:
@@ -579,7 +578,7 @@ def standardize_horizons_table(raw):
     for name in _EXTRA_COLUMNS:
         if name in raw.colnames:
             col = raw[name]
-            vals = _float_array(col)
+            vals = float_array(col)
             if np.any(np.isfinite(vals)):
                 out[name] = vals * (col.unit if col.unit is not None else 1)
     if "targetname" in raw.colnames and len(raw):
