@@ -147,3 +147,34 @@ def test_read_back_from_file(field, tmp_path):
     assert again["time"][0].isot == direct["time"][0].isot
     assert again["flux"][0].value == pytest.approx(direct["flux"][0].value, rel=1e-3)
     assert again["ra"][0].value == pytest.approx(direct["ra"][0].value, abs=1e-7)
+
+
+def test_gaia_answers_are_cached(tmp_path, monkeypatch):
+    """The Gaia query is asked once; the second time the disk answers (no network here:
+    astroquery's job is replaced by a recorded one)."""
+    from astroquery.gaia import Gaia
+    asked = []
+
+    class Job:
+        def get_results(self):
+            return Table({"ra": [150.0, 150.01], "dec": [2.0, 2.01],
+                          "phot_g_mean_mag": [15.0, 16.5]})
+
+    def launch(query):
+        asked.append(query)
+        return Job()
+
+    monkeypatch.setattr(Gaia, "launch_job_async", launch)
+    centre = SkyCoord(150.0 * u.deg, 2.0 * u.deg)
+    first = ss.gaia_catalog(centre, 0.1 * u.deg, cache_dir=tmp_path)
+    assert len(asked) == 1 and "gaiadr3.gaia_source" in asked[0]
+    assert first.meta["band"] == "G" and list(first["G"].value) == [15.0, 16.5]
+
+    def offline(query):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(Gaia, "launch_job_async", offline)
+    again = ss.gaia_catalog(centre, 0.1 * u.deg, cache_dir=tmp_path)
+    assert list(again["ra"].value) == [150.0, 150.01]
+    with pytest.raises(FrameError, match="Gaia: the query failed"):
+        ss.gaia_catalog(centre, 0.2 * u.deg, cache_dir=tmp_path)

@@ -146,3 +146,12 @@ def test_fakes_on_real_frames_honest_errors(lowell):
     # the flux scale is the injected one: no bias beyond the noise
     pulls = (m["flux"].value - fluxes) / m["flux_err"].value
     assert abs(np.mean(pulls)) < 3 / np.sqrt(len(pulls))
+
+
+@pytest.mark.remote_data
+def test_zero_point_from_gaia(lowell):
+    frames, track, eph, plain = lowell
+    m = ss.measure_target(plain, catalog="gaia")
+    assert m.meta["band"] == "G" and m.meta["catalog_n_stars"] >= 20
+    # S/N 300 in 10 x 300 s on a 1-m telescope: between G 14 and 19, measured to 0.05 mag
+    assert 14 < m["mag"][0].value < 19 and m["mag_err"][0].value < 0.05
