@@ -163,7 +163,7 @@ def _neighbours(stack, model, x, y, background):
     return [(a, b) for a, b in xy if np.hypot(a - x, b - y) > 1.5 * model.fwhm + 1]
 
 
-def _psf_fit(stack, model, x, y, background, forced):
+def _psf_fit(stack, model, x, y, background, forced, neighbours=True):
     """photutils PSF fit of flux (and position unless forced) on the stack minus background.
 
     Neighbours whose light reaches the fit box are fitted at the same time (photutils
@@ -176,7 +176,7 @@ def _psf_fit(stack, model, x, y, background, forced):
     psf.x_0.fixed = psf.y_0.fixed = bool(forced)
     # the position may move at most one FWHM from where the fit starts
     bound = max(model.fwhm, 1.0)
-    others = _neighbours(stack, model, x, y, background)
+    others = _neighbours(stack, model, x, y, background) if neighbours else []
     phot = PSFPhotometry(psf, fit_shape=(shape, shape), aperture_radius=model.aperture,
                          xy_bounds=None if forced else (bound, bound),
                          grouper=SourceGrouper(min_separation=4 * half) if others else None)
@@ -300,7 +300,8 @@ def _aperture_corrections(stack, model, psf, aperture):
     for x, y in zip(stars["x"], stars["y"]):
         try:
             background, keep, sl = _background(sky, big_model, x, y)
-            flux = _psf_fit(sky, model, x, y, background, forced=False)[2]
+            # the PSF stars are isolated: no neighbour to fit with them
+            flux = _psf_fit(sky, model, x, y, background, forced=False, neighbours=False)[2]
         except FrameError:
             continue
         yy, xx = np.mgrid[sl]
