@@ -84,19 +84,23 @@ def asteroid(frames, pointing):
 
 
 def empty_spots(plain, n, rng, n_frames):
-    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=12) \
+    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
         | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
         | (plain.coverage < n_frames)
     ny, nx = busy.shape
     cx, cy = plain.target_pixel
     spots = []
-    while len(spots) < n:
+    for _ in range(50000):  # random places, each free of sources within 6 px
         x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
-        if busy[int(y) - 8:int(y) + 9, int(x) - 8:int(x) + 9].any() or \
+        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
                 np.hypot(x - cx, y - cy) < 30 or \
-                any(np.hypot(x - a, y - b) < 30 for a, b in spots):
+                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
             continue
         spots.append((x, y))
+        if len(spots) == n:
+            break
+    if len(spots) < n:
+        raise RuntimeError(f"only {len(spots)} empty places found for {n} fakes")
     spots = np.array(spots)
     return plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
 
