@@ -2,6 +2,7 @@
 """Sphinx configuration for the shiftstack_ccd documentation (sphinx-astropy)."""
 
 import datetime
+import os
 from importlib import metadata
 
 try:
@@ -41,8 +42,28 @@ intersphinx_mapping.setdefault("numpy", ("https://numpy.org/doc/stable/", None))
 intersphinx_mapping.setdefault(  # noqa: F405
     "astropy", ("https://docs.astropy.org/en/stable/", None))
 
-# Offline builds: sphinx-build -D disable_intersphinx=1 ... (sphinx_astropy's
-# intersphinx_toggle extension) skips fetching the inventories.
+# The build is offline by default: the inventories of other projects' docs are fetched only
+# on request, with "sphinx-build -D disable_intersphinx=0 ..." (sphinx_astropy's
+# intersphinx_toggle extension) or SHIFTSTACK_CCD_INTERSPHINX=1 in the environment. Without
+# them, links to astropy, numpy ... are plain text (nitpicky is off, so no warnings).
+disable_intersphinx = int(os.environ.get("SHIFTSTACK_CCD_INTERSPHINX", "0") != "1")
+
+# -- sphinx-gallery ----------------------------------------------------------------------
+# examples/plot_*.py are run at every build (their output and figures are the numbers quoted
+# in the gallery); -D plot_gallery=0 renders them without running them. The Lowell examples
+# find the real frames through SHIFTSTACK_CCD_DATA (else they download them once).
+extensions.append("sphinx_gallery.gen_gallery")  # noqa: F405
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "generated/examples",
+    "filename_pattern": r"/plot_",
+    "within_subsection_order": "FileNameSortKey",
+    "download_all_examples": False,
+    "reference_url": {"shiftstack_ccd": None},
+    "matplotlib_animations": False,
+    "image_scrapers": ("matplotlib",),
+}
+exclude_patterns.append("generated/examples/*.ipynb")  # noqa: F405
 
 # -- automodapi / numpydoc ---------------------------------------------------------------
 automodapi_toctreedirnm = "api"

@@ -11,6 +11,7 @@ except ImportError:  # not installed, running from a source tree
     __version__ = "0.0.dev0"
 
 from .astrometry import *  # noqa: F401, F403
+from .background import *  # noqa: F401, F403
 from .calibration import *  # noqa: F401, F403
 from .combine import *  # noqa: F401, F403
 from .completeness import *  # noqa: F401, F403
@@ -19,8 +20,10 @@ from .cosmicray import *  # noqa: F401, F403
 from .datasets import *  # noqa: F401, F403
 from .ephemeris import *  # noqa: F401, F403
 from .exceptions import *  # noqa: F401, F403
+from .fluxscale import *  # noqa: F401, F403
 from .frames import *  # noqa: F401, F403
 from .measure import *  # noqa: F401, F403
+from .noise import *  # noqa: F401, F403
 from .photometry import *  # noqa: F401, F403
 from .register import *  # noqa: F401, F403
 from .report import *  # noqa: F401, F403

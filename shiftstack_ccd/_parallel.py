@@ -12,6 +12,16 @@ def _progress(done, total, label):
     log.info("%s: %d/%d", label, done, total)
 
 
+def _worker_ignores_interrupts():
+    """In a worker process: leave Ctrl-C to the main process.
+
+    A terminal sends SIGINT to every process of the group; workers that took it would each
+    print a traceback. The main process stops the work and cleans up (see ``cli.main``).
+    """
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def map_frames(function, items, scheduler=None, label="frames"):
     """``[function(item) for item in items]``, serially or through dask, in order.
 
@@ -56,8 +66,10 @@ def map_frames(function, items, scheduler=None, label="frames"):
                     self.done += 1
                     _progress(self.done, total, label)
 
+        options = {"initializer": _worker_ignores_interrupts} if scheduler == "processes" \
+            else {}
         with Progress():
-            return list(dask.compute(*tasks, scheduler=scheduler))
+            return list(dask.compute(*tasks, scheduler=scheduler, **options))
     return _map_distributed(function, items, scheduler, label)
 
 

@@ -3,12 +3,13 @@
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .exceptions import FrameError, OutputExistsError
+from .exceptions import FrameError, OutputError, OutputExistsError
 
 __all__ = []
 
@@ -47,13 +48,95 @@ def require_celestial_wcs(ccd, step, index=None):
     return wcs.celestial
 
 
+def _umask():
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def _first_existing(path):
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")
+
+
+def check_output_path(path, overwrite=False, inputs=(), what="output", create=True):
+    """Refuse, before anything is computed, an output that cannot or must not be written.
+
+    Parameters
+    ----------
+    path : str or `~pathlib.Path`
+        The output file.
+    overwrite : bool
+        Whether an existing file may be replaced.
+    inputs : iterable of str or path
+        Files read by the same job: an output that is one of them (after resolving links)
+        is refused even with ``overwrite``; inputs are never replaced.
+    what : str
+        What the output is called in messages (an option name such as ``--output``).
+    create : bool
+        Create the output's folder now (it would be anyway) and try a file in it; without,
+        nothing is made and the nearest existing folder must be writable.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+
+    Raises
+    ------
+    OutputError
+        The output is an input, a folder, under a file, or in a folder that cannot be written.
+    OutputExistsError
+        It exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for source in inputs:
+        if isinstance(source, (str, Path)) and Path(source).resolve() == resolved:
+            raise OutputError(f"{path}: the {what} is one of the input files ({source}); inputs "
+                              "are never replaced, even with overwrite. Choose another name.")
+    if path.is_dir():
+        raise OutputError(f"{path}: the {what} is a folder; give a file name.")
+    existing = _first_existing(path.parent)
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot write the {what} there: {existing} is a file, not a "
+                          "folder.")
+    if not create and existing != path.parent:  # nothing made: the nearest folder must do
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: cannot write the {what}: the folder {existing} is not "
+                              "writable.")
+        return path
+    try:  # the folder is made now (it would be anyway), and a file tried in it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the {what} in {path.parent}: "
+                          f"{exc.strerror or exc}.") from None
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --overwrite) "
+                                "to replace it.")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path, overwrite=False):
     """Write a file atomically: yield a temporary path, rename it on success.
 
     The temporary file lives in the destination folder, so the final rename is
     atomic on POSIX file systems; on any error it is removed and an existing
-    file at ``path`` is left untouched.
+    file at ``path`` is left untouched. The file gets the mode of the file it replaces,
+    else the usual mode of a new file (0666 less the umask), not the temporary file's 0600.
 
     Parameters
     ----------
@@ -62,18 +145,29 @@ def atomic_output(path, overwrite=False):
     overwrite : bool
         Replace an existing file. If False and ``path`` exists,
         `~shiftstack_ccd.exceptions.OutputExistsError` is raised before anything is written.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be created or written, or the path is a folder
+        (see `check_output_path`).
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --overwrite) "
-                                "to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    path = check_output_path(path, overwrite=overwrite)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, mode)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written: {exc.strerror or exc}.") from None
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot be written: {exc.strerror or exc}.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -107,8 +201,11 @@ def set_card(header, key, value, comment=""):
     """Set a header card, shortening the comment (never the value) to fit one 80-char card."""
     from astropy.io import fits
     bare = fits.Card(key, value).image
-    if len(bare) <= 80:  # a long string value continues on CONTINUE cards: leave it
-        comment = comment[:max(80 - len(bare.rstrip()) - 3, 0)]  # 3 for " / "
+    if len(bare) <= 80 and comment:  # a long string continues on CONTINUE cards: leave it
+        # where the comment starts once astropy has padded the value (to column 30 for
+        # short strings, which a bare card does not show)
+        start = fits.Card(key, value, "#").image.rstrip().rfind("#")
+        comment = comment[:max(80 - start, 0)]
     header[key] = (value, comment) if comment else value
 
 

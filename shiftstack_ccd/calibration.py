@@ -19,7 +19,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .exceptions import FrameError
 from .frames import read_frame
 
-__all__ = ["calibrate_frame", "combine_bias", "combine_flat", "read_calibration_frame",
+__all__ = ["calibrate_frame", "calibrate_from_header", "combine_bias", "combine_dark",
+           "combine_flat", "read_calibration_frame", "read_masters",
            "subtract_overscan_and_trim"]
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,36 @@ def combine_bias(frames):
     return frames[0] if len(frames) == 1 else ccdproc.combine(frames, method="median")
 
 
+def combine_dark(frames, bias=None):
+    """Master dark: each dark bias-subtracted, median-combined, with its exposure time.
+
+    Parameters
+    ----------
+    frames : list of `~astropy.nddata.CCDData`
+        Overscan-subtracted, trimmed darks of the same exposure time (``EXPTIME``).
+    bias : `~astropy.nddata.CCDData`, optional
+        Master bias subtracted from each dark first.
+
+    Returns
+    -------
+    dark : `~astropy.nddata.CCDData`
+        ``EXPTIME`` in its header, so `calibrate_frame` can scale it to each frame's.
+    """
+    import ccdproc
+
+    if bias is not None:
+        frames = [ccdproc.subtract_bias(dark, bias) for dark in frames]
+    exptimes = {float(f.meta.get("EXPTIME", np.nan)) for f in frames}
+    if len(exptimes) != 1 or not np.isfinite(next(iter(exptimes))):
+        raise FrameError(f"darks to combine need one common EXPTIME; found {sorted(exptimes)} "
+                         f"in {[f.meta.get('SSFILE', '?') for f in frames]}.")
+    if len(frames) == 1:
+        return frames[0]
+    dark = ccdproc.combine(frames, method="median")
+    dark.meta["EXPTIME"] = exptimes.pop()
+    return dark
+
+
 def combine_flat(frames, bias=None):
     """Master flat: each flat bias-subtracted, scaled to a median of 1, median-combined.
 
@@ -143,8 +174,8 @@ def combine_flat(frames, bias=None):
 
 def calibrate_frame(ccd, *, overscan=None, trim=None, overscan_median=True,
                     overscan_polynomial=None, gain=None, read_noise=None, bias=None, flat=None,
-                    flat_min=None):
-    """Calibrate one frame in ccdproc's order: overscan, trim, error, bias, flat.
+                    flat_min=None, dark=None):
+    """Calibrate one frame in ccdproc's order: overscan, trim, error, bias, dark, flat.
 
     Parameters
     ----------
@@ -159,6 +190,8 @@ def calibrate_frame(ccd, *, overscan=None, trim=None, overscan_median=True,
         Read noise in electrons.
     bias, flat : `~astropy.nddata.CCDData`, optional
         Master bias and flat (`combine_bias`, `combine_flat`).
+    dark : `~astropy.nddata.CCDData`, optional
+        Master dark (`combine_dark`), scaled by the ratio of the frames' ``EXPTIME``.
     flat_min : float, optional
         Flat values below this are raised to it (`ccdproc.flat_correct`'s ``min_value``).
 
@@ -194,6 +227,73 @@ def calibrate_frame(ccd, *, overscan=None, trim=None, overscan_median=True,
                                        readnoise=read_noise * u.electron, disregard_nan=True)
     if bias is not None:
         ccd = ccdproc.subtract_bias(ccd, bias)
+    if dark is not None:
+        ccd = ccdproc.subtract_dark(ccd, dark, exposure_time="EXPTIME", exposure_unit=u.s,
+                                    scale=True)
     if flat is not None:
         ccd = ccdproc.flat_correct(ccd, flat, min_value=flat_min)
     return ccd  # a new frame: subtract_overscan_and_trim made one
+
+
+def _header_sections(ccd):
+    """``BIASSEC`` and ``TRIMSEC`` of a raw frame, when its header has them."""
+    from .noise import overscan_level
+    if overscan_level(ccd) is None:  # no overscan in the frame (trimmed, or calibrated)
+        return {"overscan": None, "trim": None}
+    return {"overscan": str(ccd.meta["BIASSEC"]).strip(),
+            "trim": str(ccd.meta["TRIMSEC"]).strip() if "TRIMSEC" in ccd.meta else None}
+
+
+def read_masters(bias=(), dark=(), flat=(), hdu=None, unit=None):
+    """Master bias, dark and flat from files (overscan and trim from each file's header).
+
+    Parameters
+    ----------
+    bias, dark, flat : sequence of paths
+        The calibration frames; several of a kind are combined (`combine_bias`,
+        `combine_dark`, `combine_flat`), darks and flats after subtracting the bias.
+    hdu, unit
+        As for `read_calibration_frame`.
+
+    Returns
+    -------
+    masters : dict
+        ``bias``, ``dark``, ``flat``: `~astropy.nddata.CCDData` or None.
+    """
+    def prepared(paths):
+        frames = []
+        for path in paths:
+            ccd = read_calibration_frame(path, hdu=hdu, unit=unit)
+            frames.append(subtract_overscan_and_trim(ccd, **_header_sections(ccd)))
+        return frames
+
+    masters = {"bias": None, "dark": None, "flat": None}
+    if bias:
+        masters["bias"] = combine_bias(prepared(bias))
+    if dark:
+        masters["dark"] = combine_dark(prepared(dark), bias=masters["bias"])
+    if flat:  # bias-subtracted; the dark current of a flat's short exposure is neglected
+        masters["flat"] = combine_flat(prepared(flat), bias=masters["bias"])
+    return masters
+
+
+def calibrate_from_header(ccd, bias=None, dark=None, flat=None, flat_min=None):
+    """`calibrate_frame` with the overscan and trim sections of the frame's own header.
+
+    A per-frame step for `~shiftstack_ccd.shift_and_stack` (``stack --bias/--dark/--flat``):
+    ``BIASSEC`` and ``TRIMSEC`` are used when the frame still has its overscan; the noise
+    model is left to the stack (its gain and read noise, and the measured pixel noise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> raw = CCDData(np.full((4, 6), 1100.0), unit="adu",
+    ...               meta={"BIASSEC": "[5:6,1:4]", "TRIMSEC": "[1:4,1:4]"})
+    >>> raw.data[:, 4:] = 100.0
+    >>> out = calibrate_from_header(raw)
+    >>> out.shape, float(out.data.mean())
+    ((4, 4), 1000.0)
+    """
+    return calibrate_frame(ccd, **_header_sections(ccd), bias=bias, dark=dark, flat=flat,
+                           flat_min=flat_min)

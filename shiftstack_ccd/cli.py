@@ -17,17 +17,59 @@
 """
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 from astropy import units as u
 
-from .exceptions import ShiftStackError
+from .exceptions import OutputExistsError, ShiftStackError
 
 __all__ = ["main"]
 
 log = logging.getLogger("shiftstack_ccd")
+
+
+class UsageError(ShiftStackError):
+    """Options that do not go together or cannot be read (exit status 2)."""
+
+
+def _position(tokens):
+    """ICRS position from ``RA DEC`` in degrees or sexagesimal (``08:18:30.7 +25:20:25``)."""
+    from astropy.coordinates import SkyCoord
+    text = " ".join(tokens)
+    if len(tokens) not in (1, 2) or (len(tokens) == 1 and len(text.split()) != 2):
+        raise UsageError(f"--position {text!r}: give RA and Dec, in degrees (124.63 25.34) or "
+                         "sexagesimal (08:18:30.7 +25:20:25, RA in hours).")
+    ra, dec = text.split()
+    sexagesimal = any(c in ra for c in ":hms ")
+    try:
+        return SkyCoord(ra, dec, unit=("hourangle" if sexagesimal else "deg", "deg"),
+                        frame="icrs")
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--position {text!r}: not a position ({reason}); give RA and Dec in "
+                         "degrees (124.63 25.34) or sexagesimal (08:18:30.7 +25:20:25, RA in "
+                         "hours).") from None
+
+
+def _epoch(text):
+    """A UTC time from ISO text, or an MJD number."""
+    from astropy.time import Time
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    try:
+        if value is not None:
+            return Time(value, format="jd" if value > 2_400_000 else "mjd", scale="utc")
+        return Time(text, scale="utc")
+    except ValueError:
+        raise UsageError(f"--epoch {text!r}: not a time; give ISO UTC (2024-03-01T03:00:00) "
+                         "or an MJD.") from None
 
 
 def _add_motion_options(parser):
@@ -37,35 +79,31 @@ def _add_motion_options(parser):
     group.add_argument("--rates", nargs=2, type=float, metavar=("DRA", "DDEC"),
                        help="linear motion in arcsec/hour: dRA*cos(Dec)/dt and dDec/dt; needs "
                             "--position and --epoch")
-    group.add_argument("--position", nargs=2, type=float, metavar=("RA", "DEC"),
-                       help="target position (ICRS degrees) at --epoch, for --rates")
-    group.add_argument("--epoch", help="epoch of --position (ISO, UTC)")
+    group.add_argument("--position", nargs="+", metavar="RA DEC",
+                       help="target position at --epoch, for --rates: ICRS degrees "
+                            "(124.63 25.34) or sexagesimal (08:18:30.7 +25:20:25, RA in hours)")
+    group.add_argument("--epoch", help="epoch of --position: ISO UTC (2024-03-01T03:00:00) or "
+                                       "an MJD")
     group.add_argument("--target", help="JPL Horizons target (name, designation, number or "
-                                        "record number)")
+                                        "record number); needs the network")
     group.add_argument("--location", default="500",
                        help="observer for Horizons: MPC code, '@hst', '500@-170', ... "
                             "(default 500, geocentre)")
-    group.add_argument("--id-type", default=None, help="Horizons id_type, e.g. smallbody")
+    group.add_argument("--id-type", default=None,
+                       help="Horizons id_type, e.g. smallbody (default: Horizons decides)")
     group.add_argument("--no-cache", action="store_true",
                        help="ask Horizons again even if the answer is cached")
 
 
 def _motion_model(args, frames):
-    from astropy.coordinates import SkyCoord
     from astropy.time import Time
 
     from .ephemeris import Ephemeris
-    chosen = [name for name in ("ephemeris", "rates", "target") if getattr(args, name)]
-    if len(chosen) != 1:
-        raise ShiftStackError("give exactly one motion model: --ephemeris TABLE, --rates "
-                              "DRA DDEC with --position and --epoch, or --target T")
+    _check_motion_options(args)
     if args.ephemeris:
         return Ephemeris.from_table(args.ephemeris)
     if args.rates:
-        if not (args.position and args.epoch):
-            raise ShiftStackError("--rates needs --position RA DEC and --epoch TIME")
-        return Ephemeris.linear(SkyCoord(*args.position, unit="deg"),
-                                Time(args.epoch, scale="utc"),
+        return Ephemeris.linear(_position(args.position), _epoch(args.epoch),
                                 args.rates[0] * u.arcsec / u.hour,
                                 args.rates[1] * u.arcsec / u.hour)
     from .ephemeris import ephemeris_for_times
@@ -76,32 +114,67 @@ def _motion_model(args, frames):
                                cache=not args.no_cache)
 
 
+def _check_motion_options(args):
+    """What can be checked of the motion options before any frame is read."""
+    chosen = [name for name in ("ephemeris", "rates", "target") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one motion model: --ephemeris TABLE, --rates "
+                         "DRA DDEC with --position and --epoch, or --target T")
+    if args.rates and not (args.position and args.epoch):
+        raise UsageError("--rates needs --position RA DEC and --epoch TIME")
+    if args.position and not args.rates:
+        raise UsageError("--position is only used with --rates")
+    if args.rates:
+        if not all(map(lambda v: abs(v) < float("inf"), args.rates)):
+            raise UsageError(f"--rates {args.rates[0]} {args.rates[1]}: must be finite numbers")
+        _position(args.position)
+        _epoch(args.epoch)
+
+
 def _cmd_stack(args):
+    from ._utils import check_output_path
+    from ._validate import stack_parameters
     from .cosmicray import clean_cosmic_rays
     from .frames import expand_files
     from .stack import shift_and_stack
     from .visualization import write_preview
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise ShiftStackError(f"{output}: exists; pass --overwrite to replace it")
-    if args.preview and Path(args.preview).exists() and not args.overwrite:
-        raise ShiftStackError(f"{args.preview}: exists; pass --overwrite to replace it")
-    files = args.files if len(args.files) > 1 else args.files[0]
+    _check_motion_options(args)
+    if args.ephemeris and not Path(args.ephemeris).is_file():
+        raise ShiftStackError(f"--ephemeris {args.ephemeris}: no such file")
+    # everything that can be refused is refused before the first frame is read
+    stack_parameters(method=args.method, size=args.size, resample=args.resample,
+                     refine_max_shift=args.refine_max_shift, scheduler=args.scheduler,
+                     workdir=args.workdir)
+    files = expand_files(args.files if len(args.files) > 1 else args.files[0])
+    masters = [*args.bias, *args.dark, *args.flat]
+    inputs = files + masters + ([args.ephemeris] if args.ephemeris else [])
+    output = check_output_path(args.output, args.overwrite, inputs, "output (-o)")
+    if args.preview:
+        check_output_path(args.preview, args.overwrite, inputs, "preview")
+        if Path(args.preview).resolve() == output.resolve():
+            raise UsageError(f"--preview {args.preview}: the same file as --output")
     # Paths, not frames: shift_and_stack reads (and checks) one frame at a time.
-    frames = [str(p) for p in expand_files(files)]
+    frames = files
     eph = _motion_model(args, frames)
-    steps = [clean_cosmic_rays] if args.clean_cosmic_rays else None
+    steps = [clean_cosmic_rays] if args.clean_cosmic_rays else []
+    if args.bias or args.dark or args.flat:  # the pipeline files' calibration functions
+        from .calibration import calibrate_from_header, read_masters
+        masters = read_masters(bias=args.bias, dark=args.dark, flat=args.flat)
+        steps.insert(0, (calibrate_from_header, masters))
     result = shift_and_stack(frames, eph, method=args.method, size=args.size,
                              resample=args.resample, sigma_clip=args.sigma_clip,
                              sky_stack=not args.no_sky, weights=args.weights,
                              subtract_static=args.subtract_static, refine=args.refine,
-                             refine_max_shift=args.refine_max_shift, per_frame_steps=steps,
-                             scheduler=args.scheduler, workdir=args.workdir)
+                             refine_max_shift=args.refine_max_shift,
+                             per_frame_steps=steps or None, scheduler=args.scheduler,
+                             workdir=args.workdir, gain=args.gain, read_noise=args.read_noise,
+                             background=None if args.background == "none" else "model",
+                             scale=args.scale)
     result.write(output, overwrite=args.overwrite)
+    x, y = result.target_pixel
     print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
-          f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
-    _print_summary(result)
+          f"({x:.1f}, {y:.1f}) (0-based; ({x + 1:.1f}, {y + 1:.1f}) in FITS/ds9 1-based)")
     if args.preview:
         images = [result.stack] + ([result.sky_stack] if result.sky_stack is not None else [])
         titles = ["stacked on the target", "stacked on the stars"][:len(images)]
@@ -109,6 +182,7 @@ def _cmd_stack(args):
                       marks=[result.target_pixel] + [None] * (len(images) - 1),
                       overwrite=args.overwrite)
         print(f"wrote {args.preview}")
+    _print_summary(result)  # the verdict, last
     return 0
 
 
@@ -181,11 +255,15 @@ def _cmd_demo(args):
 def _cmd_ephemeris(args):
     from astropy.time import Time
 
+    from ._utils import check_output_path
+    from ._validate import number
     from .ephemeris import ephemeris_for_times
-    from .frames import mid_exposure_time, read_frames
-    frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
+    from .frames import expand_files, mid_exposure_time, read_frames
+    step = None if args.step is None else number(args.step, "step", 0) * u.min
+    files = expand_files(args.files if len(args.files) > 1 else args.files[0])
+    check_output_path(args.output, args.overwrite, files, "output (-o)")
+    frames = read_frames(files)
     times = Time([mid_exposure_time(f) for f in frames])
-    step = args.step * u.min if args.step else None
     eph = ephemeris_for_times(times, args.target, args.location, id_type=args.id_type,
                               cache=not args.no_cache, epochs=args.epochs, step=step,
                               output=args.output, overwrite=args.overwrite)
@@ -207,7 +285,8 @@ def _cmd_steps(args):
 
 def _cmd_run(args):
     from .pipeline import load_pipeline
-    pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None)
+    pipeline = load_pipeline(args.pipeline, overwrite=True if args.overwrite else None,
+                             allow_scheduler=args.allow_scheduler)
     if args.check:
         print(f"{args.pipeline}: valid")
         for line in pipeline.describe():
@@ -222,31 +301,65 @@ def _cmd_run(args):
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_global_options(parser, default):
+    """-v/-q, on the main parser (with defaults) and on every subcommand (``default`` is
+    SUPPRESS there, so that an option given before the subcommand is not reset after it)."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", default=default,
+                       help="more messages (-vv for debugging, and tracebacks of errors)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only errors: no progress, no warnings")
+
+
 def build_parser():
     """The argument parser of ``shiftstack-ccd``."""
     from . import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shiftstack-ccd",
-        description="Shift-and-stack CCD frames on the motion of a solar-system body.")
+        description="Shift-and-stack CCD frames on the motion of a solar-system body. "
+                    "Pixel coordinates printed are 0-based (numpy); add 1 for FITS/ds9.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="count", default=0,
-                           help="more messages (-vv for debugging)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_global_options(parser, None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stack = sub.add_parser("stack", help="stack frames on a moving target")
     stack.add_argument("files", nargs="+", help="FITS files, a folder or a glob pattern")
     _add_motion_options(stack)
-    stack.add_argument("--method", choices=("mean", "median", "sum"), default="mean")
+    stack.add_argument("--method", choices=("mean", "median", "sum"), default="mean",
+                       help="how to combine the frames (default mean)")
     stack.add_argument("--size", type=int, default=None,
-                       help="output size in pixels (square; default: large enough for all "
-                            "frames)")
-    stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto")
+                       help="output size in pixels (square, centred on the target; default: "
+                            "large enough for all frames)")
+    stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto",
+                       help="resampling: shift (pure translation, when the frames allow it), "
+                            "warp (full WCS), or auto (shift where exact; default)")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
-    stack.add_argument("--weights", choices=("inverse-variance", "exptime"), default=None,
-                       help="weights of the mean and sum (default: equal)")
+    stack.add_argument("--weights", choices=("inverse-variance", "exptime", "snr"),
+                       default=None, help="weights of the mean and sum (default: equal; "
+                                          "snr: best for point sources)")
+    calib = stack.add_argument_group("calibration and noise (raw frames)")
+    calib.add_argument("--bias", nargs="+", default=(), metavar="FILE",
+                       help="bias frames (combined by median); overscan and trim from "
+                            "BIASSEC/TRIMSEC when the frames have them")
+    calib.add_argument("--dark", nargs="+", default=(), metavar="FILE",
+                       help="dark frames (scaled by EXPTIME)")
+    calib.add_argument("--flat", nargs="+", default=(), metavar="FILE", help="flat frames")
+    calib.add_argument("--gain", type=float, default=None, metavar="E_PER_ADU",
+                       help="gain for the noise model (default: the header's)")
+    calib.add_argument("--read-noise", type=float, default=None, metavar="E",
+                       help="read noise in electrons (default: the header's)")
+    calib.add_argument("--background", choices=("model", "none"), default="model",
+                       help="subtract each frame's modelled sky before combining (default)")
+    calib.add_argument("--scale", choices=("stars",), default=None,
+                       help="divide each frame by its photometric scale from common stars")
     stack.add_argument("--clean-cosmic-rays", action="store_true",
                        help="clean cosmic rays in every frame first (median method)")
     stack.add_argument("--subtract-static", action="store_true",
@@ -259,37 +372,45 @@ def build_parser():
                        help="run per-frame work through dask: 'threads', 'processes' or a "
                             "dask.distributed address such as tcp://127.0.0.1:8786")
     stack.add_argument("--workdir", default=None, metavar="DIR",
-                       help="keep intermediate frames in a temporary folder under DIR, so that "
-                            "memory stays bounded however many frames there are")
-    stack.add_argument("-o", "--output", default="stack.fits", help="output FITS file")
+                       help="keep intermediate frames in a temporary folder under DIR (which "
+                            "must exist), so that memory stays bounded however many frames")
+    stack.add_argument("-o", "--output", default="stack.fits",
+                       help="output FITS file (default stack.fits); never one of the inputs")
     stack.add_argument("--preview", metavar="PNG", help="also write a PNG preview")
     stack.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     stack.set_defaults(func=_cmd_stack)
 
     demo = sub.add_parser("demo", help="simulate, stack and measure a faint moving target "
                                        "(offline)")
-    demo.add_argument("--output-dir", default="shiftstack-demo", help="where to write")
-    demo.add_argument("--n-frames", type=int, default=9)
-    demo.add_argument("--snr", type=float, default=3.0, help="target S/N in one frame")
-    demo.add_argument("--seed", type=int, default=3)
+    demo.add_argument("--output-dir", default="shiftstack-demo",
+                      help="where to write (default shiftstack-demo)")
+    demo.add_argument("--n-frames", type=int, default=9,
+                      help="number of simulated frames (default 9, at least 2)")
+    demo.add_argument("--snr", type=float, default=3.0,
+                      help="target S/N in one frame (default 3)")
+    demo.add_argument("--seed", type=int, default=3,
+                      help="random seed of the simulation (default 3)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.set_defaults(func=_cmd_demo)
 
     ephem = sub.add_parser("ephemeris", help="query JPL Horizons once for the frames' times")
     ephem.add_argument("files", nargs="+", help="FITS files, a folder or a glob pattern")
     ephem.add_argument("--target", required=True, help="target name, designation or record")
-    ephem.add_argument("--location", default="500", help="observer (MPC code, @hst, ...)")
-    ephem.add_argument("--id-type", default=None, help="Horizons id_type")
+    ephem.add_argument("--location", default="500",
+                       help="observer (MPC code, @hst, ...; default 500, geocentre)")
+    ephem.add_argument("--id-type", default=None,
+                       help="Horizons id_type, e.g. smallbody (default: Horizons decides)")
     ephem.add_argument("--epochs", choices=("auto", "range", "tlist"), default="auto",
                        help="query a start/stop/step range, the exact epochs, or whichever "
                             "needs fewer requests (default)")
     ephem.add_argument("--step", type=float, default=None,
-                       help="range step in minutes (default: chosen for < 1 mas "
+                       help="range step in minutes, > 0 (default: chosen for < 1 mas "
                             "interpolation error)")
     ephem.add_argument("--no-cache", action="store_true",
                        help="ask Horizons again even if the answer is cached")
-    ephem.add_argument("-o", "--output", default="ephemeris.ecsv")
-    ephem.add_argument("--overwrite", action="store_true")
+    ephem.add_argument("-o", "--output", default="ephemeris.ecsv",
+                       help="the table to write (ECSV; default ephemeris.ecsv)")
+    ephem.add_argument("--overwrite", action="store_true", help="replace an existing table")
     ephem.set_defaults(func=_cmd_ephemeris)
 
     measure = sub.add_parser("measure", help="detect and measure the target on a stack")
@@ -332,7 +453,13 @@ def build_parser():
                      help="only validate the file and say what it would do")
     run.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (overrides [output] overwrite)")
+    run.add_argument("--allow-scheduler", action="store_true",
+                     help="let the file's [stack] scheduler name a dask.distributed address "
+                          "(frames and pickled tasks are sent there)")
     run.set_defaults(func=_cmd_run)
+
+    for subparser in sub.choices.values():  # every subcommand, those added later too
+        _add_global_options(subparser, argparse.SUPPRESS)
     return parser
 
 
@@ -354,21 +481,110 @@ def _log_to_stderr(level, progress_level):
         progress_level if record.name == "shiftstack_ccd.progress" else level))
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds (and cleans up) like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_and_warnings(quiet):
+    """SIGTERM handled like SIGINT; warnings on one line each, none with -q."""
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"shiftstack-ccd: warning: {text}", file=sys.stderr)
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (main() called from a thread): leave it
+        pass
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            else:
+                warnings.showwarning = show
+            yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _option_names(parser, args):
+    """Map parameter names to the subcommand's option strings ('size' -> '--size')."""
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    return {action.dest: action.option_strings[-1] if action.option_strings else action.dest
+            for action in sub._actions}
+
+
+def _error_message(exc, options):
+    """One line for a user's error: the exception's own message, in command-line words."""
+    if isinstance(exc, OSError) and not isinstance(exc, ShiftStackError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    text = str(exc) if getattr(exc, "problems", None) else _one_line(exc)  # pipeline: a list
+    parameter = getattr(exc, "parameter", None)
+    if parameter in options and text.startswith(f"{parameter}:"):
+        text = options[parameter] + text[len(parameter):]
+    if isinstance(exc, OutputExistsError):
+        text = text.replace("overwrite=True (or --overwrite)", "--overwrite")
+        text = text.replace("overwrite=True", "--overwrite")
+    return text
+
+
 def main(argv=None):
-    """Run ``shiftstack-ccd``; returns the exit status."""
+    """Run ``shiftstack-ccd``; returns the exit status.
+
+    0 on success, 1 for an error (one line on stderr naming the file or option and what to
+    do), 2 for a command line that cannot be read, 130 on Ctrl-C and 143 on SIGTERM (the
+    work folder and partial outputs removed in both cases).
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        args.verbose = args.verbose or 0
+        if args.quiet and args.verbose:
+            parser.error("-q and -v together")
+    except SystemExit as exc:  # --help, --version, usage errors: a status, not an exit
+        return exc.code
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     _log_to_stderr(level, logging.ERROR if args.quiet else min(level, logging.INFO))
     try:
-        return args.func(args)
-    except (ShiftStackError, FileNotFoundError) as exc:
-        print(f"shiftstack-ccd: error: {exc}", file=sys.stderr)
+        with _signals_and_warnings(args.quiet):
+            return args.func(args)
+    except UsageError as exc:
+        print(f"shiftstack-ccd {args.command}: error: {_one_line(exc)} (see shiftstack-ccd "
+              f"{args.command} --help)", file=sys.stderr)
+        return 2
+    except (ShiftStackError, OSError) as exc:
+        if args.verbose:
+            log.exception("traceback:")
+        print(f"shiftstack-ccd: error: {_error_message(exc, _option_names(parser, args))}",
+              file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("shiftstack-ccd: error: out of memory; give a smaller --size or a --workdir",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("shiftstack-ccd: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("shiftstack-ccd: terminated; no partial output was left", file=sys.stderr)
+        return 143
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            log.exception("traceback:")
+        print(f"shiftstack-ccd: error: unexpected {type(exc).__name__}: {_one_line(exc)}; "
+              "run with -v for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ variance keeps that property:
   it. That ratio, ``kappa``, follows from the resampling kernel (the noise correlation of
   a resampled frame is the kernel's autocorrelation), averaged over sub-pixel phases: 0.916
   for the bicubic spline, 0.805 for bilinear interpolation, 1 for frames that were not
-  interpolated (``_median_correlation_factor`` computes it). It is read from each frame's
+  interpolated (``median_correlation_factor`` computes it). It is read from each frame's
   ``SSINTERP``/``SSRESAMP`` cards, or given as ``median_correlation``.
 
 Measured on stacks of nine rotated simulated frames of empty sky (warp path, bicubic),
@@ -95,8 +95,6 @@ the exposure-weighted mid-time ``MJD-AVG``/``DATE-AVG`` (`exposure_weighted_mid_
 when every frame has an exposure time and a mid-exposure time.
 """
 
-import contextlib
-import functools
 import logging
 import os
 import warnings
@@ -110,9 +108,11 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ._combine_block import bytes_per_element, combine_block, mean_from_sums, quiet
+from ._median import frame_correlation_factor
 from ._utils import as_header, frame_label
-from .exceptions import FrameError
 from .config import conf
+from .exceptions import FrameError
 from .frames import exposure_time, mid_exposure_time
 
 __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_cards",
@@ -120,99 +120,6 @@ __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_c
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("shiftstack_ccd.progress")
-
-
-#: Variance of the median of n Gaussian values relative to their mean, for large n.
-MEDIAN_VARIANCE_FACTOR = np.pi / 2
-
-#: Beyond this many values the median's variance factor is taken as pi/2 (within 0.5%).
-_MEDIAN_EXACT_UP_TO = 200
-
-
-# ------------------------------------------------------------------------------------------
-# The median's variance
-# ------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _median_variance_factor(n):
-    """Var(median of n unit Gaussians) * n: exact from the order-statistic densities.
-
-    Odd n: the variance of the middle order statistic. Even n: of the mean of the two
-    middle ones, whose cross moment is a 1-D integral of a cumulative integral. 1 for n <= 2.
-    """
-    if n <= 2:
-        return 1.0
-    if n > _MEDIAN_EXACT_UP_TO:
-        return MEDIAN_VARIANCE_FACTOR
-    from scipy.integrate import cumulative_trapezoid, trapezoid
-    from scipy.special import gammaln, log_ndtr
-    x = np.linspace(-10, 10, 20001)
-    log_phi = -x * x / 2 - 0.5 * np.log(2 * np.pi)
-    log_cdf, log_sf = log_ndtr(x), log_ndtr(-x)
-
-    def density(k):  # of the k-th of n order statistics
-        return np.exp(gammaln(n + 1) - gammaln(k) - gammaln(n - k + 1)
-                      + (k - 1) * log_cdf + (n - k) * log_sf + log_phi)
-
-    if n % 2:
-        return float(n * trapezoid(x * x * density((n + 1) // 2), x))
-    k = n // 2
-    second = trapezoid(x * x * density(k), x) + trapezoid(x * x * density(k + 1), x)
-    # E[X_k X_k+1] = c int x F^(k-1) f(x) int_x^inf y (1-F)^(n-k-1) f(y) dy dx
-    half_log_c = (gammaln(n + 1) - gammaln(k) - gammaln(n - k)) / 2
-    inner = x * np.exp(half_log_c + (n - k - 1) * log_sf + log_phi)
-    tail = -cumulative_trapezoid(inner[::-1], x[::-1], initial=0)[::-1]
-    cross = trapezoid(x * np.exp(half_log_c + (k - 1) * log_cdf + log_phi) * tail, x)
-    return float(n * (second + 2 * cross) / 4)
-
-
-def _median_variance_factors(n_max):
-    """``F(n)`` for n = 0 .. n_max, as an array indexed by n."""
-    return np.array([_median_variance_factor(n) for n in range(n_max + 1)])
-
-
-@functools.lru_cache(maxsize=None)
-def _median_correlation_factor(interpolation):
-    """``kappa`` for a resampling kernel: (2/pi) <s2 sum arcsin(rho)> / <s2 sum rho>.
-
-    rho is the noise correlation of a frame resampled with the kernel at one sub-pixel
-    phase (the normalised autocorrelation of the 2-D kernel), s2 its zero-lag value; the
-    average is over 16 x 16 phases. ``interpolation``: 'bicubic' or 'bilinear' (the kernels
-    of `resample_to_target`), or 'none'.
-    """
-    if interpolation == "none":
-        return 1.0
-    from scipy.ndimage import map_coordinates
-    order = {"bilinear": 1, "bicubic": 3}[interpolation]
-    size = 41
-    phases = (np.arange(16) + 0.5) / 16
-    impulses = np.eye(size)
-    # 1-D kernel at each phase: the weights of every input sample in one output sample
-    kernels = [np.array([map_coordinates(impulse, [[size // 2 + t]], order=order,
-                                         mode="constant")[0] for impulse in impulses])
-               for t in phases]
-    # the 2-D kernel is separable, so is its autocorrelation
-    acovs = [np.correlate(k, k, mode="full") for k in kernels]
-    numerator = denominator = 0.0
-    for ax in acovs:
-        for ay in acovs:
-            acov = np.outer(ay, ax)
-            zero_lag = acov.max()
-            rho = np.clip(acov / zero_lag, -1, 1)
-            numerator += zero_lag * np.arcsin(rho).sum()
-            denominator += zero_lag * rho.sum()
-    return float(2 / np.pi * numerator / denominator)
-
-
-def _frame_correlation_factor(meta):
-    """``kappa`` of one frame from what `resample_to_target` wrote in its header."""
-    interpolation = meta.get("SSINTERP")
-    if interpolation not in ("bicubic", "bilinear"):
-        return 1.0  # not resampled here: no interpolation to correct for
-    if meta.get("SSRESAMP") == "shift":
-        shifts = [meta.get("SSSHIFTX"), meta.get("SSSHIFTY")]
-        if all(s is not None and float(s) == round(float(s)) for s in shifts):
-            return 1.0  # whole-pixel shift: no interpolation
-    return _median_correlation_factor(interpolation)
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,135 +361,6 @@ def exposure_header_cards(frames, weights=None):
 
 
 # ------------------------------------------------------------------------------------------
-# Per-block arithmetic
-# ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet():
-    """All-NaN columns (pixels no frame covers) are expected, not worth a warning."""
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-        yield
-
-
-def _median_of_valid(cube, count):
-    """Median along axis 0 of a cube whose invalid values are NaN; ``count`` valid ones.
-
-    `numpy.sort` puts NaN last, so the median of the ``count`` valid values sits at
-    positions ``(count-1)//2`` and ``count//2``: one sort, no masked arrays
-    (`numpy.nanmedian` on a short axis goes through `numpy.ma`, several times slower).
-    """
-    ordered = np.sort(cube, axis=0)
-    lo = np.maximum((count - 1) // 2, 0)[None]
-    hi = np.maximum(count // 2, 0)[None]
-    low = np.take_along_axis(ordered, lo, axis=0)[0]
-    high = np.take_along_axis(ordered, np.minimum(hi, cube.shape[0] - 1), axis=0)[0]
-    del ordered
-    median = 0.5 * (low + high)
-    median[count == 0] = np.nan
-    return median
-
-
-def _local_gradient(image):
-    """Largest absolute difference between each pixel and its 8 neighbours (NaN ignored)."""
-    padded = np.pad(image, 1, constant_values=np.nan)
-    ny, nx = image.shape
-    out = np.zeros(image.shape, dtype=image.dtype)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            diff = np.abs(padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] - image)
-            np.fmax(out, diff, out=out)
-    return np.nan_to_num(out, nan=0.0)
-
-
-def _clip(data, var, bad, core, sigma_low, sigma_high, gradient):
-    """Which values of the rows ``core`` of a block to reject (see the module notes).
-
-    ``data`` has NaN where ``bad``; rows outside ``core`` are the halo used for the
-    gradient of the median image. Returns the rejection mask of the core rows.
-    """
-    count = (~bad).sum(axis=0)
-    median = _median_of_valid(data, count)
-    allowance = gradient * _local_gradient(median)[core] if gradient else 0.0
-    median, count = median[core], count[core]
-    d, v = data[:, core], var[:, core]
-    deviation = d - median
-    spread = 1.482602218505602 * _median_of_valid(np.abs(deviation), count)
-    sigma = np.fmax(np.sqrt(np.clip(v, 0, None)), spread)
-    reject = ((deviation > sigma_high * sigma + allowance)
-              | (deviation < -(sigma_low * sigma + allowance)))
-    reject &= (count >= 3)  # fewer values give no reference to clip against
-    reject &= ~bad[:, core]
-    return reject
-
-
-def _combine_block(data, var, bad, frame_w, method, inverse_variance, n_frames, kappa,
-                   clip, core):
-    """Combine one block: (value, variance, coverage, rejected mask, valid per frame).
-
-    ``valid`` counts each frame's usable values in the core rows before clipping.
-    """
-    with _quiet():
-        for k in range(data.shape[0]):  # frame by frame: no cube-sized temporaries
-            bad[k] |= ~np.isfinite(data[k]) | ~np.isfinite(var[k])
-            bad[k] |= (var[k] <= 0) if inverse_variance else (var[k] < 0)
-            if frame_w[k] == 0:
-                bad[k] = True
-            data[k][bad[k]] = np.nan
-        if clip is not None:
-            rejected = _clip(data, var, bad, core, *clip)
-        else:
-            rejected = np.zeros((data.shape[0],) + data[0, core].shape, dtype=bool)
-        data, var, bad = data[:, core], var[:, core], bad[:, core]
-        if rejected.any():
-            bad |= rejected
-            data[rejected] = np.nan
-        good = ~bad
-        valid = good.reshape(good.shape[0], -1).sum(axis=1) \
-            + rejected.reshape(good.shape[0], -1).sum(axis=1)
-        coverage = good.sum(axis=0)
-        if method == "median":
-            value = _median_of_valid(data, coverage)
-            var_sum = np.zeros(coverage.shape)
-            for k in range(data.shape[0]):
-                var_sum += np.where(good[k], var[k], 0.0)
-            factors = _median_variance_factors(data.shape[0])[coverage]
-            variance = kappa * factors * var_sum / np.maximum(coverage, 1) ** 2
-        else:
-            sw = np.zeros(coverage.shape)
-            swx = np.zeros(coverage.shape)
-            sw2v = np.zeros(coverage.shape)
-            for k in range(data.shape[0]):
-                w = np.where(good[k], frame_w[k], 0.0)
-                if inverse_variance:
-                    w = np.where(good[k], w / np.where(good[k], var[k], 1.0), 0.0)
-                sw += w
-                swx += w * np.where(good[k], data[k], 0.0)
-                sw2v += w * w * np.where(good[k], var[k], 0.0)
-            value, variance = _mean_from_sums(swx, sw, sw2v)
-            if method == "sum":
-                value, variance = value * n_frames, variance * n_frames ** 2
-    return value, variance, coverage, rejected, valid
-
-
-def _mean_from_sums(swx, sw, sw2v):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return swx / sw, sw2v / sw ** 2
-
-
-def _bytes_per_element(itemsize, method, clip):
-    """Working bytes per (frame, pixel) of a block (checked with tracemalloc in the tests)."""
-    per = 2 * itemsize + 2  # data, variance, bad, good
-    if method == "median":
-        per += itemsize  # the sorted copy
-    if clip:
-        per += 5 * itemsize + 3  # sorted, deviation, |deviation| and its sorted copy, sigma
-    return per
-
-
-# ------------------------------------------------------------------------------------------
 # The public functions
 # ------------------------------------------------------------------------------------------
 class CombineResult:
@@ -742,7 +520,7 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
         warnings.warn("the median ignores weights; use method='mean' for weighted "
                       "combining.", AstropyUserWarning)
     if median_correlation is None:
-        kappa = float(np.mean([_frame_correlation_factor(m) for m in metas]))
+        kappa = float(np.mean([frame_correlation_factor(m) for m in metas]))
     else:
         kappa = float(median_correlation)
     ny, nx = sources[0].shape
@@ -751,7 +529,7 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
     limit = float(conf.mem_limit if mem_limit is None else mem_limit)
     halo = 1 if (sigma_clip and clip_gradient) else 0
     # the cube, plus about sixteen float64 planes of the block (sums, temporaries, results)
-    per_row = n * nx * _bytes_per_element(itemsize, method, sigma_clip) + 16 * 8 * nx
+    per_row = n * nx * bytes_per_element(itemsize, method, sigma_clip) + 16 * 8 * nx
     rows = int(max(1, min(ny, limit // per_row - 2 * halo)))
     clip = (float(sigma_low), float(sigma_high), float(clip_gradient)) if sigma_clip else None
 
@@ -770,7 +548,7 @@ def _combine_sources(sources, method, sigma_clip, sigma_low, sigma_high, weights
         for k, source in enumerate(sources):
             source.rows(h0, h1, data[k], var[k], bad[k])
         core = slice(r0 - h0, r0 - h0 + (r1 - r0))
-        value, variance, cov, rejected, valid = _combine_block(
+        value, variance, cov, rejected, valid = combine_block(
             data, var, bad, frame_w, method, inverse_variance, n, kappa, clip, core)
         valid_before += valid
         n_rejected += rejected.reshape(n, -1).sum(axis=1)
@@ -872,7 +650,7 @@ class RunningStack:
             source.rows(0, ny, data[0], var[0], bad[0])
         finally:
             source.close()
-        with _quiet():
+        with quiet():
             bad |= ~np.isfinite(data) | ~np.isfinite(var) | (var < 0)
             if self.weights == "inverse-variance":
                 bad |= var <= 0
@@ -905,7 +683,7 @@ class RunningStack:
         if self.n_frames == 0:
             raise FrameError("no frames added yet.")
         sw, swx, sw2v = self._sums
-        value, variance = _mean_from_sums(swx, sw, sw2v)
+        value, variance = mean_from_sums(swx, sw, sw2v)
         if self.method == "sum":
             value, variance = value * self.n_frames, variance * self.n_frames ** 2
         mask = self._coverage == 0

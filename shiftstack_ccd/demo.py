@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 
+from ._utils import check_output_path
+from ._validate import integer, number
 from .datasets import simulate_observation
 from .ephemeris import Ephemeris
 from .frames import read_frames
@@ -64,8 +66,20 @@ def run_demo(output_dir, n_frames=9, snr=3.0, seed=3, method="mean", overwrite=F
     Returns
     -------
     report : `DemoReport`
+
+    Raises
+    ------
+    ParameterError
+        ``n_frames`` below 2, ``snr`` not above 0, ``seed`` negative.
+    OutputExistsError, OutputError
+        An output exists (and ``overwrite`` is False) or cannot be written; nothing is done.
     """
+    n_frames = integer(n_frames, "n_frames", minimum=2)  # one frame is not a stack
+    snr = number(snr, "snr", 0)
+    seed = integer(seed, "seed", minimum=0)
     out = Path(output_dir)
+    for name in ("ephemeris.ecsv", "stack.fits", "stack.png"):  # before any work
+        check_output_path(out / name, overwrite=overwrite)
     # A main-belt asteroid near opposition moves about 30"/h: over nine 2.5-minute steps it
     # crosses ~20 pixels of 0.5", so the stars' and the target's trails are plain to see.
     sim = simulate_observation(n_frames=n_frames, target_snr=snr, seed=seed,

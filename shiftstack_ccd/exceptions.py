@@ -7,7 +7,8 @@ bad input, so code written against plain Python exceptions still works.
 """
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
-           "MeasurementError", "OutputExistsError", "PipelineError", "UnknownStepError"]
+           "MeasurementError", "OutputExistsError", "OutputError", "ParameterError",
+           "PipelineError", "DownloadError", "UnknownStepError"]
 
 
 class ShiftStackError(Exception):
@@ -35,6 +36,17 @@ class OutputExistsError(ShiftStackError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
 
 
+class OutputError(ShiftStackError, OSError):
+    """An output cannot be written where asked: an input file, a folder, an unwritable place."""
+
+
+class ParameterError(ShiftStackError, ValueError):
+    """A parameter's value is outside what it can mean (a negative size, a sigma below 0...).
+
+    The message names the parameter, the value given and what is expected.
+    """
+
+
 class PipelineError(ShiftStackError, ValueError):
     """A pipeline file is invalid; ``problems`` lists ``(line, message)`` pairs."""
 
@@ -55,3 +67,7 @@ class UnknownStepError(ShiftStackError, KeyError):
 
     def __str__(self):  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DownloadError(ShiftStackError, OSError):
+    """Example data could not be downloaded (no network, or not the original file)."""

@@ -9,6 +9,7 @@ whatever cards the header has, saying which ones it used.
 
 import glob
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -41,8 +42,10 @@ _WCS_CARD = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA
 _BENIGN_WCS_WARNINGS = ("datfix", "RADECSYS", "unitfix", "Card is too long",
                         "redundant SIP distortion")
 _TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
+_DATE_WITH_TIME = re.compile(r"^\s*[+-]?\d{4,}-\d{1,2}-\d{1,2}[T ]\s*\d{1,2}:\d")
 _OLD_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{2})\s*$")  # dd/mm/yy (pre-1999 FITS)
 _EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "TELAPSE")
+_LONGEST_EXPOSURE = 10 * 86400.0  # seconds; anything longer is a wrong card, not an exposure
 _START_TIME_KEYS = ("TIME-OBS", "UTCSTART", "UTC-OBS", "UT", "UTSTART", "TIME-BEG")
 
 
@@ -65,19 +68,27 @@ def _time_scale(header):
 
 def _parse_date(value, header, key):
     """Parse a FITS date card: ISO (with or without time) or the old dd/mm/yy form."""
+    scale = _time_scale(header)  # outside the try: its own message must not be swallowed
     text = str(value).strip()
     match = _OLD_DATE.match(text)
     if match:
         day, month, year = (int(g) for g in match.groups())
         text = f"{1900 + year:04d}-{month:02d}-{day:02d}"
+    if text.endswith("Z"):  # ISO 8601 'Zulu': UTC, which astropy's parser does not take
+        text = text[:-1]
+        if scale != "utc":
+            raise FrameError(f"{_label(header)}: {key} = {value!r} says UTC ('Z') but TIMESYS "
+                             f"is {header.get('TIMESYS')!r}.")
     try:
-        return Time(text, format="isot" if "T" in text else "iso", scale=_time_scale(header))
+        return Time(text, format="isot" if "T" in text else "iso", scale=scale)
     except ValueError:
-        try:
-            return Time(text, scale=_time_scale(header))
-        except ValueError:
-            raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a date.") \
-                from None
+        raise FrameError(f"{_label(header)}: cannot read {key} = {value!r} as a date "
+                         "(expected YYYY-MM-DD[Thh:mm:ss]).") from None
+
+
+def _has_time_of_day(text):
+    """Whether a DATE-OBS value carries a time of day ('2024-03-01T03:00' or '... 03:00')."""
+    return bool(_DATE_WITH_TIME.match(text))
 
 
 def _parse_time_of_day(value, header, key):
@@ -103,38 +114,54 @@ def exposure_time(header):
     """
     for key in _EXPTIME_KEYS:
         if key in header:
+            if isinstance(header[key], bool):  # a FITS logical, T or F: not a duration
+                raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.")
             try:
                 value = float(header[key])
             except (TypeError, ValueError):
                 raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") \
                     from None
-            if not np.isfinite(value) or value < 0:
+            if not np.isfinite(value) or value < 0 or value > _LONGEST_EXPOSURE:
                 raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a valid "
-                                 "exposure time.")
+                                 "exposure time (seconds, 0 to 10 days).")
             return key, value
     return None, None
 
 
 def _mjd(header, key):
+    scale = _time_scale(header)
     try:
+        if isinstance(header[key], bool):  # a FITS logical, T or F: not a date
+            raise TypeError
         value = float(header[key])
     except (TypeError, ValueError):
         raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a number.") from None
+    if not np.isfinite(value):
+        raise FrameError(f"{_label(header)}: {key} = {header[key]!r} is not a finite MJD.")
     if value > 2_400_000:  # a Julian Date written where an MJD was expected
         raise FrameError(f"{_label(header)}: {key} = {value} looks like a Julian Date, not an MJD.")
-    return Time(value, format="mjd", scale=_time_scale(header))
+    if value < 0:  # before 1858: no CCD frame
+        raise FrameError(f"{_label(header)}: {key} = {value} is not a plausible MJD (negative).")
+    return Time(value, format="mjd", scale=scale)
+
+
+def _start_end(header, start_key, end_key, parse):
+    start, end = parse(header, start_key), parse(header, end_key)
+    if end < start:
+        raise FrameError(f"{_label(header)}: {end_key} ({end.isot}) is before {start_key} "
+                         f"({start.isot}).")
+    return start + (end - start) / 2, f"{start_key}/{end_key}"
 
 
 def _mid_time_and_source(header):
     """Return (Time, description) of the mid-exposure, or raise FrameError."""
     has = header.__contains__
     if has("EXPSTART") and has("EXPEND"):  # HST, JWST: MJD
-        start, end = _mjd(header, "EXPSTART"), _mjd(header, "EXPEND")
-        return start + (end - start) / 2, "EXPSTART/EXPEND (MJD)"
+        mid, source = _start_end(header, "EXPSTART", "EXPEND", _mjd)
+        return mid, source + " (MJD)"
     if has("DATE-BEG") and has("DATE-END"):  # FITS 4.0 time cards
-        start = _parse_date(header["DATE-BEG"], header, "DATE-BEG")
-        end = _parse_date(header["DATE-END"], header, "DATE-END")
-        return start + (end - start) / 2, "DATE-BEG/DATE-END"
+        return _start_end(header, "DATE-BEG", "DATE-END",
+                          lambda h, key: _parse_date(h[key], h, key))
     if has("DATE-AVG"):
         return _parse_date(header["DATE-AVG"], header, "DATE-AVG"), "DATE-AVG"
     if has("MJD-AVG"):
@@ -144,18 +171,29 @@ def _mid_time_and_source(header):
     start, source = None, None
     if has("DATE-OBS") and str(header["DATE-OBS"]).strip():
         date_text = str(header["DATE-OBS"]).strip()
-        if "T" in date_text:
+        time_key = next((key for key in _START_TIME_KEYS
+                         if has(key) and str(header[key]).strip()), None)
+        if _has_time_of_day(date_text):  # 'T' or a space: the time of day is in DATE-OBS
             start, source = _parse_date(date_text, header, "DATE-OBS"), "DATE-OBS"
-        else:
-            for key in _START_TIME_KEYS:
-                if has(key) and str(header[key]).strip():
-                    day = _parse_date(date_text, header, "DATE-OBS")
-                    seconds = _parse_time_of_day(header[key], header, key)
-                    start = day + TimeDelta(seconds, format="sec")
-                    source = f"DATE-OBS+{key}"
-                    break
+            if time_key is not None:  # redundant; refuse rather than pick one if they differ
+                seconds = _parse_time_of_day(header[time_key], header, time_key)
+                of_day = (start - Time(start.iso[:10], scale=start.scale)).to_value(u.s)
+                if abs(of_day - seconds) > 1.0 and abs(abs(of_day - seconds) - 86400) > 1.0:
+                    raise FrameError(
+                        f"{_label(header)}: DATE-OBS = {date_text!r} and {time_key} = "
+                        f"{header[time_key]!r} give different start times; fix one of them.")
+        elif time_key is not None:
+            day = _parse_date(date_text, header, "DATE-OBS")
+            seconds = _parse_time_of_day(header[time_key], header, time_key)
+            start = day + TimeDelta(seconds, format="sec")
+            source = f"DATE-OBS+{time_key}"
     if start is None and has("MJD-OBS"):
         start, source = _mjd(header, "MJD-OBS"), "MJD-OBS"
+    if start is None and has("DATE-OBS") and str(header["DATE-OBS"]).strip():
+        _parse_date(header["DATE-OBS"], header, "DATE-OBS")  # is it a date at all?
+        raise FrameError(
+            f"{_label(header)}: DATE-OBS = {header['DATE-OBS']!r} has no time of day, and none "
+            f"of {'/'.join(_START_TIME_KEYS)} or MJD-OBS gives the start of the exposure.")
     if start is None:
         raise FrameError(
             f"{_label(header)}: cannot tell when the exposure was taken: none of EXPSTART/"
@@ -211,14 +249,21 @@ def mid_exposure_time(frame):
     'DATE-OBS+UTCSTART + EXPTIME/2'
     """
     header = getattr(frame, "meta", frame)
-    time, source = _mid_time_and_source(header)
-    time = time.utc
+    try:
+        time, source = _mid_time_and_source(header)
+        time = time.utc
+    except FrameError:
+        raise
+    except (ValueError, ArithmeticError) as exc:  # e.g. erfa: a date it cannot convert
+        raise FrameError(f"{_label(header)}: the time cards give an impossible date "
+                         f"({exc}).") from None
     if "MIDTIMJD" in header:
         try:
             check = Time(float(header["MIDTIMJD"]), format="jd", scale="utc")
-        except (TypeError, ValueError):
-            check = None
-        if check is not None and abs((check - time).to_value(u.s)) > 1.0:
+            difference = abs((check - time).to_value(u.s))
+        except (TypeError, ValueError, ArithmeticError):  # not a JD: no check to make
+            check, difference = None, 0.0
+        if check is not None and not difference <= 1.0:
             warnings.warn(f"{_label(header)}: mid-exposure from {source} is {time.isot} but "
                           f"MIDTIMJD (a JD) says {check.isot}; using {source}.",
                           AstropyUserWarning)
@@ -240,7 +285,7 @@ def _clean_header(header, label):
             try:
                 number = float(value.strip())
             except ValueError:
-                if key.startswith(("CRVAL", "CRPIX", "CD", "PC", "CDELT")):
+                if not key.startswith(("EQUINOX", "EPOCH", "MJD")):  # astropy would drop it
                     raise FrameError(f"{label}: WCS card {key} = {value!r} is not a number.") \
                         from None
                 continue
@@ -250,6 +295,13 @@ def _clean_header(header, label):
         log.info("%s: %d numeric WCS cards were written as strings and were read as numbers "
                  "(%s...)", label, len(fixed), ", ".join(fixed[:4]))
     return header
+
+
+def _wcslib_message(exc):
+    """wcslib's multi-line error as one line, without its C source locations."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not re.match(r"^ERROR \d+ in \w+\(\)", line)]
+    return "; ".join(kept) or type(exc).__name__
 
 
 def _celestial_wcs(header, label, hdul=None):
@@ -262,12 +314,22 @@ def _celestial_wcs(header, label, hdul=None):
                                                             "ELON", "ELAT"))
                for i in (1, 2)):
         return None
+    for key in ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2"):  # FITS lets them default to 0:
+        if key not in header:  # for a real frame that is a broken header, not a WCS
+            raise FrameError(f"{label}: the header has a celestial CTYPE but no {key}; the WCS "
+                             "is incomplete.")
+    diagonal = [key for key in ("CD1_1", "CD2_2") if key in header]
+    if len(diagonal) == 1:  # a lost diagonal card would default to 0: a wrong WCS, not none
+        missing = "CD2_2" if diagonal == ["CD1_1"] else "CD1_1"
+        raise FrameError(f"{label}: the header has {diagonal[0]} but no {missing}; the WCS is "
+                         "incomplete.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every WCS complaint is logged below, none leaks
         try:
             wcs = WCS(header, fobj=hdul, relax=True)
         except Exception as exc:  # astropy raises many types for broken WCS headers
-            raise FrameError(f"{label}: the WCS in the header cannot be used: {exc}") from None
+            raise FrameError(f"{label}: the WCS in the header cannot be used: "
+                             f"{_wcslib_message(exc)}") from None
     for warning in caught:
         message = str(warning.message)
         if any(text in message for text in _BENIGN_WCS_WARNINGS):
@@ -423,34 +485,86 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None):
     return CCDData(data, unit=unit, wcs=wcs, meta=header, mask=mask, uncertainty=uncertainty)
 
 
+def _is_stack_product(path):
+    """Whether a file was written by `shift_and_stack` (its ``SSKIND`` provenance card)."""
+    try:
+        return "SSKIND" in fits.getheader(path, 0)
+    except (OSError, ValueError, TypeError):
+        return False  # not readable as FITS: read_frame says so, by name
+
+
 def expand_files(files):
-    """The list of inputs ``files`` stands for: a glob pattern's matches (sorted), a folder's
-    FITS files (sorted), an `~ccdproc.ImageFileCollection`'s files, a single path, or the
-    items of a list (paths or frames) as they are.
+    """The frames that ``files`` names, in order, each once.
+
+    Parameters
+    ----------
+    files : str, path, list, or `ccdproc.ImageFileCollection`
+        A file, a folder, a glob pattern, a list of paths (or of
+        `~astropy.nddata.CCDData`, passed through), or a collection (its filtered files).
+
+    Returns
+    -------
+    items : list
+        Paths as str (and CCDData as given). A path listed twice (the same file after
+        resolving links) is kept once, with a warning. Stacks written by this package (files
+        with an ``SSKIND`` card) found through a folder, a pattern or among other frames are
+        left out, with a warning: a second run would otherwise stack the first run's output.
+        A stack is taken as a frame only when named alone, or in a list of stacks only.
 
     Raises
     ------
-    shiftstack_ccd.exceptions.FrameError
-        A pattern that matches nothing, or a folder without FITS files.
+    FrameError
+        A pattern that matches nothing, a folder without FITS files, nothing left.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.frames import expand_files
+    >>> expand_files(["a.fits", "b.fits"])
+    ['a.fits', 'b.fits']
     """
+    named = False
     if isinstance(files, (str, Path)):
         text = str(files)
         if any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text))
-            if not matches:
+            items = sorted(glob.glob(text))
+            if not items:
                 raise FrameError(f"{text}: the pattern matches no file.")
-            return matches
-        if Path(text).is_dir():
-            matches = sorted(str(p) for p in Path(text).iterdir()
-                             if p.suffix.lower() in (".fits", ".fit", ".fts") or
-                             p.name.lower().endswith((".fits.gz", ".fit.gz")))
-            if not matches:
+        elif Path(text).is_dir():
+            items = sorted(str(p) for p in Path(text).iterdir()
+                           if p.suffix.lower() in (".fits", ".fit", ".fts") or
+                           p.name.lower().endswith((".fits.gz", ".fit.gz")))
+            if not items:
                 raise FrameError(f"{text}: the folder holds no FITS file.")
-            return matches
-        return [text]
-    if hasattr(files, "files_filtered"):  # ccdproc.ImageFileCollection
-        return [str(p) for p in files.files_filtered(include_path=True)]
-    return list(files)
+        else:
+            return [text]
+    elif hasattr(files, "files_filtered"):  # ccdproc.ImageFileCollection
+        items = [str(p) for p in files.files_filtered(include_path=True)]
+    else:
+        items = [str(f) if isinstance(f, Path) else f for f in files]
+        named = True
+    unique, seen = [], {}
+    for item in items:
+        if not isinstance(item, str):
+            unique.append(item)
+            continue
+        key = os.path.realpath(item)
+        if key in seen:
+            warnings.warn(f"{item}: given twice (as {seen[key]} before); used once.",
+                          AstropyUserWarning)
+            continue
+        seen[key] = item
+        unique.append(item)
+    paths = [item for item in unique if isinstance(item, str)]
+    stacks = {p for p in paths if _is_stack_product(p)}
+    if stacks and not (named and len(stacks) == len(paths)):
+        for path in sorted(stacks):
+            warnings.warn(f"{path}: a stack written by shiftstack_ccd (SSKIND card), not a "
+                          "frame; left out (name it alone to use it as a frame).",
+                          AstropyUserWarning)
+        unique = [item for item in unique if item not in stacks]
+        if not unique:
+            raise FrameError(f"{files}: holds only stacks written by shiftstack_ccd, no frame.")
+    return unique
 
 
 def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
@@ -494,7 +608,9 @@ def read_frames(files, hdu=None, unit=None, dq_mask_bits=None):
     -----
     Every frame's mid-exposure time is checked while reading (`mid_exposure_time`), so
     a frame whose time cannot be told is refused here rather than half-way through a stack.
-    Files are opened read-only and never modified.
+    Files are opened read-only and never modified. A file listed twice is read once, and
+    stacks written by this package are left out unless named on their own (see
+    `expand_files`); both with a warning.
     """
     frames = []
     for item in expand_files(files):

@@ -15,21 +15,26 @@ import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
+from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
-from ._utils import as_header, atomic_output, require_celestial_wcs
+from ._photometric import divided, frame_scales, snr_factors, star_photometry
+from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
+                     set_card)
+from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .ephemeris import Ephemeris
-from .exceptions import FrameError
-from .frames import mid_exposure_time, read_frame
-from .stars import stellar_fwhm
+from .exceptions import FrameError, ParameterError
+from .frames import exposure_time, mid_exposure_time, read_frame
+from .noise import mask_outside_trimsec, noise_model
 from .resample import resample_to_target
-from .static_sky import static_sky_template, subtract_static_sky
+from .stars import stellar_fwhm
+from .static_sky import (static_sky_template, static_sky_variance_factor,
+                         subtract_static_sky)
 from .steps import provenance_header, run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
@@ -87,14 +92,20 @@ class StackResult:
         if self.sky_stack is not None:
             sky = fits.ImageHDU(self.sky_stack.data, name="SKY")
             sky.header.update(self.sky_stack.wcs.to_header())
-            sky.header["BUNIT"] = self.sky_stack.unit.to_string("fits")
+            # as CCDData writes BUNIT: the FITS format raises for units outside the standard
+            # (electron, which HST/JWST frames carry)
+            sky.header["BUNIT"] = self.sky_stack.unit.to_string()
             hdul.append(sky)
             skyunc = fits.ImageHDU(self.sky_stack.uncertainty.array, name="SKYUNC")
             skyunc.header.update(self.sky_stack.wcs.to_header())
             hdul.append(skyunc)
         table = self.table.copy()
         table["mid_time"] = table["mid_time"].utc.isot
-        hdul.append(fits.BinTableHDU(table, name="FRAMES"))
+        frames = fits.BinTableHDU(table, name="FRAMES")
+        for i, name in enumerate(table.colnames, start=1):  # units and conventions, in FITS
+            if table[name].description:
+                set_card(frames.header, f"TTYPE{i}", name, table[name].description)
+        hdul.append(frames)
         return hdul
 
     def write(self, path, overwrite=False):
@@ -106,8 +117,17 @@ class StackResult:
             Output file name.
         overwrite : bool
             Replace an existing file; otherwise an existing file is an error and is left as
-            it was.
+            it was. A file that is one of the stacked frames is never replaced.
+
+        Raises
+        ------
+        OutputError
+            ``path`` is one of the input frames, a folder, or cannot be written.
+        OutputExistsError
+            ``path`` exists and ``overwrite`` is False.
         """
+        inputs = [] if self.table is None else [str(f) for f in self.table["file"]]
+        check_output_path(path, overwrite=overwrite, inputs=inputs)
         hdul = self.to_hdulist()
         with atomic_output(path, overwrite=overwrite) as tmp:
             hdul.writeto(tmp, overwrite=True)
@@ -128,25 +148,6 @@ class StackResult:
             table = Table.read(hdul["FRAMES"])
             table["mid_time"] = Time(table["mid_time"], scale="utc")
         return cls(stack, sky, coverage, table, None)
-
-
-def _ensure_uncertainty(frame, label):
-    """Give a frame without uncertainty a constant background-limited one, loudly."""
-    if frame.uncertainty is not None:
-        return frame
-    good = np.isfinite(frame.data)
-    if frame.mask is not None:
-        good &= ~frame.mask
-    sigma = float(sigma_clipped_stats(frame.data[good], sigma=3.0)[2])
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise FrameError(f"{label}: has no uncertainty and its noise cannot be estimated "
-                         "from the data (constant or empty frame).")
-    log.info("%s: no uncertainty given; using the sky noise %.4g %s (sigma-clipped standard "
-             "deviation of the frame; a background-limited approximation)", label, sigma,
-             frame.unit)
-    out = frame.copy()
-    out.uncertainty = StdDevUncertainty(np.full(frame.shape, sigma, dtype=frame.data.dtype))
-    return out
 
 
 class _Context:
@@ -237,25 +238,33 @@ def _combinable(products):
 
 
 def _prepare_task(job, ctx):
-    """Per-frame steps, uncertainty, target check, crop, and the frame on the sky grid."""
+    """Per-frame steps, target check, crop, noise and background, the frame on the sky grid."""
     index, source, target, label = job
-    frame = _ensure_uncertainty(run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps), label)
+    frame = run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps)
+    # the detector model needs the whole raw frame (its overscan); the rest only the crop
+    model = noise_model(frame, gain=ctx.gain, read_noise=ctx.read_noise, bias=ctx.bias,
+                        label=label)
+    frame = mask_outside_trimsec(frame)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     frame, (cx, cy) = _crop_to_grids(frame, (x, y),
                                      [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
         sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
                                        interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
     return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards}
+            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards,
+            "noise": noise_info}
 
 
 def _target_task(job, ctx):
     """Static-sky subtraction (if asked) and the frame on its epoch's target grid."""
     index, prepared, wcs = job
     frame = _load(prepared["frame"])
+    if ctx.scales is not None:
+        frame = divided(frame, ctx.scales[index])
     if ctx.template is not None:
         template = ctx.template
         template = CCDData(template.data, unit=template.unit, mask=template.mask,
@@ -277,8 +286,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                     reference_time: Time | None = None,
                     resample: Literal["auto", "shift", "warp"] = "auto",
                     sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
-                    weights: Literal["inverse-variance", "exptime"] | Sequence[float] | None
-                    = None,
+                    weights: Literal["inverse-variance", "exptime", "snr"] | Sequence[float]
+                    | None = None,
                     frame_weights: Literal["exptime"] | Sequence[float] | None = None,
                     clip_gradient: float = 1.0, pixel_scale: u.Quantity | None = None,
                     orientation: Literal["north", "first"] | WCS = "north",
@@ -290,7 +299,11 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                     scheduler: str | None = None, workdir: str | os.PathLike | None = None,
                     mem_limit: float | None = None,
                     intermediate: Callable | None = None, hdu: int | str | None = None,
-                    unit: str | None = None) -> StackResult:
+                    unit: str | None = None, background: Literal["model"] | None = "model",
+                    scale: Literal["stars"] | Sequence[float] | None = None,
+                    gain: float | u.Quantity | None = None,
+                    read_noise: float | u.Quantity | None = None,
+                    bias: float | None = None) -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -311,8 +324,12 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         Resampling path (see `resample_to_target`).
     sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
         Outlier rejection before combining (see `combine_frames`).
-    weights : None, 'inverse-variance', 'exptime' or array-like
+    weights : None, 'inverse-variance', 'exptime', 'snr' or array-like
         Per-pixel or per-frame weights of the mean and sum (see `combine_frames`).
+        ``'snr'``: for point sources, ``1 / variance`` per pixel times each frame's share
+        of a star's light within 1.5 FWHM (its seeing), and its transparency unless the
+        frames are scaled (measured on the
+        stars common to the frames).
     frame_weights : None, 'exptime' or array-like
         Per-frame factors multiplied into ``weights``.
     pixel_scale : `~astropy.units.Quantity`, optional
@@ -371,7 +388,19 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         Called as ``intermediate(k, image)`` after each frame is added to a running mean
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
         frames, at the cost of one frame each time.
-
+    background : {'model', None}
+        ``'model'``: each frame's sky is modelled (`~shiftstack_ccd.background`, sources and
+        the target masked) and subtracted before combining, so the median, clipping and
+        weights compare like with like over a night whose sky changes. None keeps each
+        frame's sky (e.g. to measure the sky itself, or for frames already sky-subtracted
+        whose residual structure is signal).
+    scale : None, 'stars' or array-like
+        Photometric scale of each frame, by which it is divided before combining: measured
+        on the stars common to the frames (`~shiftstack_ccd.fluxscale.photometric_scales`;
+        the stack is then on the system of the median frame), or one number per frame.
+    gain, read_noise, bias : float or `~astropy.units.Quantity`, optional
+        Detector gain (e-/data unit), read noise (e-) and bias level (data units) for
+        frames without an uncertainty, overriding the header (see `~shiftstack_ccd.noise`).
     hdu : int or str, optional
         The extension to read from files (see `read_frames`).
     unit : str, optional
@@ -391,13 +420,34 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
 
     Notes
     -----
-    A frame without an uncertainty is given a constant one, its robust sky noise (the
-    sigma-clipped standard deviation of the frame), and this is logged: a
-    background-limited approximation that ignores the target's own photon noise. Give
-    frames a proper uncertainty (e.g. `ccdproc.create_deviation` with gain and read noise)
-    for bright targets.
+    A frame without an uncertainty is given one by `~shiftstack_ccd.noise`: from the gain
+    and read noise (arguments or header cards) with Poisson noise above the bias (overscan of
+    raw frames), checked against, and scaled to, the measured pixel noise of its sky; else a
+    local estimate of the sky noise. ``result.table`` says per frame what was used
+    (``noise_model``, ``gain``, ``read_noise``, ``bias``, ``pixel_noise``, ``model_noise``,
+    ``noise_ratio``, ``noise_scale``), the sky subtracted (``sky_level``) and, with
+    ``scale`` or ``weights='snr'``, what the stars said (``flux_scale``, ``aperture_fraction``
+    ...). With ``subtract_static`` the stack's variance is multiplied by
+    `~shiftstack_ccd.static_sky.static_sky_variance_factor` (header ``SSSTVARF``), the
+    template sharing the frames' noise.
     """
+    params = stack_parameters(
+        method=method, size=size, reference_time=reference_time, resample=resample,
+        sigma_clip=sigma_clip, sigma_low=sigma_low, sigma_high=sigma_high, weights=weights,
+        frame_weights=frame_weights, clip_gradient=clip_gradient, pixel_scale=pixel_scale,
+        orientation=orientation, sky_stack=sky_stack, per_frame_steps=per_frame_steps,
+        interpolation=interpolation, subtract_static=subtract_static,
+        track_radius=track_radius, static_k=static_k, refine=refine,
+        refine_max_shift=refine_max_shift, refine_size=refine_size, scheduler=scheduler,
+        workdir=workdir, mem_limit=mem_limit, intermediate=intermediate)
+    size, reference_time, pixel_scale = params["size"], params["reference_time"], \
+        params["pixel_scale"]
+    if not hasattr(ephemeris, "at"):
+        raise ParameterError(f"ephemeris: must be an Ephemeris (or have .at(times)), not "
+                             f"{type(ephemeris).__name__}.")
     sources = _sources(frames)
+    for name, value in (("weights", weights), ("frame_weights", frame_weights)):
+        per_frame_weights(value, name, len(sources))
     headers, shapes, wcses = [], [], []
     for i, source in enumerate(sources):  # one frame in memory at a time
         frame = _load(source, hdu, unit)
@@ -409,6 +459,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
                                   ephemeris, reference_time=reference_time, size=size,
                                   pixel_scale=pixel_scale, orientation=orientation, times=times)
+    _check_frame_weights(headers, labels, weights, frame_weights)
+    check_stack_memory(grid.shape, len(sources), 2 if (sky_stack or subtract_static) else 1,
+                       workdir)
     offsets = grid.offset(times)
     targets = ephemeris.at(times)
 
@@ -420,29 +473,44 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
                        target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
-                       need_sky=sky_stack or subtract_static, workdir=folder, template=None,
-                       track_radius=track_radius, static_k=static_k, hdu=hdu, unit=unit)
+                       need_sky=(sky_stack or subtract_static or _named(weights, "snr")
+                                 or (isinstance(scale, str) and scale == "stars")),
+                       workdir=folder, template=None, track_radius=track_radius,
+                       static_k=static_k, gain=gain, read_noise=read_noise, bias=bias,
+                       background=background, scales=None, hdu=hdu, unit=unit)
         jobs = [(i, source, targets[i], label)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
         sky_frames = _combinable([p["sky"] for p in prepared])
+        cx, cy = grid.center_pixel
+        track = [(cx + dx, cy + dy) for dx, dy in zip(*offsets)]
+        photometry = None
+        if _named(weights, "snr") or _named(scale, "stars"):
+            photometry = star_photometry(sky_frames, track, grid.shape, mem_limit)
+        ctx.scales = frame_scales(scale, photometry, len(prepared))
+        if ctx.scales is not None and ctx.need_sky:
+            sky_frames = [divided(f, s) for f, s in zip(sky_frames, ctx.scales)]
+        if _named(weights, "snr"):  # per pixel 1 / variance, per frame the seeing
+            factors = snr_factors(photometry, ctx.scales)
+            if frame_weights is not None:
+                factors = factors * frame_factors(None, frame_weights, headers, labels)
+            weights, frame_weights = "inverse-variance", factors
         combine_options = dict(method=method, sigma_clip=sigma_clip, sigma_low=sigma_low,
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
                                mem_limit=mem_limit)
         sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
         if subtract_static:
+            reference = sky if sky is not None and method == "median" else \
+                combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
+            fwhm = stellar_fwhm(reference)
             if ctx.track_radius is None:
-                reference = sky if sky is not None and method == "median" else \
-                    combine_frames(sky_frames, method="median", mem_limit=mem_limit).image
-                fwhm = stellar_fwhm(reference)
                 ctx.track_radius = max(5.0, 4.0 * fwhm) if fwhm else 10.0
-                log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
-                         f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
-            cx, cy = grid.center_pixel
+            log.info("static sky: stars' FWHM %s pixels; target track radius %.1f pixels",
+                     f"{fwhm:.2f}" if fwhm else "unknown", ctx.track_radius)
             ctx.template = static_sky_template(
-                sky_frames, [(cx + dx, cy + dy) for dx, dy in zip(*offsets)],
+                sky_frames, track,
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
         target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
         on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
@@ -456,6 +524,12 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         if intermediate is not None:
             _run_intermediate(targets_out, headers, intermediate, weights, frame_weights)
         stack = combined.image
+        if subtract_static:
+            # the template shares the frames' noise (see static_sky_variance_factor)
+            static_radius = max(2.0, 1.5 * fwhm) if fwhm else 3.0
+            static_factor = static_sky_variance_factor(offsets, static_radius, interpolation)
+            stack.uncertainty = StdDevUncertainty(
+                stack.uncertainty.array * np.float32(np.sqrt(static_factor)))
         if sky is not None:
             sky.meta = as_header(sky.meta)
 
@@ -464,7 +538,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     stack.wcs = grid.wcs
     table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
                          weights, frame_weights, refinement)
+    add_noise_columns(table, [p["noise"] for p in prepared], photometry, ctx.scales)
     header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers)
+    noise_cards(header, table, background, scale)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
@@ -473,8 +549,29 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
     if subtract_static:
         stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
+        stack.meta["SSSTVARF"] = (round(static_factor, 4), "variance x this: template shares noise")
+        stack.meta["SSSTAPR"] = (round(static_radius, 2), "[pix] aperture radius of SSSTVARF")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
     return StackResult(stack, sky, combined.coverage, table, grid)
+
+
+def _check_frame_weights(headers, labels, weights, frame_weights):
+    """Refuse, before any work, per-frame weights that would leave a frame (or all) at 0."""
+    for name, spec in (("weights", weights), ("frame_weights", frame_weights)):
+        if isinstance(spec, str) and spec == "exptime":
+            for header, label in zip(headers, labels):
+                key, value = exposure_time(header)
+                if value is None:
+                    raise FrameError(f"{label}: has no exposure time (EXPTIME) in its header; "
+                                     f"{name}='exptime' needs one.")
+                if value <= 0:
+                    raise FrameError(f"{label}: {key} = {value}, so {name}='exptime' gives it "
+                                     "no weight; leave the frame out or choose other weights.")
+
+
+def _named(option, name):
+    """``option == name`` for options that may also be arrays."""
+    return isinstance(option, str) and option == name
 
 
 class _Footprint:
@@ -523,7 +620,8 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
 
 def _run_intermediate(targets, headers, callback, weights, frame_weights):
     running = RunningStack(method="mean",
-                           weights="inverse-variance" if weights == "inverse-variance" else None)
+                           weights="inverse-variance" if _named(weights, "inverse-variance")
+                           else None)
     factors = _per_frame_factors(headers, weights, frame_weights)
     for k, (target, factor) in enumerate(zip(targets, factors), start=1):
         running.add(target, weight=factor)
@@ -546,6 +644,8 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
     table["mjd_mid"] = times.utc.mjd
     table["x_frame"] = [p["position"][0] for p in prepared]
     table["y_frame"] = [p["position"][1] for p in prepared]
+    table["x_frame"].description = "target x in the frame (0-based pixel; FITS is 1-based)"
+    table["y_frame"].description = "target y in the frame (0-based pixel; FITS is 1-based)"
     table["dx"] = offsets[0]
     table["dy"] = offsets[1]
     table["dx"].unit = table["dy"].unit = u.pix

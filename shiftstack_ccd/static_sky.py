@@ -29,7 +29,7 @@ from .combine import combine_frames
 from .resample import resample_to_target
 from .steps import log_to_header, provenance_header
 
-__all__ = ["static_sky_template", "subtract_static_sky"]
+__all__ = ["static_sky_template", "static_sky_variance_factor", "subtract_static_sky"]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +181,57 @@ def subtract_static_sky(ccd: CCDData, template: CCDData, target_pixel: tuple[flo
     return CCDData(np.where(mask, np.nan, difference).astype(dtype), unit=ccd.unit,
                    wcs=ccd.wcs, mask=mask, meta=meta,
                    uncertainty=StdDevUncertainty(np.sqrt(variance + t_variance).astype(dtype)))
+
+
+def _disc_overlap(distance, radius):
+    """Shared fraction of two discs of ``radius`` whose centres are ``distance`` apart."""
+    d = np.minimum(np.asarray(distance, dtype=float), 2 * radius)
+    return (2 * radius ** 2 * np.arccos(d / (2 * radius))
+            - d / 2 * np.sqrt(4 * radius ** 2 - d ** 2)) / (np.pi * radius ** 2)
+
+
+def static_sky_variance_factor(offsets, radius, interpolation="bicubic"):
+    """What the variance of a stack of static-sky-subtracted frames really is, over what the
+    frames' variances say.
+
+    `subtract_static_sky` adds the template's variance to each frame's, as if the template
+    were independent of the frame. It is not: the template is the median of the same frames,
+    so each frame's noise is partly subtracted with it, and a slow target's stack meets the
+    same template pixels in every frame. For aperture sums of radius ``radius`` and ``n``
+    frames of equal noise ``v`` combined by a mean, with the median's variance ``F kappa v / n``
+    (`~shiftstack_ccd.combine`) and ``Cov(x_i, median) = v / n``, the stack's variance is
+    ``v / n (1 + (F kappa - 2) A)``, where ``A`` is the mean over pairs of frames of the
+    overlap of the aperture with itself shifted by the two frames' offset difference (1 for a
+    target that does not move, ``1 / n`` for one that moves by more than an aperture between
+    frames). The frames' variances say ``v / n (1 + F kappa / n)``; this returns the ratio.
+
+    On the ten raw Lowell frames (0.7 pixel a frame, r = 3 px apertures) the factor is about
+    0.5: without it the reported aperture uncertainty of a mean stack was 1.5 times the
+    measured scatter of empty-sky apertures.
+
+    Parameters
+    ----------
+    offsets : (array, array)
+        The target's offsets ``dx``, ``dy`` of each frame on the grid, pixels.
+    radius : float
+        Aperture radius, pixels, for which the factor is exact.
+    interpolation : str
+        The resampling kernel (for ``kappa``).
+
+    Returns
+    -------
+    factor : float
+
+    Examples
+    --------
+    >>> still = static_sky_variance_factor(([0.0] * 9, [0.0] * 9), 3.0)
+    >>> fast = static_sky_variance_factor((list(range(0, 90, 10)), [0.0] * 9), 3.0)
+    >>> round(still, 3), round(fast, 3)
+    (0.32, 0.807)
+    """
+    from ._median import median_correlation_factor, median_variance_factor
+    dx, dy = (np.asarray(o, dtype=float) for o in offsets)
+    n = len(dx)
+    f_kappa = median_variance_factor(n) * median_correlation_factor(interpolation)
+    overlap = _disc_overlap(np.hypot(dx[:, None] - dx[None], dy[:, None] - dy[None]), radius)
+    return float((1 + (f_kappa - 2) * overlap.mean()) / (1 + f_kappa / n))

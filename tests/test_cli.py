@@ -81,7 +81,7 @@ def test_stack_with_linear_rates_and_glob(sim_files, tmp_path):
 
 def test_stack_errors_are_one_line(sim_files, tmp_path, capsys):
     sim, paths, eph = sim_files
-    assert main(["stack", *paths, "-o", str(tmp_path / "x.fits")]) == 1
+    assert main(["stack", *paths, "-o", str(tmp_path / "x.fits")]) == 2  # usage
     assert "give exactly one motion model" in capsys.readouterr().err
     assert main(["stack", str(tmp_path / "nope.fits"), "--ephemeris", str(eph)]) == 1
     err = capsys.readouterr().err
@@ -91,7 +91,7 @@ def test_stack_errors_are_one_line(sim_files, tmp_path, capsys):
     assert main(["stack", *paths, "--ephemeris", str(eph), "-o", str(existing)]) == 1
     assert "exists" in capsys.readouterr().err
     assert existing.read_bytes() == b"keep me"
-    assert main(["stack", *paths, "--rates", "1", "2", "-o", str(tmp_path / "y.fits")]) == 1
+    assert main(["stack", *paths, "--rates", "1", "2", "-o", str(tmp_path / "y.fits")]) == 2
     assert "--rates needs --position" in capsys.readouterr().err
 
 

@@ -14,8 +14,9 @@ from astropy.wcs import WCS
 from photutils.aperture import CircularAperture, aperture_photometry
 
 from shiftstack_ccd import FrameError
-from shiftstack_ccd.combine import (RunningStack, _median_variance_factor, combine_frames,
-                                    exposure_header_cards, exposure_weighted_mid_time)
+from shiftstack_ccd._median import median_variance_factor as _median_variance_factor
+from shiftstack_ccd.combine import (RunningStack, combine_frames, exposure_header_cards,
+                                    exposure_weighted_mid_time)
 
 
 def _frames(values, sigmas=None, masks=None, shape=(4, 5)):
@@ -249,7 +250,7 @@ def test_aperture_uncertainty_matches_empty_sky_scatter(method):
 
 def test_median_correlation_factor_follows_the_resampling():
     """kappa from the frames' resampling cards: 1 without interpolation, < 1 with it."""
-    from shiftstack_ccd.combine import _median_correlation_factor
+    from shiftstack_ccd._median import median_correlation_factor as _median_correlation_factor
     assert abs(_median_correlation_factor("bicubic") - 0.916) < 1e-3
     assert abs(_median_correlation_factor("bilinear") - 0.805) < 1e-3
     cards = {"none": {}, "whole": {"SSRESAMP": "shift", "SSINTERP": "bicubic",

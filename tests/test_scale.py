@@ -32,9 +32,12 @@ def test_threads_and_work_folder_give_identical_results(sim, tmp_path):
     streamed = ss.shift_and_stack(paths, sim.ephemeris, size=61, method="median",
                                   workdir=tmp_path, mem_limit=2e6)
     _same(from_files, streamed)
-    # the files hold the frames to the precision of the WCS cards written (1e-12 deg)
+    # the files hold the frames to the precision of the WCS cards written (1e-12 deg); the
+    # sky is subtracted, so values sit near zero: float32 rounding, within 1e-5 of the noise
     good = ~serial.stack.mask
-    assert np.allclose(from_files.stack.data[good], serial.stack.data[good], rtol=1e-6)
+    noise = float(np.median(serial.stack.uncertainty.array[good]))
+    assert np.allclose(from_files.stack.data[good], serial.stack.data[good], rtol=1e-6,
+                       atol=1e-5 * noise)
     # the work folder is emptied afterwards: only the input frames remain
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
 

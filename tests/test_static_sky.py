@@ -60,7 +60,7 @@ def test_template_excludes_the_target():
     sim = ss.simulate_observation(n_frames=7, shape=(128, 128), n_stars=0, target_snr=50,
                                   target_rate=(-40.0, 0.0) * u.arcsec / u.hour, seed=6,
                                   cosmic_rays=False, noise=False)
-    result = ss.shift_and_stack(sim.frames, sim.ephemeris, size=101)
+    result = ss.shift_and_stack(sim.frames, sim.ephemeris, size=101, background=None)
     grid = result.target_frame
     from astropy.time import Time
     times = Time(sim.truth["time"])

@@ -9,15 +9,13 @@ from astropy import units as u
 from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
 from ..exceptions import FrameError
+from ..noise import GAIN_KEYS, READ_NOISE_KEYS
+from ..noise import header_number as detector_card
 from ._ring import RING1, RING3, gather, median24, median8
 
 log = logging.getLogger(__name__)
 
 
-#: Header cards holding the gain (electrons per data unit), in order of preference.
-GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN", "AGAIN_01")
-#: Header cards holding the read noise (electrons), in order of preference.
-READ_NOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "ENOISE", "ARDNS_01")
 #: Header cards holding the saturation level (data units).
 SATURATION_KEYS = ("SATURATE", "SATLEVEL", "SATURATN")
 
@@ -82,6 +80,8 @@ def as_gain(gain, unit, label):
 
 
 def header_number(meta, keys):
+    """The first usable positive number among ``keys`` (saturation cards; the gain and read
+    noise cards go through `shiftstack_ccd.noise.header_number`, which refuses nonsense)."""
     for key in keys:
         if key in meta:
             try:
@@ -132,11 +132,12 @@ def noise_model(ccd, gain, read_noise, label, dtype):
     def header_gain():
         if in_electrons:
             return "unit", u.electron.to(unit)
-        return header_number(meta, GAIN_KEYS)
+        return detector_card(meta, GAIN_KEYS, label, "gain")
 
     def model(gain_key, gain, rn_key, rn):
         if rn is None:
-            rn_key, rn = header_number(meta, READ_NOISE_KEYS)
+            rn_key, rn = detector_card(meta, READ_NOISE_KEYS, label, "read noise",
+                                       allow_zero=True)
         if rn is None:
             rn_key, rn = "assumed", 0.0
             log.info("%s: no read noise given or in the header; assuming 0", label)

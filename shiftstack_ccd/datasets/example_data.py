@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from ..exceptions import DownloadError
+
 __all__ = ["DATA_ENV", "fetch_example_data", "get_data_path"]
 
 log = logging.getLogger(__name__)
@@ -148,8 +150,9 @@ def fetch_example_data(name="lowell42-5945", subset="5945", download=True,
         If ``name`` or ``subset`` is unknown.
     FileNotFoundError
         If a frame is missing locally and ``download`` is False.
-    OSError
-        If a download fails or does not match the original.
+    DownloadError
+        If a download fails (no network...) or does not match the original: one message
+        naming the URL and the offline alternative (an `OSError`).
 
     Examples
     --------
@@ -186,11 +189,18 @@ def fetch_example_data(name="lowell42-5945", subset="5945", download=True,
     for filename, digest in files.items():
         url = f"{entry['base_url']}/{subset}/{filename}"
         log.info("downloading %s", url)
-        path = Path(download_file(url, cache=True, show_progress=show_progress,
-                                  timeout=timeout))
+        try:
+            path = Path(download_file(url, cache=True, show_progress=show_progress,
+                                      timeout=timeout))
+        except OSError as exc:  # urllib's URLError, timeouts, refused connections
+            reason = getattr(exc, "reason", None) or exc
+            raise DownloadError(
+                f"{url}: cannot download the example data {name}/{subset} ({reason}). No "
+                f"network? Copy the files to <folder>/{name}/{subset}/ and set {DATA_ENV}="
+                f"<folder>, or run once with network access (downloads are cached).") from None
         if _sha256(path) != digest:
-            raise OSError(f"{url}: the downloaded file ({path}) is not the original (SHA-256 "
-                          "differs); remove it from the cache with "
-                          "astropy.utils.data.clear_download_cache(url) and try again")
+            raise DownloadError(f"{url}: the downloaded file ({path}) is not the original "
+                                "(SHA-256 differs); remove it from the cache with "
+                                "astropy.utils.data.clear_download_cache(url) and try again")
         paths.append(path)
     return paths

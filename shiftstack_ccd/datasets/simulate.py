@@ -27,9 +27,57 @@ from ._cosmic_rays import DEFAULT_CR_RATE, draw_cosmic_rays
 from ._render import (TRAIL_STEP, add_stamps, aperture_weights, as_quantity, psf_stamps,
                       stamp_half_size, trail_profile)
 
-__all__ = ["SimulatedObservation", "simulate_observation"]
+__all__ = ["OVERSCAN_COLUMNS", "SimulatedObservation", "night_sky", "simulate_observation"]
 
 log = logging.getLogger(__name__)
+
+#: Width of the overscan strip of simulated raw frames (``bias_level``), columns.
+OVERSCAN_COLUMNS = 16
+
+
+def _per_frame(value, n_frames, name):
+    """One float per frame from a float or a sequence of ``n_frames`` floats."""
+    array = np.asarray(value, dtype=float)
+    if array.ndim == 0:
+        return np.full(n_frames, float(array))
+    if array.shape != (n_frames,) or not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be one number or {n_frames} finite numbers (one per "
+                         f"frame); got {value!r}")
+    return array.copy()
+
+
+def night_sky(n_frames, dark=200.0, dusk=4.0, dawn=3.0, scale=0.1):
+    """Sky levels through a night: twilight at both ends, dark in the middle.
+
+    ``sky = dark * (1 + (dusk - 1) exp(-f / scale) + (dawn - 1) exp(-(1 - f) / scale))``
+    with ``f`` from 0 (first frame) to 1 (last): the first frame's sky is about ``dusk``
+    times the dark sky, the last one's about ``dawn`` times (the Lowell night of the
+    shared frames went from 8700 ADU to 2700 and back to 5700: ``dusk=3.2, dawn=2.1``).
+
+    Parameters
+    ----------
+    n_frames : int
+        Number of frames.
+    dark : float
+        Dark-sky level (electrons per pixel per frame).
+    dusk, dawn : float
+        Sky of the first and last frame, in units of ``dark``.
+    scale : float
+        E-folding of the twilight, as a fraction of the night.
+
+    Returns
+    -------
+    sky : ndarray
+        One level per frame, for `simulate_observation`'s ``sky``.
+
+    Examples
+    --------
+    >>> sky = night_sky(11, dark=100.0)
+    >>> [round(float(v)) for v in (sky[0], sky.min(), sky[-1])]
+    [400, 103, 300]
+    """
+    f = np.linspace(0.0, 1.0, int(n_frames)) if n_frames > 1 else np.zeros(1)
+    return dark * (1 + (dusk - 1) * np.exp(-f / scale) + (dawn - 1) * np.exp(-(1 - f) / scale))
 
 
 class SimulatedObservation:
@@ -159,7 +207,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
                          sky=200.0, read_noise=5.0, gain=1.0, n_stars=60,
                          star_flux_range=(2e3, 2e5), dither=5.0, max_rotation=1.0 * u.deg,
                          cosmic_rays=True, unit="adu", with_uncertainty=True, noise=True,
-                         object_name="SIMULATED TARGET", seed=0):
+                         object_name="SIMULATED TARGET", seed=0, transparency=1.0,
+                         bias_level=None):
     """Simulate calibrated CCD frames of a star field with a moving target, with the truth.
 
     The frames are what a reduced (bias-, dark- and flat-corrected) sequence looks like:
@@ -193,6 +242,13 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
       equally spaced times, at most 0.2 pixel apart (one PSF when the trail is shorter);
       slow targets are thus compact, fast ones trailed. The truth ``x``, ``y`` is the
       mid-exposure position, which is also the trail's centroid.
+    * **Night.** ``sky``, ``fwhm`` and ``transparency`` may each be one value per frame
+      (`night_sky` makes a sky with twilight at both ends); the transparency multiplies the
+      light of the stars and the target (not the sky), as clouds and airmass do.
+    * **Raw frames.** With ``bias_level`` (ADU) every pixel gets that bias and the frame
+      gets an overscan strip of `OVERSCAN_COLUMNS` columns on the right (bias plus read
+      noise), described by ``BIASSEC`` and ``TRIMSEC`` as on real raw frames; the WCS
+      still describes the data pixels, which keep their positions.
     * **Noise.** The noiseless image in electrons (sky + stars + target) is replaced by a
       Poisson draw, Gaussian read noise is added, then cosmic rays, and the result is
       divided by ``gain`` when ``unit='adu'``. The uncertainty is
@@ -239,8 +295,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     target_position : `~astropy.coordinates.SkyCoord`, optional
         Target position at the epoch. Default: ``center`` offset by a random amount up to 5 %
         of the frame size in each direction (so it does not sit on a pixel centre).
-    fwhm : float
-        PSF FWHM in pixels.
+    fwhm : float or sequence of float
+        PSF FWHM in pixels; a sequence gives one value per frame (seeing).
     psf_beta : float
         Moffat power index (> 1; 3 is typical of ground-based seeing).
     sky : float or sequence of float
@@ -271,6 +327,12 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     seed : int, `numpy.random.Generator` or None
         Seed of `numpy.random.default_rng`. The geometry, the noise and the cosmic rays use
         independent streams spawned from it.
+    transparency : float or sequence of float
+        Fraction of the stars' and target's light that reaches the detector, one value or
+        one per frame (> 0).
+    bias_level : float, optional
+        Make raw frames: add this bias (ADU) and an overscan strip (see **Raw frames**).
+        Needs ``unit='adu'``.
 
     Returns
     -------
@@ -324,10 +386,15 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         raise ValueError(f"target_rate must be two rates (dRA*cos(Dec)/dt, dDec/dt); "
                          f"got {target_rate!r}")
     ra_rate, dec_rate = rate[0], rate[1]
-    fwhm = float(fwhm)
+    fwhm_given = fwhm
+    fwhm = _per_frame(fwhm, n_frames, "fwhm")
     psf_beta = float(psf_beta)
-    if fwhm <= 0 or psf_beta <= 1:
-        raise ValueError(f"need fwhm > 0 and psf_beta > 1; got {fwhm}, {psf_beta}")
+    if np.any(fwhm <= 0) or psf_beta <= 1:
+        raise ValueError(f"need fwhm > 0 and psf_beta > 1; got {fwhm_given}, {psf_beta}")
+    transparency_given = transparency
+    transparency = _per_frame(transparency, n_frames, "transparency")
+    if np.any(transparency <= 0):
+        raise ValueError(f"transparency must be > 0; got {transparency_given!r}")
     sky_given = sky
     sky = np.broadcast_to(np.asarray(sky, dtype=float), (n_frames,)).copy() \
         if np.ndim(sky) == 0 or len(sky) == n_frames else None
@@ -347,6 +414,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     unit = u.Unit(unit)
     if unit not in (u.adu, u.electron):
         raise ValueError(f"unit must be 'adu' or 'electron'; got {unit!r}")
+    if bias_level is not None and (unit != u.adu or not np.isfinite(float(bias_level))):
+        raise ValueError(f"bias_level needs unit='adu' and a finite number; got {bias_level!r}")
     cr_rate = DEFAULT_CR_RATE if cosmic_rays is True else float(cosmic_rays or 0.0)
     if cr_rate < 0:
         raise ValueError(f"cosmic_rays must be a bool or a rate >= 0; got {cosmic_rays!r}")
@@ -360,8 +429,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     rng_geometry, rng_noise, rng_cr = np.random.default_rng(seed).spawn(3)
     scale_deg = scale.to_value(u.deg)
     exptime_s, cadence_s = float(exptime.to_value(u.s)), float(cadence.to_value(u.s))
-    aperture_radius = fwhm
-    half = stamp_half_size(fwhm, psf_beta, aperture_radius)
+    aperture_radius = float(fwhm[n_frames // 2])
+    half = stamp_half_size(float(fwhm.max()), psf_beta, float(fwhm.max()))
     ref = 0.5 * np.array([nx - 1, ny - 1])  # array centre, 0-based (x, y)
 
     # ---- times ------------------------------------------------------------------------
@@ -422,7 +491,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     for i, wcs in enumerate(wcs_list):
         xs, ys = wcs.wcs_world2pix(track.ra.deg[i], track.dec.deg[i], 0)
         target_xy[i] = xs[-1], ys[-1]
-        profiles.append(trail_profile(xs[:-1], ys[:-1], half, fwhm, psf_beta))
+        profiles.append(trail_profile(xs[:-1], ys[:-1], half, fwhm[i], psf_beta))
     outside = [i for i, (x, y) in enumerate(target_xy)
                if not (-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)]
     if outside:
@@ -434,7 +503,7 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         profile, x0, y0 = profiles[n_frames // 2]
         xm, ym = target_xy[n_frames // 2]
         slices, weights = aperture_weights(xm - x0, ym - y0, aperture_radius, profile.shape)
-        part = profile[slices]
+        part = profile[slices] * transparency[n_frames // 2]
         a = np.sum(weights * part)
         b = np.sum(weights ** 2 * part)
         c = np.sum(weights ** 2) * (sky[n_frames // 2] + read_noise ** 2)
@@ -449,13 +518,13 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         sx, sy = wcs.wcs_world2pix(star_ra, star_dec, 0)
         near = (sx > -half - 1) & (sx < nx + half) & (sy > -half - 1) & (sy < ny + half)
         if near.any():
-            stamps, ix0, iy0 = psf_stamps(sx[near], sy[near], half, fwhm, psf_beta)
-            add_stamps(model, stamps, ix0, iy0, star_flux[near])
+            stamps, ix0, iy0 = psf_stamps(sx[near], sy[near], half, fwhm[i], psf_beta)
+            add_stamps(model, stamps, ix0, iy0, star_flux[near] * transparency[i])
 
         profile, x0, y0 = profiles[i]
-        slices, weights = aperture_weights(*target_xy[i], aperture_radius, (ny, nx))
+        slices, weights = aperture_weights(*target_xy[i], fwhm[i], (ny, nx))
         before = model[slices].copy() if slices is not None else None
-        add_stamps(model, profile[None], [x0], [y0], [target_flux])
+        add_stamps(model, profile[None], [x0], [y0], [target_flux * transparency[i]])
         if slices is None:
             snr = 0.0
         else:
@@ -479,6 +548,9 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
 
         to_unit = 1.0 / gain if unit == u.adu else 1.0
         electrons *= to_unit
+        if bias_level is not None:
+            overscan = rng_noise.normal(0.0, read_noise, (ny, OVERSCAN_COLUMNS)) * to_unit
+            electrons = np.hstack([electrons, overscan]) + float(bias_level)
         data = electrons.astype(np.float32)
         del electrons
         uncertainty = None
@@ -500,12 +572,16 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
         header["GAIN"] = (gain if unit == u.adu else 1.0, "[e-/ADU] gain of the data")
         header["RDNOISE"] = (read_noise, "[e-] read noise")
         header["SIMFRAME"] = (i, "frame index in the simulation")
+        if bias_level is not None:
+            header["BIASSEC"] = (f"[{nx + 1}:{nx + OVERSCAN_COLUMNS},1:{ny}]", "overscan")
+            header["TRIMSEC"] = (f"[1:{nx},1:{ny}]", "data")
         if isinstance(seed, (int, np.integer)):
             header["SIMSEED"] = (int(seed), "seed of simulate_observation")
         header["SSFILE"] = name
         header["HISTORY"] = "Simulated by shiftstack_ccd.datasets.simulate_observation"
         frames.append(CCDData(data, unit=unit, uncertainty=uncertainty, wcs=wcs, meta=header))
-        rows.append((i, name, target_flux, snr, int(n_events), int(mask.sum())))
+        rows.append((i, name, target_flux * transparency[i], snr, int(n_events),
+                     int(mask.sum())))
 
     # ---- truth ------------------------------------------------------------------------
     index, names, fluxes, snrs, n_events, n_pixels = zip(*rows)
@@ -520,6 +596,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     truth["flux"] = np.array(fluxes) * u.electron
     truth["snr"] = np.array(snrs)
     truth["sky"] = sky * u.electron
+    truth["fwhm"] = fwhm
+    truth["transparency"] = transparency
     truth["dither_ra"] = dithers[:, 0].to(u.arcsec)
     truth["dither_dec"] = dithers[:, 1].to(u.arcsec)
     truth["rotation"] = rotations.to(u.deg)
@@ -528,7 +606,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     truth.meta["epoch"] = epoch.isot
     truth.meta["comments"] = [
         "time: UTC mid-exposure; ra, dec, x, y: target at mid-exposure (x, y 0-based)",
-        f"snr: target S/N in a circular aperture of radius {aperture_radius:g} px (1 FWHM)"]
+        "snr: target S/N in a circular aperture of radius one FWHM (the frame's)",
+        "flux: target electrons reaching the detector (times the frame's transparency)"]
 
     if cr_rows:
         cr = [np.concatenate(column) for column in zip(*cr_rows)]
@@ -542,7 +621,8 @@ def simulate_observation(n_frames=9, shape=(256, 256), pixel_scale=0.5 * u.arcse
     return SimulatedObservation(
         frames=frames, truth=truth, stars=stars, cosmic_ray_masks=masks,
         cosmic_rays=cosmic_rays, target_position=target_position, epoch=epoch,
-        ra_rate=ra_rate, dec_rate=dec_rate, psf_fwhm=fwhm, psf_beta=psf_beta,
+        ra_rate=ra_rate, dec_rate=dec_rate,
+        psf_fwhm=float(fwhm[0]) if np.ndim(fwhm_given) == 0 else fwhm, psf_beta=psf_beta,
         aperture_radius=aperture_radius,
         sky=float(sky[0]) if np.ndim(sky_given) == 0 else sky,
         read_noise=read_noise, gain=gain, pixel_scale=scale, exptime=exptime,

@@ -219,12 +219,34 @@ class Ephemeris:
         if time_scale is not None:
             table = table.copy(copy_data=False)
             table.meta["time_scale"] = time_scale
+        name = str(source) if source is not None else "the ephemeris table"
+        try:
+            return cls._from_table(table, source, interpolation)
+        except EphemerisError as exc:
+            text = str(exc)
+            raise EphemerisError(text if text.startswith(name) else f"{name}: {text}") from None
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+            # whatever else a malformed table trips on: named, one line, not a traceback
+            raise EphemerisError(f"{name}: not a usable ephemeris table "
+                                 f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                                 "write ECSV or CSV with time, ra, dec columns") from None
+
+    @classmethod
+    def _from_table(cls, table, source, interpolation):
+        if len(table) == 0:
+            raise EphemerisError("the ephemeris table has no rows")
         meta = {}
         if source is not None:
             meta["source_file"] = str(source)
         std, tmeta = standardize_table(table)
         tmeta.update(meta)
         tmeta.setdefault("kind", "table")
+        for column in ("ra", "dec"):
+            values = np.asarray(std[column], dtype=float)
+            if not np.all(np.isfinite(values)):
+                raise EphemerisError(f"the {column} column has empty or non-finite values")
+        if np.any(np.abs(np.asarray(std["dec"], dtype=float)) > 90):
+            raise EphemerisError("the dec column has values beyond +-90 degrees")
         if tmeta.get("kind") == "linear" and len(std) == 1 and "ra_rate" in std.colnames:
             row = std[0]
             position = SkyCoord(row["ra"] * u.deg, row["dec"] * u.deg, frame="icrs")

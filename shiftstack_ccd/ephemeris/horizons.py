@@ -58,7 +58,9 @@ Cache
 Every answer is stored as JSON (request URL, parameters, query time, astroquery version
 and the raw Horizons text) in ``<root>/horizons/<sha256 of the request>.json``, where
 ``<root>`` is the ``cache_dir`` argument, else ``$SHIFTSTACK_CCD_CACHE``, else
-shiftstack_ccd's astropy-style cache folder. A repeated query makes no request.
+shiftstack_ccd's astropy-style cache folder. A repeated query makes no request. An entry
+is checked when read (JSON object of this format, the whole answer, parseable, covering the
+request); a malformed one is reported by file name, with a warning, and fetched again.
 astroquery's own cache is bypassed (``cache=False``) so answers are stored once.
 """
 
@@ -68,6 +70,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,6 +79,7 @@ import astropy.units as u
 from astropy.coordinates import EarthLocation
 from astropy.table import Table
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .._utils import atomic_output
 from ..exceptions import EphemerisError, HorizonsError
@@ -203,6 +207,8 @@ def _step_minutes(step):
     except (u.UnitsError, TypeError) as exc:
         raise EphemerisError(f"step must be a time Quantity (e.g. 10*u.min), not {step!r}") \
             from exc
+    if not np.isscalar(minutes) or not np.isfinite(minutes):
+        raise EphemerisError(f"step must be one finite time (e.g. 10*u.min), not {step!r}")
     minutes = int(round(minutes))
     if minutes < 1:
         raise EphemerisError("the Horizons step must be at least 1 minute")
@@ -329,13 +335,42 @@ def _cache_read(folder, key):
         return None
     try:
         entry = json.loads(path.read_text())
+        if not isinstance(entry, dict):
+            raise ValueError(f"it holds a JSON {type(entry).__name__}, not an entry")
+        if entry.get("format") != _CACHE_FORMAT:
+            raise ValueError(f"format {entry.get('format')!r}, not {_CACHE_FORMAT!r}")
+        for name in ("text", "url", "query_time"):
+            if not isinstance(entry.get(name), str):
+                raise ValueError(f"no {name!r} string in it")
+        if "$$SOE" not in entry["text"] or "$$EOE" not in entry["text"]:
+            raise ValueError("the answer in it is cut short (no $$SOE/$$EOE)")
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable Horizons cache file %s (%s)", path, exc)
-        return None
-    if entry.get("format") != _CACHE_FORMAT or "text" not in entry:
+        _stale(path, exc)
         return None
     entry["file"] = str(path)
     return entry
+
+
+def _stale(path, reason):
+    """Say, by file name, that a cache entry is not used (it is then fetched again)."""
+    warnings.warn(f"{path}: malformed Horizons cache entry ({reason}); asking Horizons again "
+                  "(the entry is replaced)", AstropyUserWarning)
+
+
+def _cached_answer(entry, spec, mode, times, target, id_type):
+    """The table and meta of a cached answer, checked against the request it answers.
+
+    Raises `ValueError` (or `EphemerisError`) when the entry cannot be the answer.
+    """
+    table, meta = parse_horizons_text(entry["text"], target, id_type)
+    if mode == "tlist":
+        return _match_tlist(table, spec, target), meta
+    start, stop = Time(spec["start"], scale="utc"), Time(spec["stop"], scale="utc")
+    t = times.utc.reshape(-1)
+    inside = t[(t >= start) & (t <= stop)]
+    if len(inside):
+        _check_coverage(table, inside, target)
+    return table, meta
 
 
 def _cache_write(folder, key, entry):
@@ -601,9 +636,10 @@ def _fetch(obj, kwargs, target, loc_label, folder, timeout):
             f"could not reach JPL Horizons for {target!r} at {loc_label} ({type(exc).__name__}: "
             f"{exc}). No network? A previous answer to this exact query would be in the cache "
             f"({folder}), but there is none. Run once with network access (answers are then "
-            f"reused offline), or build the motion model offline with "
-            f"Ephemeris.from_table('saved_ephemeris.ecsv' or a saved Horizons answer) or "
-            f"Ephemeris.from_elements(...).") from exc
+            f"reused offline), or give the motion offline: on the command line "
+            f"--ephemeris TABLE (a saved ephemeris or Horizons answer) or --rates DRA DDEC "
+            f"--position RA DEC --epoch TIME; in Python Ephemeris.from_table(...), "
+            f"Ephemeris.linear(...) or Ephemeris.from_elements(...).") from exc
     except requests.exceptions.HTTPError as exc:
         body = getattr(exc.response, "text", "") or ""
         raise HorizonsError(f"JPL Horizons answered HTTP {exc.response.status_code} for "
@@ -675,6 +711,12 @@ def query_horizons(target, location="500", times=None, *, id_type=None, cache=Tr
         payload = obj.ephemerides_async(get_query_payload=True, **kwargs)
         key = _cache_key(server, payload)
         entry = _cache_read(folder, key) if cache else None
+        if entry is not None:
+            try:
+                table, meta = _cached_answer(entry, spec, mode, times, target, id_type)
+            except (ValueError, KeyError, TypeError) as exc:  # EphemerisError is a ValueError
+                _stale(entry["file"], " ".join(str(exc).split()))
+                entry = None
         if entry is None:
             all_cached = False
             log.info("querying JPL Horizons for %s at %s (%s)", target, loc_label,
@@ -693,13 +735,12 @@ def query_horizons(target, location="500", times=None, *, id_type=None, cache=Tr
                 path = _cache_write(folder, key, entry)
                 if path:
                     files.append(path)
+            if mode == "tlist":
+                table = _match_tlist(table, spec, target)
         else:
             obj._session.close()
             log.info("Horizons answer for %s read from the cache %s", target, entry["file"])
-            table, meta = parse_horizons_text(entry["text"], target, id_type)
             files.append(entry["file"])
-        if mode == "tlist":
-            table = _match_tlist(table, spec, target)
         tables.append(table)
         urls.append(entry["url"])
         qtimes.append(entry["query_time"])

@@ -20,7 +20,8 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ..exceptions import PipelineError, ShiftStackError
+from .._utils import check_output_path
+from ..exceptions import OutputError, PipelineError, ShiftStackError
 from ..steps import available_steps, unknown_step_message
 from ._checker import (SECTION_RE, Checker, HeaderCache, as_time, did_you_mean, header_key,
                        is_header_ref)
@@ -63,7 +64,7 @@ _STACK_FROM_ELSEWHERE = {"frames": "[inputs]", "ephemeris": "[motion]",
 # --------------------------------------------------------------------------------------
 
 
-def load_pipeline(path, overwrite=None):
+def load_pipeline(path, overwrite=None, allow_scheduler=False):
     """Read and validate a pipeline file.
 
     Everything is checked before any frame is read: unknown sections, keys and steps,
@@ -79,6 +80,10 @@ def load_pipeline(path, overwrite=None):
         ``$VARIABLES`` and ``~`` are expanded.
     overwrite : bool, optional
         Overrides ``[output] overwrite``.
+    allow_scheduler : bool
+        Let ``[stack] scheduler`` name a dask.distributed address (frames and pickled
+        tasks are sent there, so a file must not choose one on its own); the local
+        schedulers (``'threads'``, ``'processes'``) are always allowed.
 
     Returns
     -------
@@ -92,7 +97,13 @@ def load_pipeline(path, overwrite=None):
         The file itself does not exist.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise PipelineError(path, [(None, "is a folder; give the pipeline file (.toml)")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PipelineError(path, [(None, "is not a text file; a pipeline file is TOML "
+                                          "text")]) from None
     try:
         config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # its message names the line and column
@@ -117,22 +128,28 @@ def load_pipeline(path, overwrite=None):
     calibration = _check_calibration(check, config.get("calibration", {}), files, headers)
     steps = _check_steps(check, config.get("steps", []))
     motion = _check_motion(check, config.get("motion"))
-    stack_options = _check_stack(check, config.get("stack", {}))
-    outputs = _check_output(check, config.get("output"), overwrite)
+    stack_options = _check_stack(check, config.get("stack", {}), len(files or []),
+                                 allow_scheduler)
+    inputs = list(files or []) + [p for key in ("bias", "flat")
+                                  for p in calibration.get(key) or []]
+    source = getattr(motion.get("ephemeris"), "meta", {}).get("source_file")
+    if source:
+        inputs.append(source)
+    outputs = _check_output(check, config.get("output"), overwrite, inputs)
     if check.problems:
         raise PipelineError(path, sorted(check.problems, key=lambda p: (p[0] or 0)))
     return Pipeline(path, files, hdu, unit, calibration, steps, motion, stack_options,
                     outputs)
 
 
-def run_pipeline(path, overwrite=None):
+def run_pipeline(path, overwrite=None, allow_scheduler=False):
     """Validate a pipeline file, then run it. See `load_pipeline` and `Pipeline.run`.
 
     Returns
     -------
     result : `PipelineResult`
     """
-    return load_pipeline(path, overwrite=overwrite).run()
+    return load_pipeline(path, overwrite=overwrite, allow_scheduler=allow_scheduler).run()
 
 
 def _check_inputs(check, inputs):
@@ -214,6 +231,11 @@ def _check_calibration(check, cal, files, headers):
     for key in ("bias", "flat"):
         if key in cal:
             out[key] = check.files(cal[key], ("calibration", key), key)
+            for master in out[key] or []:
+                naxis = headers(master).get("NAXIS", 2)
+                if naxis != 2:
+                    check.error(("calibration", key), f"{key} {master} is not a 2-D image "
+                                f"(NAXIS = {naxis}).")
     frames_and_masters = list(files) + out.get("bias", []) + out.get("flat", [])
     for key in ("overscan", "trim"):
         value = cal.get(key)
@@ -397,16 +419,39 @@ def _check_motion(check, motion):
     return {"horizons": spec}
 
 
-def _check_stack(check, stack):
+def _check_stack(check, stack, n_frames, allow_scheduler):
+    from .._validate import LOCAL_SCHEDULERS, per_frame_weights, stack_parameters
+    from ..exceptions import ParameterError
     from ..stack import shift_and_stack
     for key, elsewhere in _STACK_FROM_ELSEWHERE.items():
         if key in stack:
             check.error(("stack", key), f"{key} is set by {elsewhere}, not in [stack].")
-    return check.params(shift_and_stack, stack, ("stack",), "[stack]", skip=0,
-                        reserved=tuple(_STACK_FROM_ELSEWHERE))
+    options = check.params(shift_and_stack, stack, ("stack",), "[stack]", skip=0,
+                           reserved=tuple(_STACK_FROM_ELSEWHERE))
+    # the values, with the checks shift_and_stack makes on entry: one key at a time, so
+    # that every problem is listed
+    refused = set()
+    for key, value in options.items():
+        try:
+            stack_parameters(**{key: value})
+            if key in ("weights", "frame_weights") and n_frames:
+                per_frame_weights(value, key, n_frames)
+        except ParameterError as exc:
+            check.error(("stack", key), f"[stack] {exc}")
+            refused.add(key)
+        except TypeError:  # not a parameter stack_parameters knows: check.params said so
+            pass
+    scheduler = options.get("scheduler")
+    if isinstance(scheduler, str) and scheduler not in LOCAL_SCHEDULERS and \
+            not allow_scheduler and "scheduler" not in refused:
+        check.error(("stack", "scheduler"), f"[stack] scheduler = {scheduler!r}: frames and "
+                    "pickled tasks would be sent there; a pipeline file may name a "
+                    "dask.distributed address only when the command line allows it "
+                    "(shiftstack-ccd run --allow-scheduler, or allow_scheduler=True).")
+    return options
 
 
-def _check_output(check, output, overwrite):
+def _check_output(check, output, overwrite, inputs=()):
     if output is None:
         return {"stack": None, "preview": None, "overwrite": bool(overwrite)}
     check.unknown_keys(("output",), output, _KEYS["output"])
@@ -434,5 +479,11 @@ def _check_output(check, output, overwrite):
         elif path.exists() and not out["overwrite"]:
             check.error(where, f"{key} = {value!r} exists ({path}); set overwrite = true in "
                         "[output] or pass --overwrite to replace it.")
+        else:
+            try:  # an input, a folder, under a file, not writable: refused now
+                check_output_path(path, overwrite=True, inputs=inputs, what=f"[output] {key}",
+                                  create=False)
+            except OutputError as exc:
+                check.error(where, str(exc))
         out[key] = path
     return out
