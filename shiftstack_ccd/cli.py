@@ -426,7 +426,8 @@ def build_parser():
                               "predicted target)")
     measure.add_argument("--search-radius", type=float, metavar="ARCSEC",
                          help="search radius (default: the ephemeris' 3 sigma, else 1 FWHM)")
-    measure.add_argument("--snr-threshold", type=float, default=5.0)
+    measure.add_argument("--snr-threshold", type=float, default=5.0,
+                         help="S/N below which the target is not detected (default 5)")
     measure.add_argument("-o", "--output", metavar="ECSV", help="write the measurement table")
     measure.add_argument("--ades", metavar="FILE", help="write an ADES report (.psv or .xml)")
     measure.add_argument("--mpc80", metavar="FILE", help="write MPC 80-column lines")
