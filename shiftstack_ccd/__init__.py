@@ -29,6 +29,7 @@ from .register import *  # noqa: F401, F403
 from .report import *  # noqa: F401, F403
 from .pipeline import *  # noqa: F401, F403
 from .resample import *  # noqa: F401, F403
+from .search import *  # noqa: F401, F403
 from .stack import *  # noqa: F401, F403
 from .stars import *  # noqa: F401, F403
 from .static_sky import *  # noqa: F401, F403

@@ -19,7 +19,7 @@ from .exceptions import ParameterError
 __all__ = []
 
 #: Resampling paths `shift_and_stack` accepts (see `resample_to_target`).
-RESAMPLE_METHODS = ("auto", "shift", "warp")
+RESAMPLE_METHODS = ("auto", "shift", "warp", "drizzle")
 #: Named weights `shift_and_stack` accepts (see `combine_frames`).
 WEIGHTS = ("inverse-variance", "exptime", "snr")
 #: Bytes per pixel of one frame on an output grid: float32 data and uncertainty, bool mask.

@@ -10,6 +10,9 @@
     Query JPL Horizons once for the frames' mid-exposure times and save the table.
 ``shiftstack-ccd measure stack.fits [--catalog TABLE] [--ades obs.psv ...]``
     Detect and measure the target on a stack: one summary line, a table, ADES/MPC reports.
+``shiftstack-ccd search FILES... --ra-rate LO HI --dec-rate LO HI -o candidates.ecsv``
+    Find moving sources by stacking along a grid of trial motions (``--around EPHEMERIS``
+    to search about a known body, ``--stamps stamps.png`` for postage stamps).
 ``shiftstack-ccd steps``
     List the installed steps (this package's and other distributions'), one line each.
 ``shiftstack-ccd run pipeline.toml``
@@ -19,6 +22,7 @@
 import argparse
 import contextlib
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -114,6 +118,22 @@ def _motion_model(args, frames):
                                cache=not args.no_cache)
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2 ** 10,
+               "MIB": 2 ** 20, "GIB": 2 ** 30}
+
+
+def _byte_size(text):
+    """A size in bytes from '64MB', '1.5GB', '512MiB' or a plain number."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MB, 2GB, 5e8)")
+    size = float(match.group(1)) * _BYTE_UNITS[unit]
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return size
+
+
 def _check_motion_options(args):
     """What can be checked of the motion options before any frame is read."""
     chosen = [name for name in ("ephemeris", "rates", "target") if getattr(args, name)]
@@ -170,7 +190,8 @@ def _cmd_stack(args):
                              per_frame_steps=steps or None, scheduler=args.scheduler,
                              workdir=args.workdir, gain=args.gain, read_noise=args.read_noise,
                              background=None if args.background == "none" else "model",
-                             scale=args.scale)
+                             scale=args.scale, mem_limit=args.mem_limit,
+                             pixfrac=args.pixfrac)
     result.write(output, overwrite=args.overwrite)
     x, y = result.target_pixel
     print(f"wrote {output}: {len(frames)} frames, {args.method}, target at pixel "
@@ -240,6 +261,51 @@ def _cmd_measure(args):
     if args.mpc80:
         write_mpc80(table, args.mpc80, stn=args.stn, obj=args.object, overwrite=args.overwrite)
         print(f"wrote {args.mpc80}")
+    return 0
+
+
+def _cmd_search(args):
+    from astropy.table import QTable
+
+    from ._utils import atomic_output
+    from .ephemeris import Ephemeris
+    from .frames import read_frames
+    from .search import search_motion, write_candidate_stamps
+
+    output = Path(args.output)
+    for path in (output, Path(args.stamps) if args.stamps else None):
+        if path is not None and path.exists() and not args.overwrite:
+            raise ShiftStackError(f"{path}: exists; pass --overwrite to replace it")
+    rate = u.arcsec / u.hour
+    frames = read_frames(args.files if len(args.files) > 1 else args.files[0])
+    around = Ephemeris.from_table(args.around) if args.around else None
+    found = search_motion(
+        frames, ra_rate=tuple(args.ra_rate) * rate if args.ra_rate else None,
+        dec_rate=tuple(args.dec_rate) * rate if args.dec_rate else None, around=around,
+        around_radius=args.around_radius * u.arcsec if args.around_radius else None,
+        snr_threshold=args.snr_threshold, fwhm=args.fwhm, scheduler=args.scheduler,
+        max_time=args.max_time * u.s)
+    table = QTable(found, copy=True)
+    meta = found.meta
+    table.meta = {"reference_time": meta["reference_time"].isot,
+                  "n_trajectories": meta["n_trajectories"], "n_motions": meta["n_motions"],
+                  "rate_step_arcsec_per_hour": float(meta["rate_step"].value),
+                  "fwhm_pix": meta["fwhm"], "snr_threshold": meta["snr_threshold"],
+                  "snr_scatter": meta["snr_scatter"],
+                  "flux_correction": meta["flux_correction"],
+                  "files": [str(f.meta.get("SSFILE", "")) for f in frames]}
+    with atomic_output(output, overwrite=args.overwrite) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    print(f"wrote {output}: {len(found)} candidates at S/N >= {args.snr_threshold:g} from "
+          f"{meta['n_trajectories']:,} trajectories ({meta['n_motions']} motions) in "
+          f"{meta['seconds']:.1f} s; empty-sky S/N scatter {meta['snr_scatter']:.2f}")
+    for k, row in enumerate(found[:10], start=1):
+        print(f"  #{k}: RA {row['ra'].value:.6f} Dec {row['dec'].value:+.6f} "
+              f"rates {row['ra_rate'].value:+.2f} {row['dec_rate'].value:+.2f} arcsec/h "
+              f"S/N {row['snr']:.1f}")
+    if args.stamps:
+        n = write_candidate_stamps(frames, found, args.stamps, overwrite=args.overwrite)
+        print(f"wrote {args.stamps}: stamps of {n} candidates")
     return 0
 
 
@@ -337,9 +403,13 @@ def build_parser():
     stack.add_argument("--size", type=int, default=None,
                        help="output size in pixels (square, centred on the target; default: "
                             "large enough for all frames)")
-    stack.add_argument("--resample", choices=("auto", "shift", "warp"), default="auto",
+    stack.add_argument("--resample", choices=("auto", "shift", "warp", "drizzle"),
+                       default="auto",
                        help="resampling: shift (pure translation, when the frames allow it), "
-                            "warp (full WCS), or auto (shift where exact; default)")
+                            "warp (full WCS), auto (shift where exact; default), or drizzle "
+                            "(STScI's drizzle: for output pixels larger than the frames')")
+    stack.add_argument("--pixfrac", type=float, default=1.0,
+                       help="drizzle's drop size, a fraction of an input pixel (default 1)")
     stack.add_argument("--sigma-clip", action="store_true", help="reject outliers per pixel")
     stack.add_argument("--no-sky", action="store_true", help="skip the stack on the stars")
     stack.add_argument("--weights", choices=("inverse-variance", "exptime", "snr"),
@@ -374,11 +444,42 @@ def build_parser():
     stack.add_argument("--workdir", default=None, metavar="DIR",
                        help="keep intermediate frames in a temporary folder under DIR (which "
                             "must exist), so that memory stays bounded however many frames")
+    stack.add_argument("--mem-limit", type=_byte_size, default=None, metavar="SIZE",
+                       help="memory budget of the combine and of the intermediate products "
+                            "kept in memory, e.g. 64MB or 2GB (default 64MB; products over "
+                            "it go to a temporary folder)")
     stack.add_argument("-o", "--output", default="stack.fits",
                        help="output FITS file (default stack.fits); never one of the inputs")
     stack.add_argument("--preview", metavar="PNG", help="also write a PNG preview")
     stack.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     stack.set_defaults(func=_cmd_stack)
+
+    search = sub.add_parser("search", help="find moving sources by stacking along a grid of "
+                                           "trial motions")
+    search.add_argument("files", nargs="+", help="FITS files, a folder or a glob pattern")
+    search.add_argument("--ra-rate", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="range of dRA*cos(Dec)/dt, arcsec/hour")
+    search.add_argument("--dec-rate", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="range of dDec/dt, arcsec/hour")
+    search.add_argument("--around", metavar="EPHEMERIS",
+                        help="ephemeris table: search its 3-sigma ellipse (or --around-radius) "
+                             "instead of the whole field")
+    search.add_argument("--around-radius", type=float, metavar="ARCSEC",
+                        help="search radius about --around's position")
+    search.add_argument("--snr-threshold", type=float, default=5.0,
+                        help="report candidates at this robust S/N or more (default 5)")
+    search.add_argument("--fwhm", type=float, default=None,
+                        help="PSF FWHM in pixels (default: measured on the stars)")
+    search.add_argument("--scheduler", default=None,
+                        help="'threads', 'processes' or a dask.distributed address")
+    search.add_argument("--max-time", type=float, default=3600.0, metavar="S",
+                        help="refuse a search estimated to take longer (default 3600 s)")
+    search.add_argument("-o", "--output", default="candidates.ecsv",
+                        help="candidate table (ECSV)")
+    search.add_argument("--stamps", metavar="PNG",
+                        help="also write postage stamps of the best candidates")
+    search.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    search.set_defaults(func=_cmd_search)
 
     demo = sub.add_parser("demo", help="simulate, stack and measure a faint moving target "
                                        "(offline)")

@@ -74,7 +74,7 @@ Frames may be `~astropy.nddata.CCDData` in memory or paths of FITS files laid ou
 `~astropy.nddata.CCDData.write` writes them (data, ``UNCERT``, ``MASK``). The output is
 computed in blocks of rows, as many as keep the working arrays of a block (the
 (frames, rows, columns) cubes and their temporaries) within ``mem_limit`` bytes (default
-``conf.mem_limit``, 512 MB; the tests check the traced peak against it). Files are
+``conf.mem_limit``, 64 MB; the tests check the traced peak against it). Files are
 read block by block with ``HDU.section`` from files opened without memory-mapping, which
 reads those rows from disk and nothing else. Slicing memory-mapped data would leave every
 page it touched resident, and counted in the process's memory, for as long as the file is
@@ -454,7 +454,7 @@ def combine_frames(frames, method="mean", sigma_clip=False, sigma_low=3.0, sigma
         Allowance for the gradient of the median image in the clipping (0: none).
     mem_limit : float, optional
         Largest size in bytes of the working arrays of one block of rows (default
-        ``conf.mem_limit``, 512 MB).
+        ``conf.mem_limit``, 64 MB).
     median_correlation : float, optional
         ``kappa`` of the median's variance (see the module notes); default from the frames'
         ``SSINTERP``/``SSRESAMP`` cards (1 for frames that were not interpolated).

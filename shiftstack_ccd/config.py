@@ -24,8 +24,11 @@ class Conf(_config.ConfigNamespace):
 
     # module= keeps the item in the [combine] section, where it was before this module.
     mem_limit = _config.ConfigItem(
-        512e6, "Largest size, in bytes, of the working arrays of one block of rows when "
-        "combining frames.", cfgtype="float", module="shiftstack_ccd.combine")
+        64e6, "Largest size, in bytes, of the working arrays of one block of rows when "
+        "combining frames, and of the intermediate products shift_and_stack keeps in memory. "
+        "64 MB: as fast as 512 MB or faster (blocks that stay in cache; "
+        "benchmarks/bench_combine.py) at a third of the memory.", cfgtype="float",
+        module="shiftstack_ccd.combine")
 
 
 conf = Conf()

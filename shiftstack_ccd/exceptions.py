@@ -8,7 +8,7 @@ bad input, so code written against plain Python exceptions still works.
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
            "MeasurementError", "OutputExistsError", "OutputError", "ParameterError",
-           "PipelineError", "DownloadError", "UnknownStepError"]
+           "PipelineError", "DownloadError", "UnknownStepError", "SearchError"]
 
 
 class ShiftStackError(Exception):
@@ -71,3 +71,7 @@ class UnknownStepError(ShiftStackError, KeyError):
 
 class DownloadError(ShiftStackError, OSError):
     """Example data could not be downloaded (no network, or not the original file)."""
+
+
+class SearchError(ShiftStackError, ValueError):
+    """A motion search cannot be done as asked (empty rate range, too large a grid...)."""

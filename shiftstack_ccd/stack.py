@@ -22,16 +22,18 @@ from astropy.wcs import WCS
 
 from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
+from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
 from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
                      set_card)
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .config import conf
 from .ephemeris import Ephemeris
 from .exceptions import FrameError, ParameterError
-from .frames import exposure_time, mid_exposure_time, read_frame
+from .frames import Footprint, exposure_time, mid_exposure_time, read_footprint, read_frame
 from .noise import mask_outside_trimsec, noise_model
-from .resample import resample_to_target
+from .resample import DRIZZLE_KERNELS, resample_to_target
 from .stars import stellar_fwhm
 from .static_sky import (static_sky_template, static_sky_variance_factor,
                          subtract_static_sky)
@@ -201,8 +203,9 @@ class _Stored:
         self.path = path
 
 
-def _load(source, hdu=None, unit=None):
-    """A frame in memory, an input file, or an intermediate product from the work folder."""
+def _load(source, hdu=None, unit=None, footprint=None):
+    """A frame in memory, an input file (with its `read_footprint`, when known), or an
+    intermediate product from the work folder."""
     if isinstance(source, CCDData):
         return source
     if isinstance(source, _Stored):
@@ -210,7 +213,7 @@ def _load(source, hdu=None, unit=None):
             with open(source.path, "rb") as file:
                 return pickle.load(file)
         return CCDData.read(source.path, hdu_mask="MASK", hdu_uncertainty="UNCERT")
-    return read_frame(source, hdu=hdu, unit=unit)
+    return read_frame(source, hdu=hdu, unit=unit, footprint=footprint)
 
 
 def _keep(frame, ctx, name, as_fits=True):
@@ -238,25 +241,33 @@ def _combinable(products):
 
 
 def _prepare_task(job, ctx):
-    """Per-frame steps, target check, crop, noise and background, the frame on the sky grid."""
-    index, source, target, label = job
-    frame = run_steps(_load(source, ctx.hdu, ctx.unit), ctx.steps)
+    """Per-frame steps, target check, crop, noise and background, the frame on the sky grid;
+    and on its target grid too when nothing needs all frames first (``ctx.one_pass``): the
+    crop is then not kept."""
+    index, source, target, label, footprint = job
+    frame = run_steps(_load(source, ctx.hdu, ctx.unit, footprint), ctx.steps)
     # the detector model needs the whole raw frame (its overscan); the rest only the crop
     model = noise_model(frame, gain=ctx.gain, read_noise=ctx.read_noise, bias=ctx.bias,
                         label=label)
     frame = mask_outside_trimsec(frame)
     x, y = check_target_on_frame(frame, target, label)  # also: it still has a WCS
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
-    frame, (cx, cy) = _crop_to_grids(frame, (x, y),
-                                     [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+    # Cropped first, so that nothing below works on pixels the output cannot show.
+    frame, (cx, cy) = crop_to_grids(frame, (x, y),
+                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
     frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
-        sky = _keep(resample_to_target(frame, ctx.grid_wcs.wcs, ctx.shape, method=ctx.resample,
-                                       interpolation=ctx.interpolation), ctx, f"sky{index:04d}")
-    return {"index": index, "frame": _keep(frame, ctx, f"frame{index:04d}", as_fits=False),
-            "sky": sky, "position": (x, y), "crop_position": (cx, cy), "step_cards": step_cards,
-            "noise": noise_info}
+        sky = _keep(_resample(frame, ctx.grid_wcs.wcs, ctx), ctx, f"sky{index:04d}")
+    prepared = {"index": index, "sky": sky, "position": (x, y), "crop_position": (cx, cy),
+                "step_cards": step_cards, "noise": noise_info}
+    if ctx.one_pass:
+        prepared["frame"] = None
+        prepared["on_target"] = _target_task((index, {**prepared, "frame": frame},
+                                              ctx.target_wcs[index]), ctx)
+    else:
+        prepared["frame"] = _keep(frame, ctx, f"frame{index:04d}", as_fits=False)
+    return prepared
 
 
 def _target_task(job, ctx):
@@ -273,18 +284,25 @@ def _target_task(job, ctx):
         frame = subtract_static_sky(frame, template, prepared["crop_position"],
                                     track_radius=ctx.track_radius, k=ctx.static_k,
                                     interpolation=ctx.interpolation)
-    resampled = resample_to_target(frame, wcs.wcs, ctx.shape, method=ctx.resample,
-                                   interpolation=ctx.interpolation)
+    resampled = _resample(frame, wcs.wcs, ctx)
     cards = {key: frame.meta.get(key) for key in ("SSSKYOFF", "SSNSTMSK") if key in frame.meta}
     return {"index": index, "target": _keep(resampled, ctx, f"target{index:04d}"),
-            "path": resampled.meta["SSRESAMP"], "static_cards": cards}
+            "path": resampled.meta["SSRESAMP"], "area_ratio": resampled.meta["SSPIXAR"],
+            "flux_convention": resampled.meta["SSFLUXC"], "static_cards": cards}
+
+
+def _resample(frame, wcs, ctx):
+    """A frame on one output grid, as the stack's options say."""
+    return resample_to_target(frame, wcs, ctx.shape, method=ctx.resample,
+                              interpolation=ctx.interpolation, pixfrac=ctx.pixfrac,
+                              kernel=ctx.drizzle_kernel)
 
 
 def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,
                     ephemeris: Ephemeris, method: Literal["mean", "median", "sum"] = "mean",
                     size: int | tuple[int, int] | u.Quantity | None = None,
                     reference_time: Time | None = None,
-                    resample: Literal["auto", "shift", "warp"] = "auto",
+                    resample: Literal["auto", "shift", "warp", "drizzle"] = "auto",
                     sigma_clip: bool = False, sigma_low: float = 3.0, sigma_high: float = 3.0,
                     weights: Literal["inverse-variance", "exptime", "snr"] | Sequence[float]
                     | None = None,
@@ -303,7 +321,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                     scale: Literal["stars"] | Sequence[float] | None = None,
                     gain: float | u.Quantity | None = None,
                     read_noise: float | u.Quantity | None = None,
-                    bias: float | None = None) -> StackResult:
+                    bias: float | None = None, pixfrac: float = 1.0,
+                    drizzle_kernel: str = "square") -> StackResult:
     """Stack frames on the motion of a moving target.
 
     Parameters
@@ -320,8 +339,12 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     reference_time : `~astropy.time.Time`, optional
         The epoch of the output's WCS (the target plane's tangent point). Default: the mean
         mid-exposure time.
-    resample : {'auto', 'shift', 'warp'}
-        Resampling path (see `resample_to_target`).
+    resample : {'auto', 'shift', 'warp', 'drizzle'}
+        Resampling path (see `resample_to_target`). Whatever the path, data in counts per
+        pixel keep their flux when the output pixels differ in size from a frame's (they are
+        scaled by the pixel-area ratio, recorded per frame in ``result.table``); a surface
+        brightness (per solid angle) is left as it is. ``'drizzle'`` (STScI's `drizzle`) is
+        the right choice when the output pixels are larger than the frames'.
     sigma_clip, sigma_low, sigma_high, clip_gradient : bool, float, float, float
         Outlier rejection before combining (see `combine_frames`).
     weights : None, 'inverse-variance', 'exptime', 'snr' or array-like
@@ -381,9 +404,15 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     workdir : str or path, optional
         A folder for intermediate products: frames are then never all held in memory
         (each task reads its input, writes its products there, and the combine reads them in
-        blocks of rows within ``mem_limit``). Without it everything stays in memory.
+        blocks of rows within ``mem_limit``). Without it the products stay in memory when
+        they fit in ``mem_limit``, and go to a temporary folder (where `tempfile` puts it)
+        when they do not, so that memory does not grow with the number of frames.
     mem_limit : int, optional
-        Memory budget of the combine, bytes (see `combine_frames`).
+        Memory budget, bytes: of the combine's blocks (see `combine_frames`), and of the
+        intermediate products kept in memory. Default ``conf.mem_limit``.
+    pixfrac, drizzle_kernel : float, str
+        Drizzle's drop size and kernel, for ``resample='drizzle'`` (see
+        `resample_to_target`).
     intermediate : callable, optional
         Called as ``intermediate(k, image)`` after each frame is added to a running mean
         (`~shiftstack_ccd.combine.RunningStack`), in time order: the stack of the first ``k``
@@ -445,29 +474,38 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     if not hasattr(ephemeris, "at"):
         raise ParameterError(f"ephemeris: must be an Ephemeris (or have .at(times)), not "
                              f"{type(ephemeris).__name__}.")
+    if params["resample"] == "drizzle":
+        if isinstance(pixfrac, bool) or not isinstance(pixfrac, (int, float)) \
+                or not 0 < pixfrac <= 1:
+            raise ParameterError(f"pixfrac: must be a number in (0, 1], not {pixfrac!r}.")
+        if drizzle_kernel not in DRIZZLE_KERNELS:
+            raise ParameterError(f"drizzle_kernel: must be one of {list(DRIZZLE_KERNELS)}, "
+                                 f"not {drizzle_kernel!r}.")
     sources = _sources(frames)
     for name, value in (("weights", weights), ("frame_weights", frame_weights)):
         per_frame_weights(value, name, len(sources))
-    headers, shapes, wcses = [], [], []
-    for i, source in enumerate(sources):  # one frame in memory at a time
-        frame = _load(source, hdu, unit)
-        headers.append(as_header(frame.meta))
-        shapes.append(frame.shape)
-        wcses.append(require_celestial_wcs(frame, "shift_and_stack", i))
+    footprints = [_footprint(source, hdu) for source in sources]  # headers: no pixels read
+    headers = [as_header(f.meta) for f in footprints]
+    shapes = [f.shape for f in footprints]
+    wcses = [require_celestial_wcs(f, "shift_and_stack", i) for i, f in enumerate(footprints)]
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
     times = Time([mid_exposure_time(h) for h in headers])
-    grid = TargetFrame.for_frames([_Footprint(w, s) for w, s in zip(wcses, shapes)],
+    grid = TargetFrame.for_frames([_Footprint(None, w, s) for w, s in zip(wcses, shapes)],
                                   ephemeris, reference_time=reference_time, size=size,
                                   pixel_scale=pixel_scale, orientation=orientation, times=times)
     _check_frame_weights(headers, labels, weights, frame_weights)
+    # products over the budget go to a work folder of their own (memory flat in the frames)
+    spill = workdir is not None or _must_spill(shapes, grid.shape, sky_stack or subtract_static,
+                                               subtract_static or refine, mem_limit)
     check_stack_memory(grid.shape, len(sources), 2 if (sky_stack or subtract_static) else 1,
-                       workdir)
+                       spill)
     offsets = grid.offset(times)
     targets = ephemeris.at(times)
 
     with contextlib.ExitStack() as stack_of_contexts:
         folder = None
-        if workdir is not None:
+        if spill:
+            # an unnamed work folder goes where tempfile puts it (TMPDIR)
             folder = stack_of_contexts.enter_context(
                 tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
@@ -477,8 +515,17 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                                  or (isinstance(scale, str) and scale == "stars")),
                        workdir=folder, template=None, track_radius=track_radius,
                        static_k=static_k, gain=gain, read_noise=read_noise, bias=bias,
-                       background=background, scales=None, hdu=hdu, unit=unit)
-        jobs = [(i, source, targets[i], label)
+                       background=background, scales=None, hdu=hdu, unit=unit,
+                       pixfrac=pixfrac, drizzle_kernel=drizzle_kernel,
+                       # the static-sky template, the refinement and the photometric scales
+                       # need every frame first
+                       one_pass=not (subtract_static or refine or scale is not None))
+        # In this process the headers and WCS read for the plan serve again; other processes
+        # read their own (a pickled WCS is rounded, see _ExactWCS).
+        here = scheduler in (None, "sync", "serial", "threads")
+        jobs = [(i, source, targets[i], label,
+                 Footprint(headers[i], shapes[i], footprints[i].wcs)
+                 if here and not isinstance(source, CCDData) else None)
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
@@ -512,9 +559,12 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
             ctx.template = static_sky_template(
                 sky_frames, track,
                 track_radius=ctx.track_radius, workdir=folder, mem_limit=mem_limit)
-        target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
-        on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
-                               scheduler, "resampling on the target")
+        if ctx.one_pass:
+            on_target = [p.pop("on_target") for p in prepared]
+        else:
+            target_jobs = [(i, p, ctx.target_wcs[i]) for i, p in enumerate(prepared)]
+            on_target = map_frames(functools.partial(_target_task, ctx=ctx), target_jobs,
+                                   scheduler, "resampling on the target")
         refinement = None
         if refine:
             refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
@@ -574,11 +624,40 @@ def _named(option, name):
     return isinstance(option, str) and option == name
 
 
-class _Footprint:
-    """Just what `TargetFrame.for_frames` needs of a frame: its WCS and shape."""
+def _must_spill(frame_shapes, shape, need_sky, keep_frames, mem_limit):
+    """Whether the intermediate products would exceed the memory budget.
 
-    def __init__(self, wcs, shape):
-        self.wcs, self.shape = wcs, shape
+    Per frame: one or two products on the output grid, and its crop when it is kept for a
+    second pass (at most the frame, else about the output grid and a margin); data,
+    uncertainty and mask: 9 bytes a pixel.
+    """
+    budget = float(conf.mem_limit if mem_limit is None else mem_limit)
+    grid = shape[0] * shape[1]
+    per_pixel = 4 + 4 + 1
+    total = sum(per_pixel * (keep_frames * min(ny * nx, 1.5 * grid)
+                             + grid * (2 if need_sky else 1))
+                for ny, nx in frame_shapes)
+    if total > budget:
+        log.info("intermediate products of %d frames: %.0f MB, over the memory budget of "
+                 "%.0f MB; they go to a temporary folder", len(frame_shapes), total / 1e6,
+                 budget / 1e6)
+        return True
+    return False
+
+
+class _Footprint:
+    """Just what planning the stack needs of a frame: its header, WCS and shape."""
+
+    def __init__(self, meta, wcs, shape):
+        self.meta, self.wcs, self.shape = meta, wcs, shape
+
+
+def _footprint(source, hdu=None):
+    """A frame's footprint; a file's is read from its headers alone (`read_footprint`)."""
+    if isinstance(source, CCDData):
+        return _Footprint(source.meta, source.wcs, source.shape)
+    header, shape, wcs = read_footprint(source, hdu=hdu)
+    return _Footprint(header, wcs, shape)
 
 
 def _sources(frames):
@@ -650,6 +729,10 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
     table["dy"] = offsets[1]
     table["dx"].unit = table["dy"].unit = u.pix
     table["resample"] = [r["path"] for r in on_target]
+    table["pixel_area_ratio"] = [r["area_ratio"] for r in on_target]
+    table["pixel_area_ratio"].description = ("output/input pixel area (median over the frame); "
+                                             "counts per pixel were multiplied by it")
+    table["flux_convention"] = [r["flux_convention"] for r in on_target]
     table["weight"] = _per_frame_factors(headers, weights, frame_weights)
     table["weight"].description = ("per-frame weight (normalised); inverse-variance weights, "
                                    "if used, vary per pixel on top of it")
@@ -665,38 +748,6 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
             if name != "frame":
                 table[name] = refinement[name]
     return table
-
-
-def _crop_to_grids(frame, position, wcses, shape, margin=8):
-    """The frame cut to the box that the output grids can draw on, and the target in it.
-
-    Saves resampling (and static-sky subtraction) of pixels that fall off the output, which
-    for a small ``size`` is most of the frame. The margin covers the interpolation kernel.
-    CCDData slicing keeps the WCS consistent.
-    """
-    ny, nx = shape
-    edge = np.linspace(-0.5, 1, 9)
-    border = np.concatenate([np.column_stack([edge * nx, np.full(9, -0.5)]),
-                             np.column_stack([edge * nx, np.full(9, ny - 0.5)]),
-                             np.column_stack([np.full(9, -0.5), edge * ny]),
-                             np.column_stack([np.full(9, nx - 0.5), edge * ny])])
-    xs, ys = [], []
-    for wcs in wcses:
-        x, y = frame.wcs.world_to_pixel(wcs.pixel_to_world(border[:, 0], border[:, 1]))
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y))
-    xs, ys = np.concatenate(xs), np.concatenate(ys)
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        return frame, position
-    fy, fx = frame.shape
-    x0 = max(0, int(np.floor(xs.min())) - margin)
-    x1 = min(fx, int(np.ceil(xs.max())) + margin + 1)
-    y0 = max(0, int(np.floor(ys.min())) - margin)
-    y1 = min(fy, int(np.ceil(ys.max())) + margin + 1)
-    if (x0, y0, x1, y1) == (0, 0, fx, fy) or x1 - x0 < 2 * margin or y1 - y0 < 2 * margin:
-        return frame, position
-    cropped = frame[y0:y1, x0:x1]
-    return cropped, (position[0] - x0, position[1] - y0)
 
 
 #: Header cards written by per-frame steps, copied into the per-frame table.
@@ -729,6 +780,9 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
     and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
     cards = list(grid.header_cards())
     cards.append(("SSRESMP", resample, "requested resampling path"))
+    conventions = sorted(set(table["flux_convention"]))
+    if conventions:
+        cards.append(("SSFLUXC", "+".join(conventions), "flux convention: per-pixel or surface"))
     if hasattr(ephemeris, "header_cards"):
         cards += ephemeris.header_cards()
     times = Time(table["mid_time"])

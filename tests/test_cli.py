@@ -188,3 +188,24 @@ def test_stack_options_for_scale_and_quality(sim_files, tmp_path, capsys):
         assert np.all(table["cr_flagged"] >= 0) and "refine_dx" in table.names
     # the work folder holds nothing afterwards
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("shiftstack-")]
+
+
+def test_stack_memory_limit_and_drizzle(sim_files, tmp_path, capsys, monkeypatch):
+    """--mem-limit reaches the stack (a tiny budget spills products to a temporary folder,
+    which is gone afterwards); --resample drizzle --pixfrac are recorded; bad sizes are
+    refused in one line."""
+    import tempfile
+    sim, paths, eph = sim_files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "drizzled.fits"
+    assert main(["-v", "stack", *paths, "--ephemeris", str(eph), "--size", "31", "-o",
+                 str(out), "--mem-limit", "10kB", "--resample", "drizzle", "--pixfrac",
+                 "0.8"]) == 0
+    assert "over the memory budget of 0 MB" in capsys.readouterr().err
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with fits.open(out) as hdul:
+        assert hdul[0].header["SSRESMP"] == "drizzle"
+        assert set(hdul["FRAMES"].data["resample"]) == {"drizzle"}
+    assert main(["stack", *paths, "--ephemeris", str(eph), "--mem-limit", "lots"]) == 2
+    assert "'lots' is not a size" in capsys.readouterr().err

@@ -263,3 +263,26 @@ def test_ccddata_written_files_keep_uncertainty_and_mask(tmp_path):
     assert back.uncertainty.uncertainty_type == "std"
     assert np.all(back.uncertainty.array == 2.5)
     assert np.array_equal(back.data, ccd.data)
+
+
+@pytest.mark.parametrize("name, hdu", [("lowell42-5945/5945/20190326.0135.fits", None),
+                                       ("hst-headers/sample_svm_flc.fits", ("SCI", 2))])
+def test_footprint_is_the_frame_without_pixels(shared_data, name, hdu):
+    """read_footprint gives read_frame's header, shape and WCS (lookup tables included), and
+    read_frame(footprint=) gives the same frame as reading everything again."""
+    from shiftstack_ccd import read_footprint
+    from shiftstack_ccd.frames import read_frame
+    path = str(shared_data(name))
+    footprint = read_footprint(path, hdu=hdu)
+    full = read_frame(path, hdu=hdu)
+    assert footprint.shape == full.shape
+    assert list(footprint.header.items()) == list(full.meta.items())
+    x, y = np.array([3.0, 500.5, 1000.0]), np.array([7.0, 250.2, 1010.0])
+    assert np.array_equal(footprint.wcs.pixel_to_world_values(x, y),
+                          full.wcs.pixel_to_world_values(x, y))
+    again = read_frame(path, hdu=hdu, footprint=footprint)
+    assert np.array_equal(again.data, full.data)
+    assert list(again.meta.items()) == list(full.meta.items())
+    assert again.wcs is not footprint.wcs and again.meta is not footprint.header
+    assert np.array_equal(again.wcs.pixel_to_world_values(x, y),
+                          full.wcs.pixel_to_world_values(x, y))

@@ -79,6 +79,14 @@ def test_progress_is_logged(sim, caplog):
     with caplog.at_level("INFO", logger="shiftstack_ccd.progress"):
         ss.shift_and_stack(sim.frames, sim.ephemeris, size=31, sky_stack=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "shiftstack_ccd.progress"]
+    # one pass over the frames: nothing needs them all before the target grids
+    assert "preparing frames: 6/6" in lines
+    assert not any(line.startswith("resampling on the target") for line in lines)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="shiftstack_ccd.progress"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, size=31, sky_stack=False,
+                           subtract_static=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "shiftstack_ccd.progress"]
     assert "preparing frames: 6/6" in lines and "resampling on the target: 6/6" in lines
 
 

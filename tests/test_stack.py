@@ -1,5 +1,7 @@
 """End to end on simulated data: S/N gain, position and flux against injected truth."""
 
+import warnings
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -219,3 +221,128 @@ def test_refinement_refuses_offsets_beyond_the_bound():
     ok = np.asarray(result.table["refine_ok"])
     assert not ok[2] and ok.sum() == 5
     assert result.table["refine_dx"][2] == 0 and "max_shift" in result.table["refine_note"][2]
+
+
+# ---- flux on any pixel scale (issue 9 item 4) ------------------------------------------
+_FLUX = 2e4  # electrons per frame
+_START = Time("2024-03-01T03:00:00", scale="utc")
+
+
+def _flux_frames(pixel_scale, fwhm_arcsec=2.0, n_frames=4, start=_START, position=None,
+                 seed=1):
+    """Noiseless frames without stars (a flat sky and the target), the PSF fixed in arcsec."""
+    scale = u.Quantity(pixel_scale, u.arcsec)
+    n = int(round(64 * u.arcsec / scale))
+    return ss.simulate_observation(
+        n_frames=n_frames, shape=(n, n), pixel_scale=scale, start=start, n_stars=0,
+        noise=False, cosmic_rays=False, target_flux=_FLUX, fwhm=fwhm_arcsec / scale.value,
+        max_rotation=0 * u.deg, dither=3.0, unit="electron", target_position=position,
+        seed=seed)
+
+
+def _target_flux(result, radius_arcsec=10.0):
+    """Sky-subtracted sum within 10 arcsec of the target (the whole PSF stamp)."""
+    image = result.stack.data
+    scale = result.stack.meta["SSPIXSC"]
+    cx, cy = result.target_pixel
+    y, x = np.indices(image.shape)
+    r = np.hypot(x - cx, y - cy) * scale
+    assert np.isfinite(image[r < 18]).all()
+    sky = np.median(image[(r > 12) & (r < 18)])
+    return float(np.sum(image[r < radius_arcsec] - sky))
+
+
+@pytest.mark.parametrize("resample", ["shift", "warp", "drizzle"])
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_target_flux_kept_at_any_output_pixel_scale(resample, factor):
+    """0.5"/px frames stacked onto pixels of 0.25", 0.5" and 1": the flux stays (was x3.97
+    and x0.25 before the pixel-area ratio)."""
+    if resample == "shift" and factor != 1.0:
+        pytest.skip("a translation keeps the pixel size")
+    sim = _flux_frames(0.5)
+    scale = 0.5 * factor * u.arcsec
+    size = 2 * int(round(20 / scale.value)) + 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*larger than the input")  # the noise, not the flux
+        result = ss.shift_and_stack(sim.frames, sim.ephemeris, method="mean", size=size,
+                                    pixel_scale=scale, resample=resample, sky_stack=False)
+    assert set(result.table["resample"]) == {resample}
+    assert np.allclose(result.table["pixel_area_ratio"], factor ** 2, rtol=1e-6)
+    assert result.stack.meta["SSFLUXC"] == "per-pixel"
+    assert abs(_target_flux(result) / _FLUX - 1) < 0.02
+
+
+@pytest.mark.parametrize("resample", ["warp", "drizzle"])
+@pytest.mark.parametrize("pixel_scale", [None, 0.5, 1.0])
+def test_target_flux_kept_for_mixed_scale_inputs(resample, pixel_scale):
+    """Frames of 0.5"/px and 1"/px interleaved in time: every frame gives the same flux,
+    on the median scale (0.75") and on either input's."""
+    fine = _flux_frames(0.5)
+    cadence = (fine.truth["time"][1] - fine.truth["time"][0])
+    start = _START + cadence / 2
+    epoch = start + 2 * cadence + fine.exptime / 2  # mid-exposure of the middle of four
+    coarse = _flux_frames(1.0, start=start, position=fine.target_at(epoch), seed=2)
+    frames = [f for pair in zip(fine.frames, coarse.frames) for f in pair]
+    scale = None if pixel_scale is None else pixel_scale * u.arcsec
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*larger than the input")  # the noise, not the flux
+        result = ss.shift_and_stack(frames, fine.ephemeris, method="mean", size=None,
+                                    pixel_scale=scale, resample=resample, sky_stack=False)
+    out_scale = result.stack.meta["SSPIXSC"]
+    assert out_scale == pytest.approx(0.75 if pixel_scale is None else pixel_scale)
+    ratios = np.asarray(result.table["pixel_area_ratio"])
+    assert np.allclose(ratios[0::2], (out_scale / 0.5) ** 2, rtol=1e-5)
+    assert np.allclose(ratios[1::2], (out_scale / 1.0) ** 2, rtol=1e-5)
+    assert abs(_target_flux(result) / _FLUX - 1) < 0.02
+    # and each kind of frame alone gives the same: neither is weighted by its pixel area
+    for part in (frames[0::2], frames[1::2]):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*output pixels .* larger than the input")
+            alone = ss.shift_and_stack(part, fine.ephemeris, method="mean",
+                                       size=result.stack.shape[0],
+                                       pixel_scale=out_scale * u.arcsec,
+                                       reference_time=result.target_frame.reference_time,
+                                       resample=resample, sky_stack=False)
+        assert abs(_target_flux(alone) / _FLUX - 1) < 0.02
+
+
+def test_products_over_the_memory_budget_go_to_a_temporary_folder(tmp_path, monkeypatch,
+                                                                   caplog):
+    """No workdir, products over mem_limit: spilled to a temporary folder (then removed),
+    and the stack is the same as with everything in memory."""
+    import logging
+    import tempfile
+    sim = ss.simulate_observation(n_frames=4, shape=(96, 96), n_stars=10, seed=4)
+    kwargs = dict(method="median", size=41)
+    in_memory = ss.shift_and_stack(sim.frames, sim.ephemeris, **kwargs)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+    original = tempfile.TemporaryDirectory
+
+    def recording(*args, **kw):
+        folder = original(*args, **kw)
+        seen.append(folder.name)
+        return folder
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    with caplog.at_level(logging.INFO, logger="shiftstack_ccd.stack"):
+        spilled = ss.shift_and_stack(sim.frames, sim.ephemeris, mem_limit=1e4, **kwargs)
+    assert "over the memory budget" in caplog.text
+    assert len(seen) == 1 and seen[0].startswith(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # removed afterwards
+    # through files, as with a named workdir (test_scale): equal to float precision
+    good = ~in_memory.stack.mask
+    assert np.array_equal(spilled.stack.mask, in_memory.stack.mask)
+    noise = np.median(in_memory.stack.uncertainty.array[good])
+    assert np.max(np.abs(spilled.stack.data[good] - in_memory.stack.data[good])) < 1e-4 * noise
+    assert np.allclose(spilled.stack.uncertainty.array[good],
+                       in_memory.stack.uncertainty.array[good], rtol=1e-5)
+    assert np.array_equal(spilled.coverage, in_memory.coverage)
+
+
+def test_drizzle_options_are_checked_before_any_frame_is_read():
+    sim = ss.simulate_observation(n_frames=2, shape=(48, 48), n_stars=0, seed=5)
+    with pytest.raises(ss.ParameterError, match="pixfrac: must be a number in"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, resample="drizzle", pixfrac=1.5)
+    with pytest.raises(ss.ParameterError, match="drizzle_kernel: must be one of"):
+        ss.shift_and_stack(sim.frames, sim.ephemeris, resample="drizzle",
+                           drizzle_kernel="box")

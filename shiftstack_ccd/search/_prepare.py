@@ -1,0 +1,391 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Frames -> psi/phi planes on one fixed sky grid, for the motion search.
+
+Each frame, in its own pixels: a local background (`photutils.background.Background2D`) is
+subtracted and, if the frame has no uncertainty, its local robust rms becomes one (a raw
+frame's global scatter is several times its pixel noise: overscan, vignetting, dust);
+cosmic rays and hot pixels are masked (`clean_cosmic_rays`). Then it is resampled once onto
+the fixed grid (`resample_to_target`). The static sky, the median of the frames on that grid
+(`combine_frames`), is subtracted from each; the cores of bright stars, which never subtract
+cleanly, are masked. Each difference image D with variance V and mask M gives, as in KBMOD,
+
+    psi = PSF * (D / V),     phi = PSF^2 * (1 / V)     (masked pixels: 1/V = 0)
+
+so that along a trajectory ``sum(psi) / sum(phi)`` is the PSF-fitted flux and
+``sum(psi) / sqrt(sum(phi))`` its S/N. Resampling correlates the noise and a noise model
+is never exact, so each frame's planes are calibrated on the data: the robust standard
+deviation ``c`` of ``psi / sqrt(phi)`` over the frame (1 for exact white noise) divides psi
+and phi by ``c**2``, which makes every frame's S/N have unit scatter.
+"""
+
+import logging
+
+import numpy as np
+from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
+
+from .._utils import check_finite_fraction, frame_label
+from ..exceptions import FrameError
+
+__all__ = []
+
+log = logging.getLogger(__name__)
+
+#: The standard deviation given to bad pixels on their way through the resampling.
+_HUGE = np.float32(1e15)
+
+#: sigma_G = 0.7413 (q75 - q25): a standard deviation that ignores outliers (KBMOD's sigma-G).
+SIGMA_G = 0.741301109252801
+
+
+def sigma_g(values):
+    """Robust standard deviation from the inter-quartile range."""
+    q25, q75 = np.percentile(values, [25, 75])
+    return SIGMA_G * float(q75 - q25)
+
+
+def box_statistics(image, good, box, min_fraction=0.3):
+    """Median and sigma-G of an image in boxes, interpolated bilinearly to every pixel.
+
+    Written here rather than through `photutils.background.Background2D` (which does the same
+    with more options) because it runs three times per frame in the search and this is
+    several times faster: one sort per box, separable linear interpolation. Boxes with less
+    than ``min_fraction`` good pixels take the median of the other boxes.
+    """
+    ny, nx = image.shape
+    box = int(max(8, min(box, ny, nx)))
+    nby, nbx = -(-ny // box), -(-nx // box)
+    padded = np.full((nby * box, nbx * box), np.nan, np.float32)
+    padded[:ny, :nx] = np.where(good, image, np.nan)
+    blocks = padded.reshape(nby, box, nbx, box).transpose(0, 2, 1, 3).reshape(nby, nbx, -1)
+    blocks = np.sort(blocks[:, :, ::2], axis=2)  # every other pixel: plenty for a box
+    count = np.sum(np.isfinite(blocks), axis=2)
+
+    def quantile(q):
+        index = np.clip(np.rint(q * (count - 1)).astype(int), 0, blocks.shape[2] - 1)
+        return np.take_along_axis(blocks, index[:, :, None], axis=2)[:, :, 0]
+    median = quantile(0.5)
+    sigma = SIGMA_G * (quantile(0.75) - quantile(0.25))
+    enough = count >= min_fraction * blocks.shape[2]
+    if not enough.any():
+        raise FrameError("too few good pixels to measure the local background and noise")
+    median = np.where(enough, median, np.median(median[enough]))
+    sigma = np.where(enough, sigma, np.median(sigma[enough]))
+    return _upsample(median, box, (ny, nx)), _upsample(sigma, box, (ny, nx))
+
+
+def _upsample(values, box, shape):
+    """Bilinear interpolation of box values (at the box centres) onto every pixel."""
+    ny, nx = shape
+    out = values.astype(np.float32)
+    for axis, n in ((0, ny), (1, nx)):
+        nb = out.shape[axis]
+        pos = (np.arange(n) + 0.5) / box - 0.5
+        i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
+        i1 = np.clip(i0 + 1, 0, nb - 1)
+        frac = np.clip(pos - i0, 0, 1).astype(np.float32)
+        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
+        shape_f = [1, 1]
+        shape_f[axis] = n
+        frac = frac.reshape(shape_f)
+        out = a + (b - a) * frac
+    return out
+
+
+def _local_background(data, bad, box):
+    """Local sky and pixel noise maps of a frame in its own pixels.
+
+    The noise comes from differences of neighbouring pixels (divided by sqrt(2)), whose
+    robust scatter ignores the steep vignetting and dust-ring gradients of a raw frame that
+    inflate a plain local rms several times near its edges.
+    """
+    background, _ = box_statistics(data, ~bad, box)
+    diff = np.zeros_like(data)
+    diff[:, 1:] = data[:, 1:] - data[:, :-1]
+    diff_good = ~bad
+    diff_good[:, 1:] &= ~bad[:, :-1]
+    diff_good[:, 0] = False
+    _, noise = box_statistics(diff, diff_good, box)
+    return background, (noise / np.sqrt(2)).astype(np.float32)
+
+
+def prepare_frame(job):
+    """One frame in its own pixels: background removed, noise attached, cosmic rays masked.
+
+    ``job`` is ``(index, frame, options)``; returns the frame resampled onto the grid.
+    """
+    from ..cosmicray import clean_cosmic_rays
+    from ..resample import resample_to_target
+    index, frame, opts = job
+    label = frame_label(frame, index)
+    frame = crop_to_grid(_trim(frame), opts["wcs"], opts["shape"])
+    data = np.asarray(frame.data, dtype=np.float32)
+    good = check_finite_fraction(frame, label)
+    bad = ~good | _saturated(frame, data, opts["saturation_grow"])
+    background, rms = _local_background(data, bad, opts["background_box"])
+    if frame.uncertainty is not None:
+        try:
+            variance = frame.uncertainty.represent_as(VarianceUncertainty).array
+            std = np.sqrt(variance).astype(np.float32)
+        except Exception as exc:  # astropy raises several types for unconvertible ones
+            raise FrameError(f"{label}: its uncertainty cannot be converted to a variance: "
+                             f"{exc}") from None
+    else:
+        std = rms
+    if not np.any(np.isfinite(std) & (std > 0)):
+        raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
+    work = CCDData(np.where(bad, 0, data - background), unit=frame.unit, wcs=frame.wcs,
+                   uncertainty=StdDevUncertainty(np.where(std > 0, std, np.inf)),
+                   meta=frame.meta)
+    n_cr = 0
+    if opts["cosmic_rays"]:
+        # without the mask (the bad pixels are at the sky level, 0): the detector's
+        # masked-neighbour path is many times slower and the bad pixels stay masked anyway
+        cleaned = clean_cosmic_rays(work, method="median")
+        n_cr = int(cleaned.meta.get("CRNFLAG", 0))
+        bad = bad | np.asarray(cleaned.mask, bool)
+    # Bad pixels go through the resampling as sky (0) with a huge variance rather than as a
+    # mask: the output pixels they touch get a weight of ~0, as masked ones would, without
+    # the slow filling of masked pixels that a spline needs.
+    work.uncertainty = StdDevUncertainty(np.where(bad | ~(std > 0), _HUGE, std)
+                                         .astype(np.float32))
+    resampled = resample_to_target(work, opts["wcs"], opts["shape"],
+                                   interpolation="bicubic")
+    out_std = resampled.uncertainty.array
+    mask = np.asarray(resampled.mask, bool) | ~(out_std < _HUGE * 1e-9)
+    log.debug("%s: prepared, %d cosmic-ray pixels masked", label, n_cr)
+    return {"data": np.where(mask, np.nan, resampled.data).astype(np.float32),
+            "std": np.where(mask, np.nan, out_std).astype(np.float32), "mask": mask,
+            "n_cr": n_cr}
+
+
+def _trim(frame):
+    """The frame cut to its header's ``TRIMSEC`` (overscan and prescan are not sky)."""
+    section = str(frame.meta.get("TRIMSEC", "") or "").strip()
+    try:
+        xs, ys = section.strip("[]").split(",")
+        x0, x1 = (int(v) for v in xs.split(":"))
+        y0, y1 = (int(v) for v in ys.split(":"))
+    except ValueError:  # no section, or not one this reader understands: use every pixel
+        return frame
+    ny, nx = frame.shape
+    # a section describes the file's array: a frame already cut is left alone
+    if (frame.meta.get("NAXIS1"), frame.meta.get("NAXIS2")) != (nx, ny) \
+            or not (1 <= x0 < x1 <= nx and 1 <= y0 < y1 <= ny):
+        return frame
+    return frame[y0 - 1:y1, x0 - 1:x1]
+
+
+def _saturated(frame, data, grow):
+    """Saturated pixels (and bleed trails, which are saturated too), grown.
+
+    The level is ``SATURATE``/``SATLEVEL``/``SATURATN`` from the header, else 98 % of the
+    maximum when at least ten pixels lie within 0.5 % of it (a plateau of saturated stars).
+    """
+    level = None
+    for key in ("SATURATE", "SATLEVEL", "SATURATN"):
+        try:
+            level = float(frame.meta[key])
+            break
+        except (KeyError, TypeError, ValueError):
+            continue
+    finite = data[np.isfinite(data)]
+    if level is None and finite.size:
+        top = float(finite.max())
+        if top > 0 and np.count_nonzero(finite >= 0.995 * top) >= 10:
+            level = 0.98 * top
+    if level is None:
+        return np.zeros(data.shape, bool)
+    from scipy.ndimage import maximum_filter
+    with np.errstate(invalid="ignore"):
+        saturated = data >= level
+    if not saturated.any():
+        return saturated
+    return maximum_filter(saturated, size=2 * int(np.ceil(grow)) + 1)
+
+
+def crop_to_grid(frame, wcs, shape, margin=8):
+    """The part of a frame that can fall on the grid (saves resampling the rest)."""
+    ny, nx = shape
+    edge = np.linspace(-0.5, 1, 9)
+    border = np.concatenate([np.column_stack([edge * nx, np.full(9, -0.5)]),
+                             np.column_stack([edge * nx, np.full(9, ny - 0.5)]),
+                             np.column_stack([np.full(9, -0.5), edge * ny]),
+                             np.column_stack([np.full(9, nx - 0.5), edge * ny])])
+    x, y = frame.wcs.world_to_pixel(wcs.pixel_to_world(border[:, 0], border[:, 1]))
+    x, y = np.asarray(x), np.asarray(y)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return frame
+    fy, fx = frame.shape
+    x0, x1 = max(0, int(np.floor(x.min())) - margin), min(fx, int(np.ceil(x.max())) + margin)
+    y0, y1 = max(0, int(np.floor(y.min())) - margin), min(fy, int(np.ceil(y.max())) + margin)
+    if x1 - x0 < 2 * margin or y1 - y0 < 2 * margin or (x0, y0, x1, y1) == (0, 0, fx, fy):
+        return frame
+    return frame[y0:y1, x0:x1]
+
+
+def static_sky(prepared, min_frames=3):
+    """The static sky on the grid: the clipped mean of the frames (`combine_frames`).
+
+    A mean, not a median: along a motion of zero, a static source then cancels exactly
+    (the median of a star whose seeing changes is not its mean, and the difference would
+    add up over the frames). Values more than 3 sigma above the median (a mover, a cosmic
+    ray left over) are left out. NaN where fewer than ``min_frames`` cover. Returns
+    ``template, noise``: the template and the mean single-frame noise at each pixel.
+    """
+    from ..combine import combine_frames
+    ccds = [CCDData(p["data"], unit="adu", mask=p["mask"],
+                    uncertainty=StdDevUncertainty(p["std"])) for p in prepared]
+    combined = combine_frames(ccds, method="mean", sigma_clip=True, sigma_low=10.0,
+                              sigma_high=3.0)
+    template = np.asarray(combined.image.data, dtype=np.float32)
+    holes = (np.asarray(combined.coverage) < min(min_frames, len(prepared))) \
+        | ~np.isfinite(template)
+    noise = np.zeros(template.shape, np.float32)
+    count = np.zeros(template.shape, np.int16)
+    for p in prepared:
+        good = ~p["mask"] & np.isfinite(p["data"])
+        noise += np.where(good, p["std"], 0)
+        count += good
+    noise = np.where(count > 0, noise / np.maximum(count, 1), np.nan).astype(np.float32)
+    return np.where(holes, np.nan, template).astype(np.float32), noise
+
+
+def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0):
+    """The static sky without slow movers, and the mask of bright stars.
+
+    A slow mover sits on the same pixels in many frames and would be in the median, hence
+    subtracted from itself; a static source is in every frame. So where at least two frames
+    (and a fifth of them) are below the median by more than ``vary_sigma`` times the noise
+    and below 30 % of it (the mover has left the pixel; a star's core changes less with the
+    seeing, and one odd frame is a cosmic-ray repair or a bad pixel) the template is the
+    sky, 0, on that pixel and its neighbours within ``fwhm / 2``.
+
+    Bright stars (connected pixels above ``star_sigma`` times the single-frame noise whose
+    brightest pixel does not vary) never subtract cleanly: they are masked, grown by the
+    FWHM plus two FWHM per decade of peak brightness above the threshold, and the template
+    is left alone on them.
+
+    Returns ``template, stars, n_varying``.
+    """
+    from scipy.ndimage import distance_transform_edt, label, maximum_position
+    holes = ~np.isfinite(template)
+    low = np.zeros(template.shape, np.int16)
+    with np.errstate(invalid="ignore"):
+        for p in prepared:
+            value = np.where(p["mask"], np.nan, p["data"])
+            low += (template - value > vary_sigma * noise) & (value < 0.3 * template)
+        varying = (low >= max(2, int(np.ceil(0.2 * len(prepared))))) & ~holes
+        bright = template > star_sigma * noise
+    labels, n = label(bright)
+    stars = np.zeros(template.shape, bool)
+    if n:
+        index = np.arange(1, n + 1)
+        peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+        static = np.array([False] + [not varying[p] for p in peaks])
+        # brighter stars have wider wings and halos: grow by one FWHM plus two per decade
+        peak_sigma = np.array([1.0] + [template[p] / noise[p] for p in peaks])
+        radius = fwhm * (1 + 2 * np.log10(np.maximum(peak_sigma / star_sigma, 1)))
+        radius[~static] = -1
+        core = static[labels]
+        if core.any():
+            distance, (iy, ix) = distance_transform_edt(~core, return_indices=True)
+            stars = distance <= radius[labels[iy, ix]]
+    varying = _grow(varying & ~stars, max(1.0, fwhm / 2)) & ~holes & ~stars
+    return np.where(varying, 0, template).astype(np.float32), stars, int(varying.sum())
+
+
+def _grow(mask, radius):
+    from scipy.ndimage import binary_dilation
+    if radius <= 0 or not mask.any():
+        return mask
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return binary_dilation(mask, structure=np.hypot(xx, yy) <= radius)
+
+
+def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128):
+    """KBMOD's psi and phi planes of one frame, calibrated to unit S/N scatter.
+
+    The per-frame S/N ``psi / sqrt(phi)`` is measured in boxes of ``box`` pixels (its
+    median and sigma-G over the quiet pixels, `~photutils.background.Background2D`):
+    ``psi`` and ``phi`` are corrected so that it has zero mean and unit scatter locally,
+    whatever the noise model missed (correlations from resampling, background residuals).
+    Returns ``psi, phi, c`` (float32 planes and the median scatter factor).
+    """
+    from scipy.ndimage import gaussian_filter
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    bad = mask | ~np.isfinite(difference) | ~np.isfinite(std) | (std <= 0)
+    weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, std) ** 2).astype(np.float32)
+    psi = gaussian_filter(np.where(bad, 0.0, difference) * weight, sigma, mode="constant",
+                          truncate=4.0)
+    # PSF^2 of a unit-sum Gaussian is a Gaussian of sigma/sqrt(2) times 1/(4 pi sigma^2)
+    phi = gaussian_filter(weight, sigma / np.sqrt(2), mode="constant", truncate=4.0) \
+        / np.float32(4 * np.pi * sigma ** 2)
+    covered = phi > 0.5 * np.median(phi[phi > 0]) if np.any(phi > 0) else phi > 0
+    use = covered & calibrate_on
+    if use.sum() < 100:
+        raise FrameError("too few unmasked pixels to calibrate the noise of a frame "
+                         f"({int(use.sum())}).")
+    root = np.sqrt(np.where(covered, phi, 1))
+    snr = np.where(covered, psi / root, 0)
+    mean, c = box_statistics(snr, use, box)
+    c = np.where(np.isfinite(c) & (c > 0), c, np.nanmedian(c))
+    psi = np.where(covered, (psi - mean * root) / c ** 2, 0).astype(np.float32)
+    phi = np.where(covered, phi / c ** 2, 0).astype(np.float32)
+    return psi, phi, float(np.median(c[use]))
+
+
+def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
+    """Total flux over Gaussian-PSF-fitted flux, measured on the static sky's stars.
+
+    The search's filter is a Gaussian of the stars' FWHM; real PSFs have wider wings
+    (a Moffat of beta 3 puts about a quarter of its light outside the Gaussian fit), so the
+    fitted flux is low by a factor that this ratio, the median over isolated unsaturated
+    stars of their flux within 3 FWHM over their fitted flux, corrects. Returns 1 (and
+    says so) when fewer than 3 stars can be measured.
+    """
+    from scipy.ndimage import gaussian_filter, label, maximum_filter, maximum_position
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    finite = np.isfinite(template)
+    image = np.where(finite, template, 0).astype(np.float64)
+    fitted = gaussian_filter(image, sigma, mode="constant", truncate=4.0) \
+        * (4 * np.pi * sigma ** 2)
+    with np.errstate(invalid="ignore"):
+        bright = (template > min_sigma * noise) & finite
+    labels, n = label(bright)
+    if n == 0:
+        log.info("search: no star to measure the flux correction on; fluxes are Gaussian-fit")
+        return 1.0
+    index = np.arange(1, n + 1)
+    peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+    order = np.argsort([-template[p] for p in peaks])
+    r_ap, r_in, r_out = 3 * fwhm, 4 * fwhm, 6 * fwhm
+    half = int(np.ceil(r_out)) + 1
+    ny, nx = template.shape
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    rr = np.hypot(xx, yy)
+    centres = np.array(peaks, float)
+    ratios = []
+    for k in order:
+        y, x = peaks[k]
+        if not (half <= y < ny - half and half <= x < nx - half):
+            continue
+        others = np.hypot(*(centres - (y, x)).T)
+        if np.sum(others < r_out + 2 * fwhm) > 1:  # itself, and nothing else near
+            continue
+        cut = template[y - half:y + half + 1, x - half:x + half + 1]
+        if not np.all(np.isfinite(cut[rr <= r_out])):  # saturated (masked) or at an edge
+            continue
+        sky = np.median(cut[(rr >= r_in) & (rr <= r_out)])
+        total = np.sum(cut[rr <= r_ap] - sky)
+        fit = maximum_filter(fitted[y - 1:y + 2, x - 1:x + 2], size=3).max() \
+            - sky * 4 * np.pi * sigma ** 2 * 1.0
+        if fit > 0:
+            ratios.append(total / fit)
+        if len(ratios) >= n_stars:
+            break
+    if len(ratios) < 3:
+        log.info("search: %d stars to measure the flux correction on; fluxes are "
+                 "Gaussian-fit", len(ratios))
+        return 1.0
+    return float(np.median(ratios))

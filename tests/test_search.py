@@ -1,0 +1,314 @@
+"""search_motion: synthetic tracking over a grid of trial motions.
+
+Simulated frames (cosmic rays, bright stars) and the raw Lowell frames of (5945)
+Roachapproach with PSF-matched trailed fakes injected through each frame's WCS. The Lowell
+tests use a 420 x 420 sub-field around the asteroid to keep the default run short; the
+full-field figures are in benchmarks/bench_search.py and docs/searching.rst.
+"""
+
+import glob
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.nddata import CCDData
+from astropy.table import QTable
+from astropy.time import Time
+
+import shiftstack_ccd as ss
+from shiftstack_ccd.exceptions import FrameError, SearchError
+
+RATE = u.arcsec / u.hour
+
+# (5945) at the mean mid-exposure time of the ten Lowell frames, measured independently of
+# the search: the asteroid tracked frame by frame and a linear motion fitted to its positions
+# (the method of tests/test_lowell.py; fit rms < 0.15 pixel).
+ROACH = SkyCoord(124.627946, 25.340298, unit="deg")
+ROACH_RATES = (3.768, -8.260)  # arcsec/h
+
+
+def _match(candidates, position, rates, radius=1.5 * u.arcsec, rate_tol=4.0):
+    """Index of the candidate within ``radius`` and ``rate_tol`` arcsec/h of the truth."""
+    if len(candidates) == 0:
+        return None
+    sep = SkyCoord(candidates["ra"], candidates["dec"]).separation(position)
+    drate = np.hypot(candidates["ra_rate"].to_value(RATE) - rates[0],
+                     candidates["dec_rate"].to_value(RATE) - rates[1])
+    ok = np.nonzero((sep < radius) & (drate < rate_tol))[0]
+    return int(ok[0]) if len(ok) else None
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return ss.simulate_observation(n_frames=8, shape=(160, 160), target_snr=3.0,
+                                   target_rate=(20, -10) * RATE, cadence=300 * u.s,
+                                   exptime=240 * u.s, n_stars=40,
+                                   star_flux_range=(3e3, 5e5), seed=3)
+
+
+@pytest.fixture(scope="module")
+def sim_found(sim):
+    return ss.search_motion(sim.frames, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
+                            snr_threshold=5)
+
+
+def test_simulated_target_found_with_position_and_rate(sim, sim_found):
+    """Cosmic rays and bright stars: the faint mover (S/N 3 a frame) is the best candidate."""
+    found, truth = sim_found, sim.target_at(sim_found.meta["reference_time"])
+    assert found[0]["snr"] > 6.5
+    sep = SkyCoord(found[0]["ra"], found[0]["dec"]).separation(truth)
+    assert sep < 0.5 * u.arcsec, sep.to(u.arcsec)  # 1 pixel, at S/N 8
+    assert abs(found[0]["ra_rate"] - 20 * RATE) < 3 * RATE
+    assert abs(found[0]["dec_rate"] + 10 * RATE) < 3 * RATE
+    # the flux per frame: Gaussian-fitted, corrected to the total on the stars (the flux
+    # error at S/N 8 is 12%)
+    flux = np.median(sim.truth["flux"]) / sim.gain  # ADU
+    assert abs(found[0]["flux"].to_value(u.adu) / flux - 1) < 0.25
+    assert 1.1 < found.meta["flux_correction"] < 1.5  # Moffat beta 3 wings
+    # nothing else rises above 7 sigma: star residuals and cosmic rays make no candidate
+    assert np.sum(found["snr"] >= 7) == 1
+    assert found.meta["n_trajectories"] == 160 * 160 * found.meta["n_motions"] or \
+        found.meta["n_trajectories"] > 0
+    assert list(found.colnames[:6]) == ["ra", "dec", "ra_rate", "dec_rate", "snr", "flux"]
+    assert found["ra"].unit == u.deg and found["ra_rate"].unit == RATE
+
+
+def test_empty_sky_snr_has_unit_scatter(sim_found):
+    """The noise is calibrated: S/N of empty-sky trajectories scatters by 1 (sigma-G)."""
+    assert 0.9 < sim_found.meta["snr_scatter"] < 1.1
+    assert len(sim_found.meta["noise_factors"]) == 8
+
+
+def test_grid_step_keeps_90_percent_of_the_snr():
+    """Midway between grid points on both axes, a trajectory keeps >= 90% of its S/N."""
+    from shiftstack_ccd.search._kernel import motion_step
+    fwhm, sigma = 2.0, 2.0 / 2.3548
+    dt = np.linspace(-0.4, 0.4, 10)
+    step = motion_step(fwhm, dt, max_loss=0.1)
+    d2 = (step / np.sqrt(2) * dt) ** 2
+    kept = np.mean(np.exp(-d2 / (4 * sigma ** 2)))
+    assert 0.899 < kept < 0.901
+    # the rule scales as FWHM / span: 1.3 FWHM over 0.8 h here
+    assert 1.1 < step * 0.8 / fwhm < 1.6
+
+
+def test_one_bright_pixel_in_one_frame_makes_no_candidate(sim):
+    """Spikes of 300 sigma in single frames, not masked: the robust filter rejects them.
+
+    (Cosmic-ray masking off, and frames without cosmic rays, so only the spikes are there.)
+    """
+    rng = np.random.default_rng(7)
+    quiet = ss.simulate_observation(n_frames=8, shape=(160, 160), target_snr=3.0,
+                                    target_rate=(20, -10) * RATE, cadence=300 * u.s,
+                                    exptime=240 * u.s, n_stars=40, cosmic_rays=False,
+                                    star_flux_range=(3e3, 5e5), seed=3)
+    frames = [f.copy() for f in quiet.frames]
+    spikes = []
+    for _ in range(12):
+        i, y, x = rng.integers(0, 8), rng.integers(20, 140), rng.integers(20, 140)
+        frames[i].data[y, x] += 300 * float(np.median(frames[i].uncertainty.array))
+        spikes.append((i, x, y))
+    found = ss.search_motion(frames, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
+                             snr_threshold=6, cosmic_rays=False)
+    truth = sim.target_at(found.meta["reference_time"])
+    others = found[SkyCoord(found["ra"], found["dec"]).separation(truth) > 1 * u.arcsec]
+    assert len(others) <= 1, others  # a chance noise peak at 6 sigma, not 12 spikes
+    assert _match(found, truth, (20, -10), 0.5 * u.arcsec) is not None
+
+
+def test_split_over_tiles_motions_and_threads_gives_the_same_candidates(sim, sim_found):
+    split = ss.search_motion(sim.frames, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
+                             snr_threshold=5, tile=48, motions_per_task=37,
+                             scheduler="threads")
+    assert len(split) == len(sim_found)
+    for name in ("ra", "dec", "ra_rate", "dec_rate", "snr", "flux"):
+        assert np.array_equal(np.asarray(split[name]), np.asarray(sim_found[name])), name
+
+
+def test_around_an_ephemeris_searches_its_ellipse(sim):
+    """Around a wrong ephemeris (3" and 4"/h off) with a 10" radius: the target is found."""
+    rough = ss.Ephemeris.linear(
+        sim.target_position.spherical_offsets_by(2 * u.arcsec, -2 * u.arcsec), sim.epoch,
+        23 * RATE, -12 * RATE)
+    found = ss.search_motion(sim.frames, around=rough, around_radius=10 * u.arcsec,
+                             snr_threshold=5)
+    truth = sim.target_at(found.meta["reference_time"])
+    assert _match(found, truth, (20, -10), 0.5 * u.arcsec, 3.0) == 0
+    assert found.meta["n_trajectories"] < 0.2 * 160 * 160 * found.meta["n_motions"]
+    # a search outside the ellipse finds nothing there
+    assert np.all(SkyCoord(found["ra"], found["dec"]).separation(
+        rough.at(found.meta["reference_time"])) < 10.5 * u.arcsec)
+
+
+def test_candidate_stack_result_holds_the_target(sim, sim_found):
+    """The candidate's StackResult: mean and median stacks centred on it, flux preserved."""
+    from shiftstack_ccd.photometry import aperture_flux
+    mean = ss.stack_candidate(sim.frames, sim_found[0], size=41, subtract_static=True)
+    median = ss.stack_candidate(sim.frames, sim_found[0], method="median", size=41,
+                                sky_stack=False, subtract_static=True)
+    assert isinstance(mean, ss.StackResult) and mean.stack.shape == (41, 41)
+    assert mean.sky_stack is not None and mean.table is not None
+    flux, _ = aperture_flux(mean.stack, mean.target_pixel, 2 * sim.psf_fwhm)
+    expected = np.median(sim.truth["flux"]) / sim.gain
+    assert abs(flux / expected - 1) < 0.2, (flux, expected)  # S/N 8: 12% noise
+    peak_mean = mean.stack.data[20, 20]
+    assert median.stack.data[19:22, 19:22].max() > 0.5 * peak_mean
+
+
+def test_stamps_png(sim, sim_found, tmp_path):
+    path = tmp_path / "stamps.png"
+    n = ss.write_candidate_stamps(sim.frames, sim_found[:2], path, size=25)
+    assert n == 2 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ss.OutputExistsError):
+        ss.write_candidate_stamps(sim.frames, sim_found[:2], path)
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+def test_empty_rate_range_is_refused(sim):
+    with pytest.raises(SearchError, match="ra_rate is an empty range"):
+        ss.search_motion(sim.frames, ra_rate=(10, -10) * RATE, dec_rate=(0, 1) * RATE)
+    with pytest.raises(SearchError, match="dec_rate must be"):
+        ss.search_motion(sim.frames, ra_rate=(0, 10) * RATE, dec_rate=(0, 1) * u.m)
+    with pytest.raises(SearchError, match="give ra_rate"):
+        ss.search_motion(sim.frames)
+
+
+def test_too_large_a_search_is_refused_with_its_estimate(sim):
+    with pytest.raises(SearchError, match=r"too large: \d+ motions x \d+ starting pixels x 8"):
+        ss.search_motion(sim.frames, ra_rate=(-4000, 4000) * RATE,
+                         dec_rate=(-4000, 4000) * RATE, max_time=1 * u.s)
+    with pytest.raises(SearchError, match="GiB"):
+        ss.search_motion(sim.frames, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
+                         max_memory=1000)
+
+
+def test_frames_without_wcs_or_too_few_are_refused(sim):
+    bare = [CCDData(f.data, unit=f.unit, meta={"SSFILE": f"bare{i}.fits"})
+            for i, f in enumerate(sim.frames)]
+    with pytest.raises(FrameError, match="bare0.fits: has no celestial WCS"):
+        ss.search_motion(bare, ra_rate=(0, 1) * RATE, dec_rate=(0, 1) * RATE)
+    with pytest.raises(SearchError, match="at least 3 frames"):
+        ss.search_motion(sim.frames[:2], ra_rate=(0, 1) * RATE, dec_rate=(0, 1) * RATE)
+
+
+def test_around_without_uncertainty_needs_a_radius(sim):
+    with pytest.raises(SearchError, match="around_radius"):
+        ss.search_motion(sim.frames, around=sim.ephemeris)
+
+
+# ---- the raw Lowell frames -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lowell_field(tmp_path_factory):
+    try:
+        folder = ss.get_data_path("lowell42-5945/5945")
+    except FileNotFoundError as exc:
+        pytest.skip(f"real example data not available: {exc}")
+    frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
+    # a 420 x 420 sub-field around (5945), inside the trimmed section
+    x, y = (float(v) for v in frames[0].wcs.world_to_pixel(ROACH))
+    x0, y0 = int(x) - 210, int(y) - 210
+    return [f[y0:y0 + 420, x0:x0 + 420] for f in frames]
+
+
+def _stack_snr(frames, row, fwhm):
+    """Aperture S/N of a fake in the stack on its true motion (noise measured on the stack)."""
+    from shiftstack_ccd.photometry import aperture_snr
+    eph = ss.Ephemeris.linear(SkyCoord(row["ra"], row["dec"]), Time(row["epoch"]),
+                              row["ra_rate"], row["dec_rate"])
+    result = ss.shift_and_stack(frames, eph, size=61, sky_stack=False)
+    return aperture_snr(result.stack, result.target_pixel, fwhm,
+                        region=result.coverage == len(frames))["snr"]
+
+
+@pytest.fixture(scope="module")
+def lowell_fakes(lowell_field):
+    frames = lowell_field
+    times = Time([ss.mid_exposure_time(f) for f in frames])
+    epoch = Time(np.mean(times.mjd), format="mjd", scale="utc")
+    rng = np.random.default_rng(2024)
+    n = 10
+    # rates across +-40"/h, moving at least 2 FWHM over the frames (a slower source cannot
+    # be told from the static sky: see docs/searching.rst)
+    rates = []
+    while len(rates) < n:
+        r = rng.uniform(-40, 40, 2)
+        if np.hypot(*r) > 8:
+            rates.append(r)
+    rates = np.array(rates)
+    ny, nx = frames[0].shape
+    xy = rng.uniform(60, 360, (n, 2))
+    centre = frames[0].wcs.pixel_to_world(xy[:, 0], xy[:, 1])
+    fakes = QTable()
+    fakes["ra"] = centre.ra.to(u.deg)
+    fakes["dec"] = centre.dec.to(u.deg)
+    fakes["ra_rate"] = rates[:, 0] * RATE
+    fakes["dec_rate"] = rates[:, 1] * RATE
+    fakes["flux"] = np.linspace(150, 700, n) * u.adu  # stack aperture S/N about 4 to 20
+    fakes["epoch"] = [epoch.isot] * n
+    injected, truth = ss.inject_moving_source(frames, fakes, epoch=epoch, fwhm=2.0,
+                                              psf_beta=3.0)
+    fakes["stack_snr"] = [_stack_snr(injected, row, 2.0) for row in fakes]
+    found = ss.search_motion(injected, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
+                             snr_threshold=5)
+    return injected, fakes, found
+
+
+def test_lowell_fakes_found_within_tolerance(lowell_fakes):
+    """Every fake at stack S/N >= 8 found within 1.5" and 4"/h of the truth."""
+    _, fakes, found = lowell_fakes
+    epoch = Time(found.meta["reference_time"])
+    bright = fakes[fakes["stack_snr"] >= 8]
+    assert len(bright) >= 3, fakes
+    for row in bright:
+        truth = SkyCoord(row["ra"], row["dec"])  # fakes are given at the reference time
+        assert abs((Time(row["epoch"]) - epoch).to_value(u.s)) < 1e-3
+        k = _match(found, truth, (row["ra_rate"].to_value(RATE),
+                                  row["dec_rate"].to_value(RATE)))
+        assert k is not None, (row, found[:10])
+
+
+def test_lowell_asteroid_found_blind_and_few_false_candidates(lowell_fakes):
+    """(5945) found with no ephemeris; at most 10 other candidates at >= 7 sigma."""
+    _, fakes, found = lowell_fakes
+    k = _match(found, ROACH, ROACH_RATES, 1.0 * u.arcsec, 1.0)
+    assert k is not None and found[k]["snr"] > 100
+    known = np.zeros(len(found), bool)
+    known[k] = True
+    for row in fakes:
+        j = _match(found, SkyCoord(row["ra"], row["dec"]),
+                   (row["ra_rate"].to_value(RATE), row["dec_rate"].to_value(RATE)))
+        if j is not None:
+            known[j] = True
+    others = found[~known & (found["snr"] >= 7)]
+    assert len(others) <= 10, others
+    # the noise model is right on raw frames too
+    assert 0.9 < found.meta["snr_scatter"] < 1.1
+
+
+def test_command_line_search(sim, tmp_path, capsys):
+    """shiftstack-ccd search: candidates ECSV, stamps PNG, progress on stderr."""
+    from astropy.table import QTable
+
+    from shiftstack_ccd.cli import main
+    paths = sim.write(tmp_path / "frames")
+    out, stamps = tmp_path / "candidates.ecsv", tmp_path / "stamps.png"
+    status = main(["search", *map(str, paths), "--ra-rate", "0", "40", "--dec-rate", "-30",
+                   "10", "--snr-threshold", "7", "-o", str(out), "--stamps", str(stamps)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    table = QTable.read(out)
+    truth = sim.target_at(Time(table.meta["reference_time"]))
+    assert _match(table, truth, (20, -10), 0.5 * u.arcsec) == 0
+    assert table.meta["n_trajectories"] > 0 and table["ra"].unit == u.deg
+    assert stamps.read_bytes()[:4] == b"\x89PNG"
+    assert "search: tiles" in captured.err  # progress
+    assert "candidates at S/N >= 7" in captured.out
+    # an existing output is refused, and an empty range is a clear error
+    assert main(["search", *map(str, paths), "--ra-rate", "0", "40", "--dec-rate", "-30",
+                 "10", "-o", str(out)]) == 1
+    assert main(["search", *map(str, paths), "--ra-rate", "40", "0", "--dec-rate", "-30",
+                 "10", "-o", str(tmp_path / "x.ecsv")]) == 1
+    assert "empty range" in capsys.readouterr().err
