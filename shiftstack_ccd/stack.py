@@ -24,8 +24,8 @@ from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
-                     set_card)
+from ._utils import (as_header, atomic_output, check_output_path, frames_wcs_error,
+                     require_celestial_wcs, set_card)
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .config import conf
@@ -756,25 +756,6 @@ _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
 
 
-def _wcs_error(headers, table):
-    """The frames' WCS error per axis (arcsec, median over frames), when they say it.
-
-    From `~shiftstack_ccd.astrometry.correct_wcs`'s ``WCSERR`` when it ran, else SCAMP's
-    ``ASTRRMS1``/``ASTRRMS2`` (degrees; the residual rms of the reference stars, an upper
-    bound of the solution's error at one place).
-    """
-    if "wcs_err" in table.colnames and np.any(np.isfinite(table["wcs_err"])):
-        return float(np.nanmedian(table["wcs_err"]))
-    values = []
-    for h in headers:
-        try:
-            r1, r2 = float(h["ASTRRMS1"]), float(h["ASTRRMS2"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        values.append(3600.0 * np.sqrt((r1 ** 2 + r2 ** 2) / 2))
-    return float(np.median(values)) if values else None
-
-
 def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
     """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
     and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
@@ -793,7 +774,7 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
         cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
                   ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
                   ("TIMESYS", "UTC", "time scale of the time cards")]
-    wcs_error = _wcs_error(headers, table)
+    wcs_error = frames_wcs_error(headers, table)
     if wcs_error is not None:
         cards.append(("SSWCSRMS", round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis"))
     if len(table) > 999:
