@@ -15,10 +15,11 @@ except ImportError:  # not installed, running from a source tree
 # The modules whose public names (``__all__``) are gathered here, loaded on the first access
 # to one of them (PEP 562), so that ``import shiftstack_ccd`` (and so ``shiftstack-ccd
 # --help``) does not pay for astropy.coordinates, astropy.nddata, scipy, ... up front.
-_PUBLIC_MODULES = ("astrometry", "background", "calibration", "combine", "config", "cosmicray",
-                   "datasets", "ephemeris", "exceptions", "fluxscale", "frames", "noise",
-                   "photometry", "register", "pipeline", "resample", "search", "stack",
-                   "stars", "static_sky", "steps", "target_frame", "visualization")
+_PUBLIC_MODULES = ("astrometry", "background", "calibration", "combine", "completeness", "config",
+                   "cosmicray", "datasets", "ephemeris", "exceptions", "fluxscale", "frames",
+                   "measure", "noise", "photometry", "register", "report", "pipeline", "resample",
+                   "search", "stack", "stars", "static_sky", "steps", "target_frame",
+                   "visualization", "zeropoint")
 
 
 def _load_public_names():

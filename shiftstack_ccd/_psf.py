@@ -74,12 +74,15 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         Places whose stars are not used (e.g. the target).
     saturation : float, optional
         Stars peaking above this are not used. Default: the ``SATURATE`` card if any, else
-        90 % of the image's maximum.
+        90 % of the image's maximum; besides, flat-topped stars (whose brightest pixel holds
+        less than 0.8 times the typical fraction of the light of the central 5 x 5 pixels)
+        are left out as saturated.
 
     Returns
     -------
     psf : dict
-        ``fwhm`` and ``beta`` (medians over the stars), ``fwhm_std`` (their scatter),
+        ``fwhm`` and ``beta`` (the stars' inverse-covariance weighted mean, outliers out),
+        ``fwhm_std`` (their scatter),
         ``n_stars``, and ``stars`` (the fitted ``x``, ``y``, ``flux``, ``fwhm``, ``beta``
         as arrays).
 
@@ -90,22 +93,26 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     """
     from photutils.detection import DAOStarFinder
 
-    from .stars import stellar_fwhm
-
     data = np.asarray(ccd.data, dtype=float)
     mask = ~np.isfinite(data)
     if ccd.mask is not None:
         mask |= np.asarray(ccd.mask, dtype=bool)
-    _, median, std = sigma_clipped_stats(data[~mask], sigma=3)
+    _, median, std = sigma_clipped_stats(data[~mask][::7], sigma=3)  # a sample is plenty
+    sigma = None
+    if getattr(ccd, "uncertainty", None) is not None:
+        from astropy.nddata import StdDevUncertainty
+        sigma = np.asarray(ccd.uncertainty.represent_as(StdDevUncertainty).array, dtype=float)
+        mask |= ~np.isfinite(sigma) | (sigma <= 0)
     if saturation is None:
         meta = getattr(ccd, "meta", None) or {}
         saturation = float(meta["SATURATE"]) if "SATURATE" in meta \
             else 0.9 * float(np.max(data[~mask]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NoDetectionsWarning: handled below
-        guess = stellar_fwhm(ccd, nsigma=nsigma) or 3.0
+        image = np.where(mask, median, data) - median
+        guess = _first_guess(image, mask, nsigma * std)
         found = DAOStarFinder(fwhm=guess, threshold=nsigma * std, exclude_border=True)(
-            np.where(mask, median, data) - median, mask=mask)
+            image, mask=mask)
     label = str((getattr(ccd, "meta", None) or {}).get("SSFILE", "image"))
     if found is None or len(found) < 3:
         raise FrameError(f"{label}: fewer than three stars above {nsigma:g} sigma; cannot "
@@ -114,36 +121,90 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     xy = np.column_stack([found["x_centroid"], found["y_centroid"]])
     half = int(np.ceil(2.5 * guess)) + 2
     ny, nx = data.shape
-    rows = []
+    candidates = []
     for i, (x, y) in enumerate(xy):
         distance = np.hypot(*(xy - (x, y)).T)
         distance[i] = np.inf
-        if distance.min() < 2 * half:
+        if distance.min() < 1.5 * half:
             continue
         if exclude and any(np.hypot(x - ex, y - ey) < r + half for ex, ey, r in exclude):
             continue
         xi, yi = int(round(x)), int(round(y))
         if not (half <= xi < nx - half and half <= yi < ny - half):
             continue
-        cut = data[yi - half:yi + half + 1, xi - half:xi + half + 1]
-        cmask = mask[yi - half:yi + half + 1, xi - half:xi + half + 1]
+        box = (slice(yi - half, yi + half + 1), slice(xi - half, xi + half + 1))
+        cut, cmask = data[box], mask[box]
         if cmask[half - 2:half + 3, half - 2:half + 3].any() or cut.max() >= saturation:
             continue
+        level = np.median(np.concatenate([cut[0], cut[-1], cut[:, 0], cut[:, -1]]))
+        core = cut[half - 2:half + 3, half - 2:half + 3] - level
+        if core.sum() > 0:
+            candidates.append((x, y, xi, yi, box, float(core.max() / core.sum())))
+    if candidates:
+        # A saturated star is flat-topped: its peak holds less of its light than an
+        # unsaturated one's (whatever the saturation level, which headers rarely give).
+        sharpness = np.array([c[-1] for c in candidates])
+        typical = np.median(sharpness[len(sharpness) // 2:])  # the fainter half
+        candidates = [c for c, f in zip(candidates, sharpness) if f >= 0.8 * typical]
+    rows = []
+    for x, y, xi, yi, box, _ in candidates:
+        cut, cmask = data[box], mask[box]
         weights = (~cmask).astype(float)
+        if sigma is not None:  # inverse-noise weights: faint wings count as much as they tell
+            weights /= np.where(cmask, 1.0, sigma[box])
         fit = _fit_one(np.where(cmask, 0.0, cut), weights, x - xi + half, y - yi + half, guess)
         flux, fx, fy, fwhm, beta, _ = fit.x
         if not fit.success or beta >= 19.9 or fwhm <= 0.51:
             continue
-        rows.append((fx + xi - half, fy + yi - half, flux, fwhm, beta))
+        try:  # covariance of (fwhm, beta) from the fit's Jacobian and residuals
+            dof = max(int(np.count_nonzero(weights)) - 6, 1)
+            cov = np.linalg.inv(fit.jac.T @ fit.jac)[3:5, 3:5] * (2 * fit.cost / dof)
+        except np.linalg.LinAlgError:
+            continue
+        rows.append((fx + xi - half, fy + yi - half, flux, fwhm, beta, cov))
         if len(rows) >= n_stars:
             break
     if len(rows) < 3:
         raise FrameError(f"{label}: only {len(rows)} isolated, unsaturated stars could be "
                          "fitted; cannot measure the PSF (give the FWHM instead).")
-    x, y, flux, fwhm, beta = (np.array(c) for c in zip(*rows))
-    result = {"fwhm": float(np.median(fwhm)), "beta": float(np.median(beta)),
+    x, y, flux, fwhm, beta, cov = (np.array(c) for c in zip(*rows))
+    best = _combine(np.column_stack([fwhm, beta]), cov)
+    result = {"fwhm": float(best[0]), "beta": float(best[1]),
               "fwhm_std": float(np.std(fwhm)), "n_stars": len(rows),
               "stars": {"x": x, "y": y, "flux": flux, "fwhm": fwhm, "beta": beta}}
     log.debug("%s: PSF from %d stars: FWHM %.3f px, beta %.2f", label, len(rows),
               result["fwhm"], result["beta"])
     return result
+
+
+def _combine(values, covariances, nsigma=5.0):
+    """Inverse-covariance weighted mean of 2-vectors, leaving out those beyond ``nsigma``
+    of the median (a double star, a galaxy, a cosmic ray on a star)."""
+    median = np.median(values, axis=0)
+    inverse = np.array([np.linalg.pinv(c) for c in covariances])
+    delta = values - median
+    chi2 = np.einsum("ni,nij,nj->n", delta, inverse, delta)
+    keep = chi2 <= nsigma ** 2
+    if keep.sum() < 3:  # formal errors too small to tell: the median
+        return median
+    weight = inverse[keep].sum(axis=0)
+    return np.linalg.solve(weight, np.einsum("nij,nj->i", inverse[keep], values[keep]))
+
+
+def _first_guess(image, mask, threshold):
+    """A rough FWHM (pixels) from Gaussian fits to a few bright sources: it sets the size of
+    the cutouts; the Moffat fits then measure the PSF."""
+    from photutils.detection import DAOStarFinder
+    from photutils.psf import fit_fwhm
+
+    found = DAOStarFinder(fwhm=3.0, threshold=threshold, exclude_border=True)(image, mask=mask)
+    if found is None or len(found) == 0:
+        return 3.0
+    found.sort("flux", reverse=True)
+    xy = np.column_stack([found["x_centroid"], found["y_centroid"]])[1:12]  # not the brightest
+    try:
+        widths = fit_fwhm(image, xypos=xy, fit_shape=7, mask=mask)
+    except Exception:  # a failed fit leaves the default guess
+        return 3.0
+    widths = np.asarray(widths)[np.isfinite(widths) & (np.asarray(widths) > 0.5)]
+    return float(np.clip(np.median(widths), 1.0, 20.0)) if widths.size else 3.0

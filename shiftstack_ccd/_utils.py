@@ -237,3 +237,23 @@ def pixel_to_pixel(wcs_from, wcs_to, x, y):
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     world = wcs_from.all_pix2world(x, y, 0)
     return wcs_to.all_world2pix(*world, 0, quiet=True)
+
+
+def frames_wcs_error(headers, table):
+    """The frames' WCS error per axis (arcsec, median over frames), when they say it.
+
+    From `~shiftstack_ccd.astrometry.correct_wcs`'s ``WCSERR`` when it ran, else SCAMP's
+    ``ASTRRMS1``/``ASTRRMS2`` (degrees; the residual rms of the reference stars, an upper
+    bound of the solution's error at one place).
+    """
+    import numpy as np
+    if "wcs_err" in table.colnames and np.any(np.isfinite(table["wcs_err"])):
+        return float(np.nanmedian(table["wcs_err"]))
+    values = []
+    for h in headers:
+        try:
+            r1, r2 = float(h["ASTRRMS1"]), float(h["ASTRRMS2"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        values.append(3600.0 * np.sqrt((r1 ** 2 + r2 ** 2) / 2))
+    return float(np.median(values)) if values else None

@@ -8,6 +8,8 @@
     print the target's S/N in one frame and in the stack. Offline.
 ``shiftstack-ccd ephemeris FILES... --target T --location L -o eph.ecsv``
     Query JPL Horizons once for the frames' mid-exposure times and save the table.
+``shiftstack-ccd measure stack.fits [--catalog TABLE] [--ades obs.psv ...]``
+    Detect and measure the target on a stack: one summary line, a table, ADES/MPC reports.
 ``shiftstack-ccd search FILES... --ra-rate LO HI --dec-rate LO HI -o candidates.ecsv``
     Find moving sources by stacking along a grid of trial motions (``--around EPHEMERIS``
     to search about a known body, ``--stamps stamps.png`` for postage stamps).
@@ -224,8 +226,67 @@ def _cmd_stack(args):
                       marks=[result.target_pixel] + [None] * (len(images) - 1),
                       overwrite=args.overwrite, zoom=TARGET_ZOOM)
         print(f"wrote {args.preview}")
+    _print_summary(result)  # the target's verdict
     print(run_summary(result, len(frames), time.perf_counter() - start,
                       [output] + ([args.preview] if args.preview else [])))
+    return 0
+
+
+def _print_summary(result):
+    """The stack's one-line verdict: detected or not, S/N, position, limit."""
+    from .measure import measure_target, summary_line
+    try:
+        table = measure_target(result)
+    except ShiftStackError as exc:
+        print(f"target not measured: {exc}")
+        return
+    print(f"target: {summary_line(table[0], table.meta)}")
+
+
+def _cmd_measure(args):
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    from .measure import measure_target, summary_line
+    from .report import write_ades, write_mpc80
+    from .stack import StackResult
+
+    outputs = [p for p in (args.output, args.ades, args.mpc80) if p]
+    for path in outputs:
+        if Path(path).exists() and not args.overwrite:
+            raise ShiftStackError(f"{path}: exists; pass --overwrite to replace it")
+    if args.ades and not (args.stn and args.object and args.ast_cat and args.submitter
+                          and args.telescope):
+        raise ShiftStackError("--ades needs --stn, --object, --ast-cat and --submitter (and "
+                              "--telescope DESIGN APERTURE_M DETECTOR)")
+    if not Path(args.stack).is_file():
+        raise ShiftStackError(f"{args.stack}: no such file")
+    result = StackResult.read(args.stack)
+    position = SkyCoord(*args.position, unit="deg") if args.position else None
+    radius = args.search_radius * u.arcsec if args.search_radius else None
+    table = measure_target(result, position=position, catalog=args.catalog, band=args.band,
+                           zero_point=args.zero_point, search_radius=radius,
+                           snr_threshold=args.snr_threshold)
+    for row in table:
+        print(summary_line(row, table.meta))
+    if args.output:
+        from ._utils import atomic_output
+        with atomic_output(args.output, overwrite=args.overwrite) as tmp:
+            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        print(f"wrote {args.output}")
+    if args.ades:
+        design, aperture, detector = args.telescope
+        write_ades(table, args.ades, stn=args.stn, submitter=args.submitter,
+                   observers=args.observer or [args.submitter],
+                   measurers=args.measurer or [args.submitter],
+                   telescope={"design": design, "aperture": float(aperture),
+                              "detector": detector},
+                   obj=args.object, ast_cat=args.ast_cat, phot_cat=args.phot_cat,
+                   overwrite=args.overwrite)
+        print(f"wrote {args.ades}")
+    if args.mpc80:
+        write_mpc80(table, args.mpc80, stn=args.stn, obj=args.object, overwrite=args.overwrite)
+        print(f"wrote {args.mpc80}")
     return 0
 
 
@@ -484,6 +545,36 @@ def build_parser():
                        help="the table to write (ECSV; default ephemeris.ecsv)")
     ephem.add_argument("--overwrite", action="store_true", help="replace an existing table")
     ephem.set_defaults(func=_cmd_ephemeris)
+
+    measure = sub.add_parser("measure", help="detect and measure the target on a stack")
+    measure.add_argument("stack", help="a stack written by 'shiftstack-ccd stack'")
+    measure.add_argument("--catalog", metavar="TABLE",
+                         help="reference stars (ra, dec [deg], a magnitude column) for the "
+                              "zero point, or 'gaia' (needs the network once; cached)")
+    measure.add_argument("--band", help="band of the magnitudes (the catalogue's column)")
+    measure.add_argument("--zero-point", type=float, help="magnitude of a flux of 1 (needs "
+                                                          "--band)")
+    measure.add_argument("--position", nargs=2, type=float, metavar=("RA", "DEC"),
+                         help="where to look (ICRS deg at the stack's epoch; default: the "
+                              "predicted target)")
+    measure.add_argument("--search-radius", type=float, metavar="ARCSEC",
+                         help="search radius (default: the ephemeris' 3 sigma, else 1 FWHM)")
+    measure.add_argument("--snr-threshold", type=float, default=5.0,
+                         help="S/N below which the target is not detected (default 5)")
+    measure.add_argument("-o", "--output", metavar="ECSV", help="write the measurement table")
+    measure.add_argument("--ades", metavar="FILE", help="write an ADES report (.psv or .xml)")
+    measure.add_argument("--mpc80", metavar="FILE", help="write MPC 80-column lines")
+    measure.add_argument("--stn", help="MPC observatory code")
+    measure.add_argument("--object", help="number, provisional designation or trkSub")
+    measure.add_argument("--ast-cat", help="catalogue of the WCS (ADES astCat, e.g. Gaia2)")
+    measure.add_argument("--phot-cat", help="catalogue of the zero point (ADES photCat)")
+    measure.add_argument("--submitter", help="submitter's name")
+    measure.add_argument("--observer", action="append", help="observer (repeat)")
+    measure.add_argument("--measurer", action="append", help="measurer (repeat)")
+    measure.add_argument("--telescope", nargs=3, metavar=("DESIGN", "APERTURE_M", "DETECTOR"),
+                         help="telescope for ADES, e.g. Reflector 1.1 CCD")
+    measure.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    measure.set_defaults(func=_cmd_measure)
 
     steps = sub.add_parser("steps", help="list the installed steps, one line each")
     steps.add_argument("--kind", choices=("frame", "stack", "input", "grid"),

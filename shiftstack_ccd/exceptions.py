@@ -7,8 +7,8 @@ bad input, so code written against plain Python exceptions still works.
 """
 
 __all__ = ["ShiftStackError", "FrameError", "EphemerisError", "HorizonsError",
-           "OutputExistsError", "OutputError", "ParameterError", "PipelineError", "DownloadError",
-           "UnknownStepError", "SearchError"]
+           "MeasurementError", "OutputExistsError", "OutputError", "ParameterError",
+           "PipelineError", "DownloadError", "UnknownStepError", "SearchError"]
 
 
 class ShiftStackError(Exception):
@@ -25,6 +25,11 @@ class EphemerisError(ShiftStackError, ValueError):
 
 class HorizonsError(EphemerisError):
     """JPL Horizons refused or could not answer a query."""
+
+
+class MeasurementError(ShiftStackError, ValueError):
+    """A measurement or its report cannot be made as asked: a zero point without a band, a
+    catalogue with no star in the field, a report field out of range."""
 
 
 class OutputExistsError(ShiftStackError, FileExistsError):

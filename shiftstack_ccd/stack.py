@@ -24,8 +24,8 @@ from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import (as_header, atomic_output, check_output_path, require_celestial_wcs,
-                     set_card)
+from ._utils import (as_header, atomic_output, check_output_path, frames_wcs_error,
+                     require_celestial_wcs, set_card)
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
 from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
 from .config import conf
@@ -752,7 +752,7 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
 
 #: Header cards written by per-frame steps, copied into the per-frame table.
 _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
-                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix",
+                 "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix", "WCSERR": "wcs_err",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
 
 
@@ -774,6 +774,9 @@ def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
         cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
                   ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
                   ("TIMESYS", "UTC", "time scale of the time cards")]
+    wcs_error = frames_wcs_error(headers, table)
+    if wcs_error is not None:
+        cards.append(("SSWCSRMS", round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis"))
     if len(table) > 999:
         warnings.warn("more than 999 frames: per-frame header cards are written for the first "
                       "999 only; the FRAMES table has them all.", AstropyUserWarning)

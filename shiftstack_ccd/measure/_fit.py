@@ -1,0 +1,344 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""The measurement of one target on a stack (private): PSF model, background, matched
+filter, photutils PSF fit with neighbours, the linearised errors, aperture corrections."""
+
+import logging
+import warnings
+
+import numpy as np
+from astropy import units as u
+from astropy.nddata import StdDevUncertainty
+from astropy.stats import sigma_clip
+from astropy.table import QTable
+
+from .._noise import measurement_covariance
+from .._psf import moffat_integrated
+from ..exceptions import FrameError
+
+__all__ = []
+
+log = logging.getLogger(__name__)
+
+#: Oversampling of the PSF image handed to photutils.
+_OVERSAMPLING = 4
+#: Largest step between the sub-exposure positions of a trailed model, pixels.
+_TRAIL_STEP = 0.2
+
+
+class _Image:
+    """Data, standard deviation and bad-pixel mask of an image, as float arrays."""
+
+    def __init__(self, ccd, coverage=None):
+        self.data = np.asarray(ccd.data, dtype=float)
+        if ccd.uncertainty is None:
+            raise FrameError("stack: has no uncertainty; measure_target needs the stack's "
+                             "noise (shift_and_stack always gives one).")
+        self.sigma = np.asarray(ccd.uncertainty.represent_as(StdDevUncertainty).array,
+                                dtype=float)
+        bad = ~np.isfinite(self.data) | ~np.isfinite(self.sigma) | (self.sigma <= 0)
+        if ccd.mask is not None:
+            bad |= np.asarray(ccd.mask, dtype=bool)
+        if coverage is not None:
+            bad |= np.asarray(coverage) <= 0
+        self.bad = bad
+
+
+class _Model:
+    """The target's PSF (trailed), as a photutils `~photutils.psf.ImagePSF`."""
+
+    def __init__(self, fwhm, beta, trail=(0.0, 0.0)):
+        from photutils.psf import ImagePSF
+
+        from ..datasets._render import stamp_half_size
+        self.fwhm, self.beta, self.trail = float(fwhm), float(beta), trail
+        length = float(np.hypot(*trail))
+        half = stamp_half_size(self.fwhm, self.beta, 0.0) + int(np.ceil(length / 2)) + 1
+        grid = np.arange(-half * _OVERSAMPLING, half * _OVERSAMPLING + 1) / _OVERSAMPLING
+        xx, yy = np.meshgrid(grid, grid)
+        n_sub = max(1, int(np.ceil(length / _TRAIL_STEP)))
+        steps = (np.arange(n_sub) + 0.5) / n_sub - 0.5
+        image = np.zeros(xx.shape)
+        for s in steps:
+            image += moffat_integrated(xx, yy, s * trail[0], s * trail[1], self.fwhm, self.beta)
+        image *= _OVERSAMPLING ** 2 / image.sum()  # unit flux within the model
+        centre = (len(grid) - 1) / 2
+        self.psf = ImagePSF(image, origin=(centre, centre), oversampling=_OVERSAMPLING)
+        # fit box: the core and the trail; background annulus beyond the model's wings
+        self.fit_half = int(np.ceil(1.5 * self.fwhm + length / 2)) + 1
+        self.r_in = max(self.fit_half + 2.0, 3.0 * self.fwhm + length / 2)
+        self.r_out = self.r_in + max(5.0, 2.0 * self.fwhm)
+        self.aperture = max(1.5, self.fwhm) + length / 2
+
+    def image(self, xx, yy, x, y, flux=1.0):
+        return flux * self.psf.evaluate(xx, yy, 1.0, x, y)
+
+
+def _search_region(jac, eph_sigma, search_radius, fwhm):
+    """A function of pixel offsets (dx, dy) -> inside the search region."""
+    scale = float(np.sqrt(abs(np.linalg.det(jac))))  # arcsec per pixel
+    floor = max(fwhm, 1.0) * scale  # never less than one FWHM, arcsec
+    if search_radius is not None:
+        radius = u.Quantity(search_radius)
+        radius = radius.value * scale if radius.unit == u.dimensionless_unscaled \
+            else radius.to_value(u.arcsec)
+        a = b = max(radius, floor)
+    elif eph_sigma is not None:
+        a, b = (max(3.0 * s, floor) for s in eph_sigma)
+    else:
+        a = b = floor
+
+    def inside(dx, dy):
+        east = jac[0, 0] * dx + jac[0, 1] * dy
+        north = jac[1, 0] * dx + jac[1, 1] * dy
+        return (east / a) ** 2 + (north / b) ** 2 <= 1.0
+    return inside, max(a, b) / scale
+
+
+def _cutout(stack, x, y, half):
+    xi, yi = int(round(x)), int(round(y))
+    ny, nx = stack.data.shape
+    x0, x1 = max(0, xi - half), min(nx, xi + half + 1)
+    y0, y1 = max(0, yi - half), min(ny, yi + half + 1)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _background(stack, model, x, y):
+    """Sigma-clipped mean in the annulus and its weights (one over the pixels kept)."""
+    half = int(np.ceil(model.r_out)) + 1
+    sl = _cutout(stack, x, y, half)
+    yy, xx = np.mgrid[sl]
+    r = np.hypot(xx - x, yy - y)
+    ring = (r >= model.r_in) & (r <= model.r_out) & ~stack.bad[sl]
+    values = stack.data[sl][ring]
+    if values.size < 10:
+        raise FrameError(f"stack: fewer than 10 valid background pixels around ({x:.1f}, "
+                         f"{y:.1f}); the target is too close to the edge or to masked pixels.")
+    clipped = sigma_clip(values, sigma=3.0, maxiters=5)
+    keep = np.zeros(ring.shape, dtype=bool)
+    keep[ring] = ~np.ma.getmaskarray(clipped)
+    level = float(np.median(stack.data[sl][keep]))
+    return level, keep / keep.sum(), sl
+
+
+def _matched_filter_peak(stack, model, cov, x0, y0, region, background):
+    """The peak of the PSF matched filter's S/N within the search region."""
+    from scipy.ndimage import correlate
+    inside, reach = region
+    half = int(np.ceil(reach)) + model.fit_half + 2
+    sl = _cutout(stack, x0, y0, half)
+    data = np.where(stack.bad[sl], 0.0, stack.data[sl] - background)
+    k = model.fit_half
+    ky, kx = np.mgrid[-k:k + 1, -k:k + 1]
+    kernel = model.image(kx.astype(float), ky.astype(float), 0.0, 0.0)
+    weights = kernel / np.sum(kernel ** 2)
+    filtered = correlate(data, weights, mode="constant")
+    sigma = float(np.median(stack.sigma[sl][~stack.bad[sl]]))
+    noise = float(np.sqrt(measurement_covariance(weights[None], np.full(weights.shape, sigma),
+                                                 cov)[0, 0]))
+    yy, xx = np.mgrid[sl]
+    allowed = inside(xx - x0, yy - y0) & ~stack.bad[sl]
+    snr = np.where(allowed, filtered / noise, -np.inf)
+    iy, ix = np.unravel_index(np.argmax(snr), snr.shape)
+    return float(xx[iy, ix]), float(yy[iy, ix]), float(snr[iy, ix])
+
+
+def _neighbours(stack, model, x, y, background):
+    """Sources whose light reaches the fit box around (x, y), the target aside."""
+    from photutils.detection import DAOStarFinder
+    reach = 2 * model.fit_half + int(np.ceil(2 * model.fwhm))
+    sl = _cutout(stack, x, y, reach)
+    bad = stack.bad[sl]
+    if bad.all():
+        return []
+    data = np.where(bad, 0.0, stack.data[sl] - background)
+    sigma = float(np.median(stack.sigma[sl][~bad]))
+    with warnings.catch_warnings():  # NoDetectionsWarning: none is an answer
+        warnings.simplefilter("ignore")
+        found = DAOStarFinder(fwhm=model.fwhm, threshold=5.0 * sigma)(data, mask=bad)
+    if found is None:
+        return []
+    x0, y0 = sl[1].start, sl[0].start
+    xy = [(float(a) + x0, float(b) + y0)
+          for a, b in zip(found["x_centroid"], found["y_centroid"])]
+    return [(a, b) for a, b in xy if np.hypot(a - x, b - y) > 1.5 * model.fwhm + 1]
+
+
+def _psf_fit(stack, model, x, y, background, forced, neighbours=True):
+    """photutils PSF fit of flux (and position unless forced) on the stack minus background.
+
+    Neighbours whose light reaches the fit box are fitted at the same time (photutils
+    groups them with the target), so that they do not pull the target's fit.
+    """
+    from photutils.psf import PSFPhotometry, SourceGrouper
+    half = model.fit_half
+    shape = 2 * half + 1
+    psf = model.psf.copy()
+    psf.x_0.fixed = psf.y_0.fixed = bool(forced)
+    # the position may move at most one FWHM from where the fit starts
+    bound = max(model.fwhm, 1.0)
+    others = _neighbours(stack, model, x, y, background) if neighbours else []
+    phot = PSFPhotometry(psf, fit_shape=(shape, shape), aperture_radius=model.aperture,
+                         xy_bounds=None if forced else (bound, bound),
+                         grouper=SourceGrouper(min_separation=4 * half) if others else None)
+    init = QTable({"x": [x] + [a for a, _ in others], "y": [y] + [b for _, b in others]})
+    with warnings.catch_warnings():  # photutils warns about fits it flags; the flags are read
+        warnings.simplefilter("ignore")
+        out = phot(stack.data - background, error=stack.sigma, mask=stack.bad,
+                   init_params=init)
+    fx = float(out["x_fit"][0]) if not forced else x
+    fy = float(out["y_fit"][0]) if not forced else y
+    return fx, fy, float(out["flux_fit"][0]), int(out["flags"][0])
+
+
+def _linear_weights(stack, model, x, y, flux, forced, keep, sl_bg):
+    """Weights of the linearised fit estimates (flux[, x, y]) on the background patch."""
+    yy, xx = np.mgrid[sl_bg]
+    xx, yy = xx.astype(float), yy.astype(float)
+    in_box = (np.abs(xx - round(x)) <= model.fit_half) & (np.abs(yy - round(y)) <= model.fit_half)
+    in_box &= ~stack.bad[sl_bg]
+    sigma = np.where(stack.bad[sl_bg], 0.0, stack.sigma[sl_bg])
+    columns = [model.image(xx, yy, x, y)]
+    if not forced:
+        step = 0.05
+        for dx, dy in ((step, 0.0), (0.0, step)):
+            plus = model.image(xx, yy, x + dx, y + dy, flux)
+            minus = model.image(xx, yy, x - dx, y - dy, flux)
+            columns.append((plus - minus) / (2 * step))
+    jac = np.array([c[in_box] for c in columns]).T
+    w = 1.0 / sigma[in_box] ** 2
+    normal = jac.T @ (w[:, None] * jac)
+    solve = np.linalg.solve(normal, (jac * w[:, None]).T)  # (p, n)
+    weights = np.zeros((len(columns),) + in_box.shape)
+    for i in range(len(columns)):
+        weights[i][in_box] = solve[i]
+        weights[i] -= solve[i].sum() * keep  # the background subtracted before the fit
+    return weights, sigma
+
+
+def _near(dx, dy, inside, margin):
+    """Whether (dx, dy) is within ``margin`` pixels of the region ``inside``."""
+    length = np.hypot(dx, dy)
+    if length <= margin:
+        return True
+    shrink = (length - margin) / length
+    return bool(inside(dx * shrink, dy * shrink))
+
+
+def _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor):
+    background, keep, sl_bg = _background(stack, model, x0, y0)
+    px, py, peak = _matched_filter_peak(stack, model, cov, x0, y0, region, background)
+    log.debug("matched filter: peak S/N %.2f at (%.2f, %.2f), predicted (%.2f, %.2f)", peak, px,
+              py, x0, y0)
+    inside, reach = region
+    forced = True
+    if peak >= snr_threshold:
+        # the fit starts at the filter's peak, then (if it ran off to a neighbour) at the
+        # prediction; it must stay within the search region (plus half a FWHM)
+        for sx, sy in ((px, py), (x0, y0)):
+            background, keep, sl_bg = _background(stack, model, sx, sy)
+            x, y, flux, flags = _psf_fit(stack, model, sx, sy, background, forced=False)
+            if np.isfinite(x) and np.isfinite(y) and flux > 0 and (
+                    inside(x - x0, y - y0) or _near(x - x0, y - y0, inside, 0.5 * model.fwhm)):
+                forced = False
+                break
+    if forced:
+        background, keep, sl_bg = _background(stack, model, x0, y0)
+        x, y, flux, flags = _psf_fit(stack, model, x0, y0, background, forced=True)
+    # errors: the linearised estimate's covariance under the measured noise
+    weights, sigma = _linear_weights(stack, model, x, y, flux, forced, keep, sl_bg)
+    yy, xx = np.mgrid[sl_bg]
+    ap_weights = _aperture_image(x - xx[0, 0], y - yy[0, 0], model.aperture, keep.shape)
+    ap_flux = float(np.sum(ap_weights * np.where(stack.bad[sl_bg], 0.0,
+                                                 stack.data[sl_bg] - background)))
+    ap_weights = ap_weights - ap_weights.sum() * keep
+    covariance = measurement_covariance(np.concatenate([weights, ap_weights[None]]), sigma, cov)
+    flux_var = covariance[0, 0]
+    naive = float(np.sum((weights[0] * sigma) ** 2))  # independent pixels, sigma as reported
+    # 5-sigma limit: the noise of a PSF flux there without the target's own photons
+    sky_sigma = np.where(sigma > 0, float(np.median(sigma[keep > 0])), 0.0)
+    limit_sigma = float(np.sqrt(measurement_covariance(weights[:1], sky_sigma, cov)[0, 0]))
+    row = {"x": x, "y": y, "forced": forced, "flags": flags,
+           "flux": flux * apcor["psf"],
+           "flux_err": float(np.sqrt(flux_var * apcor["psf"] ** 2
+                                     + (flux * apcor["psf_err"]) ** 2)),
+           "aperture_flux": ap_flux * apcor["aperture"],
+           "aperture_flux_err": float(np.sqrt(covariance[-1, -1] * apcor["aperture"] ** 2
+                                              + (ap_flux * apcor["aperture_err"]) ** 2)),
+           "flux_limit": 5.0 * limit_sigma * apcor["psf"],
+           "x_err": np.nan, "y_err": np.nan, "xy_cov": np.zeros((2, 2)),
+           "background": background,
+           "noise_ratio": float(np.sqrt(flux_var / naive)) if naive > 0 else np.nan}
+    row["snr"] = row["flux"] / row["flux_err"] if row["flux_err"] > 0 else np.inf
+    row["detected"] = bool(not forced and row["snr"] >= snr_threshold)
+    if not forced:
+        row["xy_cov"] = covariance[1:3, 1:3]
+        row["x_err"], row["y_err"] = np.sqrt(np.diag(row["xy_cov"]))
+    return row
+
+
+def _aperture_corrections(stack, model, psf, aperture):
+    """PSF flux and small-aperture flux to the light in a large aperture, from the stars.
+
+    Each star of the PSF fit gives the ratios (large aperture / PSF flux) and (large
+    aperture / aperture of radius ``aperture``, the target's) with an error from the sky
+    stack's uncertainty; stars more
+    than 5 sigma from the median (a neighbour in the large aperture) are left out and the
+    rest averaged with inverse-variance weights.
+    """
+    neutral = {"psf": 1.0, "psf_err": 0.0, "aperture": 1.0, "aperture_err": 0.0, "n_stars": 0,
+               "radius": np.nan}
+    stars = psf.get("stars")
+    if stack.sky is None or stars is None:
+        return neutral
+    sky = _Image(stack.sky)
+    radius = max(4.0 * model.fwhm, 6.0)
+    big_model = _Model(model.fwhm, model.beta)
+    big_model.aperture = radius
+    big_model.r_in = radius + 2.0
+    big_model.r_out = big_model.r_in + max(5.0, 2.0 * model.fwhm)
+    ratios = []
+    for x, y in zip(stars["x"], stars["y"]):
+        try:
+            background, keep, sl = _background(sky, big_model, x, y)
+            # the PSF stars are isolated: no neighbour to fit with them
+            flux = _psf_fit(sky, model, x, y, background, forced=False, neighbours=False)[2]
+        except FrameError:
+            continue
+        yy, xx = np.mgrid[sl]
+        data = np.where(sky.bad[sl], 0.0, sky.data[sl] - background)
+        sigma = np.where(sky.bad[sl], 0.0, sky.sigma[sl])
+        sums, errors = [], []
+        for r in (radius, aperture):
+            weights = _aperture_image(x - xx[0, 0], y - yy[0, 0], r, keep.shape)
+            sums.append(float(np.sum(weights * data)))
+            weights = weights - weights.sum() * keep
+            errors.append(float(np.sqrt(np.sum((weights * sigma) ** 2))))
+        (big, small), (big_err, small_err) = sums, errors
+        if big > 0 and small > 0 and flux > 0 and np.all(np.isfinite(sums)):
+            ratios.append((big / flux, big_err / flux, big / small,
+                           np.hypot(big_err / big, small_err / small) * big / small))
+    if len(ratios) < 3:
+        log.info("aperture corrections: fewer than 3 stars; none applied")
+        return neutral
+    ratios = np.array(ratios)
+    out = {"n_stars": len(ratios), "radius": radius}
+    for key, (value, error) in (("psf", ratios[:, :2].T), ("aperture", ratios[:, 2:].T)):
+        error = np.maximum(error, 1e-3 * value)  # a floor: the PSF varies a little anyway
+        keep = np.abs(value - np.median(value)) <= 5.0 * error
+        if keep.sum() < 3:
+            keep = np.ones(len(value), dtype=bool)
+        weight = 1.0 / error[keep] ** 2
+        mean = float(np.sum(weight * value[keep]) / weight.sum())
+        # the scatter beyond the errors (PSF variations) enlarges the error of the mean
+        chi2 = float(np.sum(weight * (value[keep] - mean) ** 2)) / max(keep.sum() - 1, 1)
+        out[key] = mean
+        out[f"{key}_err"] = float(np.sqrt(max(chi2, 1.0) / weight.sum()))
+    log.info("aperture corrections from %d stars (radius %.1f px): PSF x%.4f +- %.4f, "
+             "aperture x%.4f +- %.4f", out["n_stars"], radius, out["psf"], out["psf_err"],
+             out["aperture"], out["aperture_err"])
+    return out
+
+
+def _aperture_image(x, y, radius, shape):
+    from photutils.aperture import CircularAperture
+    return CircularAperture((x, y), radius).to_mask(method="exact").to_image(shape)

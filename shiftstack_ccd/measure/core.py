@@ -1,0 +1,381 @@
+# Licensed under a 3-clause BSD style license - see LICENSE
+"""Measuring the target on a stack: detection, PSF photometry, astrometry, honest errors.
+
+`measure_target` turns a `~shiftstack_ccd.stack.StackResult` into a table of measurements,
+one row per target: where it is (RA, Dec at the stack's reference time, with errors), how
+bright (flux, magnitude with a zero point), how sure (S/N, detected or not, 5-sigma limit).
+
+How, for each target:
+
+1. **PSF.** A pixel-integrated Moffat is fitted to the bright isolated stars of the sky
+   stack (where the stars are round); the target's model is that PSF trailed by the
+   target's motion during one exposure (known from the stack's per-frame table).
+2. **Noise.** The autocovariance of the stack's normalised empty-sky residual gives the
+   variance of any linear measurement, correlations from resampling included, and whatever
+   the scale of the stack's reported uncertainty (`shiftstack_ccd._noise`).
+3. **Detection.** The PSF matched filter's S/N is searched within the ephemeris' 3-sigma
+   ellipse around the prediction (``search_radius`` otherwise) for its peak.
+4. **Fit.** `photutils.psf.PSFPhotometry` fits flux and position there, on the stack minus
+   a local background (sigma-clipped annulus). Below ``snr_threshold`` the flux is
+   measured at the predicted position instead (forced photometry) and the target is not
+   detected. The errors are the exact covariance of the linearised least-squares estimate
+   under the measured noise (a sandwich estimate), background estimate included.
+5. **Flux scale.** The PSF flux is aperture-corrected to the light in a large aperture
+   around the sky stack's stars (the whole PSF, whatever the model misses in the wings); an
+   aperture flux beside it is corrected by the stars' curve of growth.
+6. **Astrometry.** Pixel to sky through the stack's WCS; the position errors add the fit's,
+   the WCS solution's (``wcs_error``, by default from the frames' astrometric residuals
+   recorded in the stack header) in quadrature.
+7. **Photometric calibration.** A zero point (given, or from a reference catalogue matched
+   against the sky stack's stars, `zero_point_from_catalog`) gives magnitudes.
+"""
+
+import logging
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import QTable
+from astropy.time import Time
+
+from .._noise import normalised_residual_covariance
+from .._psf import fit_psf
+from ..exceptions import FrameError, MeasurementError
+from ._fit import _aperture_corrections, _Image, _measure_one, _Model, _search_region
+
+__all__ = ["measure_target", "summary_line"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stack(_Image):
+    """The arrays and geometry of a stack that a measurement needs."""
+
+    def __init__(self, result):
+        stack = result.stack
+        wcs = getattr(stack, "wcs", None)
+        if wcs is None or not wcs.has_celestial:
+            raise FrameError("stack: has no celestial WCS; cannot measure positions on it. "
+                             "Stack frames that have a WCS (shift_and_stack gives its "
+                             "output one).")
+        self.wcs = wcs.celestial
+        super().__init__(stack, result.coverage)
+        self.meta = stack.meta
+        self.unit = stack.unit
+        self.coverage = np.asarray(result.coverage) if result.coverage is not None else None
+        self.sky = result.sky_stack
+        self.table = result.table
+        self.time = _reference_time(result)
+        self.n_frames = len(result.table) if result.table is not None else \
+            int(self.meta.get("NCOMBINE", 1))
+
+    def pixel_scale(self, x, y):
+        """Local 2x2 Jacobian d(east, north)/d(x, y), arcsec per pixel, at a pixel."""
+        centre = self.wcs.pixel_to_world(x, y)
+        jac = np.empty((2, 2))
+        for k, (dx, dy) in enumerate(((0.5, 0.0), (0.0, 0.5))):
+            plus = self.wcs.pixel_to_world(x + dx, y + dy)
+            minus = self.wcs.pixel_to_world(x - dx, y - dy)
+            east_p, north_p = centre.spherical_offsets_to(plus)
+            east_m, north_m = centre.spherical_offsets_to(minus)
+            jac[0, k] = (east_p - east_m).to_value(u.arcsec)
+            jac[1, k] = (north_p - north_m).to_value(u.arcsec)
+        return jac
+
+
+def _reference_time(result):
+    frame = getattr(result, "target_frame", None)
+    if frame is not None:
+        return Time(frame.reference_time).utc
+    meta = result.stack.meta
+    if "SSREFT" in meta:
+        return Time(meta["SSREFT"], scale="utc")
+    if "DATE-AVG" in meta:
+        return Time(meta["DATE-AVG"], scale="utc")
+    raise FrameError("stack: its header says at what time the target is where it is "
+                     "(no SSREFT or DATE-AVG card); cannot give an epoch.")
+
+
+def _predicted_positions(result, stack, position):
+    if position is not None:
+        coords = SkyCoord(position)
+        return SkyCoord(np.atleast_1d(coords.icrs.ra), np.atleast_1d(coords.icrs.dec),
+                        frame="icrs")
+    frame = getattr(result, "target_frame", None)
+    if frame is not None:
+        centre = frame.center
+    elif "SSTRA" in stack.meta and "SSTDEC" in stack.meta:
+        centre = SkyCoord(float(stack.meta["SSTRA"]) * u.deg,
+                          float(stack.meta["SSTDEC"]) * u.deg)
+    else:
+        raise FrameError("stack: no predicted target position (no SSTRA/SSTDEC cards); give "
+                         "position= to say where to look.")
+    return SkyCoord([centre.icrs.ra], [centre.icrs.dec], frame="icrs")
+
+
+def _trail_vector(stack):
+    """The target's motion during one exposure, in stack pixels (dx, dy)."""
+    table = stack.table
+    exptotal = stack.meta.get("EXPTOTAL")
+    if table is None or len(table) < 2 or exptotal is None or \
+            not {"dx", "dy", "mjd_mid"} <= set(table.colnames):
+        return 0.0, 0.0
+    t = np.asarray(table["mjd_mid"], dtype=float) * 86400.0
+    if np.ptp(t) <= 0:
+        return 0.0, 0.0
+    exptime = float(exptotal) / len(table)
+    rate_x = np.polyfit(t - t.mean(), np.asarray(table["dx"], dtype=float), 1)[0]
+    rate_y = np.polyfit(t - t.mean(), np.asarray(table["dy"], dtype=float), 1)[0]
+    return rate_x * exptime, rate_y * exptime
+
+
+def measure_target(result, position=None, *, catalog=None, band=None, zero_point=None,
+                   zero_point_err=0.0, search_radius=None, snr_threshold=5.0, wcs_error=None,
+                   fwhm=None, psf_beta=None):
+    """Detect and measure the target (or targets) on a stack.
+
+    Parameters
+    ----------
+    result : `~shiftstack_ccd.stack.StackResult` or str
+        The stack (as `~shiftstack_ccd.stack.shift_and_stack` returns it, or a file written
+        by ``result.write``).
+    position : `~astropy.coordinates.SkyCoord`, optional
+        Predicted position(s) at the stack's reference time; one row of output each.
+        Default: the stack's target (its centre pixel).
+    catalog : `~astropy.table.Table` or str, optional
+        A reference catalogue of the field's stars (``ra``, ``dec`` in deg and a magnitude
+        column named ``band`` or ``mag``), or ``'gaia'`` (Gaia DR3 G through astroquery,
+        cached): gives the zero point (see `zero_point_from_catalog`).
+    band : str, optional
+        Photometric band of the magnitudes (the catalogue's column, and ADES ``band``).
+        Required with ``zero_point``.
+    zero_point, zero_point_err : float, optional
+        Magnitude of a flux of 1 (the stack's unit) and its error, instead of a catalogue.
+    search_radius : `~astropy.units.Quantity` or float, optional
+        Radius around the prediction searched for the target (angle, or pixels if a float).
+        Default: the ephemeris' 3-sigma ellipse when the stack's ephemeris has an
+        uncertainty, else twice the PSF's FWHM; never less than one FWHM.
+    snr_threshold : float
+        S/N below which the target is reported as not detected.
+    wcs_error : `~astropy.units.Quantity`, optional
+        1-sigma error of the stack's WCS (per axis, on the sky). Default: the ``SSWCSRMS``
+        card of the stack (the frames' astrometric residuals), else 0.
+    fwhm, psf_beta : float, optional
+        The PSF (pixels, Moffat index) if it cannot be fitted to the sky stack's stars.
+
+    Returns
+    -------
+    table : `~astropy.table.QTable`
+        One row per target: ``time`` (UTC, the stack's reference time), ``ra``, ``dec``
+        (deg), ``ra_err``, ``dec_err`` (arcsec, 1 sigma, ``ra_err`` on the sky), ``x``,
+        ``y``, ``x_err``, ``y_err`` (stack pixels, fit only), ``flux``, ``flux_err`` (stack
+        unit, whole PSF), ``snr``, ``detected``, ``offset`` (arcsec from the prediction),
+        ``aperture_flux``, ``aperture_flux_err``, ``mag``, ``mag_err`` (NaN without zero
+        point; for a non-detection ``mag`` is the 5-sigma limit and ``mag_err`` NaN),
+        ``flux_limit`` (5 sigma, stack unit), ``mag_limit``, ``fwhm`` (arcsec),
+        ``predicted_ra``, ``predicted_dec``. ``meta`` holds the band, the zero point, the
+        PSF, the aperture correction, the noise calibration and the number of frames.
+
+    Raises
+    ------
+    FrameError
+        A stack without WCS, uncertainty or epoch; a target off the stack; a PSF that cannot
+        be measured.
+    MeasurementError
+        A zero point without a band; a catalogue with no star in the field.
+    """
+    from ..stack import StackResult
+
+    if isinstance(result, (str, bytes)) or hasattr(result, "__fspath__"):
+        result = StackResult.read(result)
+    if zero_point is not None and not band:
+        raise MeasurementError("a zero point needs its band (band='V', 'r', 'G', ...): a magnitude "
+                               "without one cannot be reported")
+    stack = _Stack(result)
+    predicted = _predicted_positions(result, stack, position)
+    px, py = (np.atleast_1d(np.asarray(v, dtype=float))
+              for v in stack.wcs.world_to_pixel(predicted))
+    ny, nx = stack.data.shape
+    for x, y in zip(px, py):
+        xi, yi = int(round(x)), int(round(y))
+        if not (0 <= xi < nx and 0 <= yi < ny) or stack.bad[yi, xi]:
+            raise FrameError(f"stack: the target is not on the stack (predicted pixel "
+                             f"x={x:.1f}, y={y:.1f} of {nx} x {ny}"
+                             f"{'' if not (0 <= xi < nx and 0 <= yi < ny) else ', no data there'}"
+                             ").")
+
+    psf = _stack_psf(stack, px, py, fwhm, psf_beta)
+    model = _Model(psf["fwhm"], psf["beta"], _trail_vector(stack))
+    star_model = _Model(psf["fwhm"], psf["beta"])
+    cov, n_noise = _noise_model(stack, model, px, py)
+    apcor = _aperture_corrections(stack, star_model, psf, model.aperture)
+
+    zp, zp_err, zp_meta = None, 0.0, {}
+    if catalog is not None:
+        from ..zeropoint import zero_point_from_catalog
+        zp_meta = zero_point_from_catalog(result.sky_stack if result.sky_stack is not None
+                                          else result.stack, catalog, band=band,
+                                          fwhm=psf["fwhm"])
+        zp, zp_err, band = zp_meta["zero_point"], zp_meta["zero_point_err"], zp_meta["band"]
+    elif zero_point is not None:
+        zp, zp_err = float(zero_point), float(zero_point_err)
+
+    wcs_sigma = _wcs_error(stack, wcs_error)
+    eph_sigma = _ephemeris_sigma(result, stack.time)
+    rows = []
+    for k, (x0, y0) in enumerate(zip(px, py)):
+        jac = stack.pixel_scale(x0, y0)
+        region = _search_region(jac, eph_sigma, search_radius, model.fwhm)
+        row = _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor)
+        row["predicted"] = predicted[k]
+        row["jac"] = stack.pixel_scale(row["x"], row["y"])
+        rows.append(row)
+    table = _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model)
+    table.meta.update({
+        "band": band, "zero_point": zp, "zero_point_err": zp_err,
+        "psf_fwhm_pix": model.fwhm, "psf_beta": model.beta, "psf_stars": psf.get("n_stars"),
+        "trail_pix": float(np.hypot(*model.trail)),
+        "aperture_correction": apcor["psf"], "aperture_correction_err": apcor["psf_err"],
+        "noise_ratio": [r["noise_ratio"] for r in rows], "noise_pixels": n_noise,
+        "n_frames": stack.n_frames, "wcs_error_arcsec": wcs_sigma,
+        "exptime": float(stack.meta.get("EXPTOTAL", np.nan)) / max(stack.n_frames, 1),
+        **{f"catalog_{k}": v for k, v in zp_meta.items() if k not in ("matches",)}})
+    for row in table:
+        log.info("%s", summary_line(row, table.meta))
+    return table
+
+
+def _stack_psf(stack, px, py, fwhm, beta):
+    if fwhm is not None:
+        return {"fwhm": float(fwhm), "beta": float(beta) if beta is not None else 3.0,
+                "n_stars": 0, "stars": None}
+    image = stack.sky
+    if image is None:
+        raise FrameError("stack: no sky stack to measure the stars' PSF on; give fwhm= (and "
+                         "psf_beta=), or stack with sky_stack=True.")
+    exclude = [(x, y, 10.0) for x, y in zip(px, py)]
+    try:
+        psf = fit_psf(image, exclude=exclude)
+    except FrameError as exc:
+        raise FrameError(f"sky stack: {exc}".replace("image: ", "")) from None
+    if beta is not None:
+        psf["beta"] = float(beta)
+    return psf
+
+
+def _noise_model(stack, model, px, py):
+    """Normalised-residual autocovariance, measured away from the targets and sources."""
+    from ..photometry import source_mask
+
+    usable = ~stack.bad
+    if stack.coverage is not None:  # where as many frames overlap as at the targets
+        at_targets = min(int(stack.coverage[int(round(y)), int(round(x))])
+                         for x, y in zip(px, py))
+        usable &= stack.coverage >= at_targets
+    masked = np.where(stack.bad, np.nan, stack.data)
+    from astropy.nddata import CCDData
+    usable &= ~source_mask(CCDData(masked, unit=stack.unit, mask=stack.bad), dilate=3)
+    yy, xx = np.indices(stack.data.shape)
+    for x, y in zip(px, py):
+        usable &= np.hypot(xx - x, yy - y) > model.r_out + 2
+    if usable.sum() < 2000:
+        raise FrameError(f"stack: only {int(usable.sum())} empty-sky pixels where the target "
+                         "is; cannot measure the noise (make a larger stack, size=...).")
+    # every pixel pair of a measurement (fit box and background annulus): the background
+    # subtraction cancels the slow part of the noise only if its covariances are all counted
+    max_lag = 2 * (int(np.ceil(model.r_out)) + 1)
+    return normalised_residual_covariance(stack.data, stack.sigma, usable, max_lag,
+                                          box=int(max(32, 10 * model.fwhm)))
+
+
+def _ephemeris_sigma(result, time):
+    frame = getattr(result, "target_frame", None)
+    if frame is None:
+        return None
+    try:
+        sigmas = frame.ephemeris.uncertainty_at(time)
+    except Exception:  # an ephemeris that cannot tell is no reason to refuse the measurement
+        return None
+    if sigmas is None:
+        return None
+    return tuple(float(s.to_value(u.arcsec)) for s in sigmas)
+
+
+def _wcs_error(stack, wcs_error):
+    if wcs_error is not None:
+        return float(u.Quantity(wcs_error, u.arcsec).to_value(u.arcsec))
+    return float(stack.meta.get("SSWCSRMS", 0.0))
+
+
+def _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model):
+    table = QTable()
+    n = len(rows)
+    table["time"] = Time([stack.time.isot] * n, scale="utc")
+    positions = SkyCoord([stack.wcs.pixel_to_world(r["x"], r["y"]) for r in rows])
+    table["ra"] = positions.ra.to(u.deg)
+    table["dec"] = positions.dec.to(u.deg)
+    ra_err, dec_err = [], []
+    for r in rows:
+        sky_cov = r["jac"] @ r["xy_cov"] @ r["jac"].T
+        if r["forced"]:
+            sky_cov = np.full((2, 2), np.nan)
+        ra_err.append(np.sqrt(sky_cov[0, 0] + wcs_sigma ** 2))
+        dec_err.append(np.sqrt(sky_cov[1, 1] + wcs_sigma ** 2))
+    table["ra_err"] = np.array(ra_err) * u.arcsec
+    table["dec_err"] = np.array(dec_err) * u.arcsec
+    for name in ("x", "y", "x_err", "y_err"):
+        table[name] = np.array([r[name] for r in rows]) * u.pix
+    unit = stack.unit
+    for name in ("flux", "flux_err", "aperture_flux", "aperture_flux_err", "flux_limit"):
+        table[name] = np.array([r[name] for r in rows]) * unit
+    table["snr"] = np.array([r["snr"] for r in rows])
+    table["detected"] = np.array([r["detected"] for r in rows])
+    predicted = SkyCoord([r["predicted"] for r in rows])
+    table["offset"] = positions.separation(predicted).to(u.arcsec)
+    flux = np.array([r["flux"] for r in rows])
+    flux_err = np.array([r["flux_err"] for r in rows])
+    limit = np.array([r["flux_limit"] for r in rows])
+    detected = table["detected"]
+    if zp is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mag = zp - 2.5 * np.log10(flux)
+            mag_err = np.hypot(2.5 / np.log(10) * flux_err / flux, zp_err)
+            mag_limit = zp - 2.5 * np.log10(limit)
+        table["mag"] = np.where(detected, mag, mag_limit) * u.mag
+        table["mag_err"] = np.where(detected, mag_err, np.nan) * u.mag
+        table["mag_limit"] = mag_limit * u.mag
+    else:
+        table["mag"] = table["mag_err"] = table["mag_limit"] = np.full(n, np.nan) * u.mag
+    scale = np.array([np.sqrt(abs(np.linalg.det(r["jac"]))) for r in rows])
+    table["fwhm"] = model.fwhm * scale * u.arcsec
+    table["predicted_ra"] = predicted.ra.to(u.deg)
+    table["predicted_dec"] = predicted.dec.to(u.deg)
+    table["flags"] = np.array([r["flags"] for r in rows])
+    return table
+
+
+def summary_line(row, meta):
+    """One line saying what was measured on a target (the command line prints it).
+
+    Parameters
+    ----------
+    row : `~astropy.table.Row`
+        A row of a `measure_target` table.
+    meta : dict
+        That table's ``meta`` (for the band).
+    """
+    if not row["detected"]:
+        limit = f"{row['flux_limit'].value:.4g} {row['flux_limit'].unit}"
+        if np.isfinite(row["mag_limit"].value):
+            limit = f"{row['mag_limit'].value:.2f} mag ({meta.get('band')}), {limit}"
+        return f"not detected (S/N {row['snr']:.1f}); 5-sigma limit {limit}"
+    position = SkyCoord(row["ra"], row["dec"]).to_string("hmsdms", precision=3, sep=":")
+    text = (f"detected at S/N {row['snr']:.1f}, {row['offset'].value:.2f}\" from the "
+            f"prediction: {position} (+- {row['ra_err'].value:.2f}\", "
+            f"{row['dec_err'].value:.2f}\") at {row['time'].isot} UTC")
+    if np.isfinite(row["mag"].value):
+        text += f"; {meta.get('band')} = {row['mag'].value:.2f} +- {row['mag_err'].value:.2f}"
+    else:
+        text += f"; flux {row['flux'].value:.4g} +- {row['flux_err'].value:.2g} " \
+                f"{row['flux'].unit}"
+    return text
