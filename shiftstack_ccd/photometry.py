@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 from astropy.stats import mad_std, sigma_clipped_stats
 
+from ._noise import autocovariance
 from ._utils import data_and_mask
 from .exceptions import FrameError
 
@@ -87,24 +88,6 @@ def aperture_flux(ccd, position, radius, annulus=None):
     r_in, r_out = annulus if annulus is not None else (2 * radius + 2, 3 * radius + 4)
     flux, background = _background_subtracted_sums(data, mask, [position], radius, r_in, r_out)
     return float(flux[0]), float(background[0])
-
-
-def _autocovariance(data, good, max_lag):
-    """Autocovariance of the good pixels for lags up to ``max_lag`` (FFT, gaps handled).
-
-    C(dy, dx) = <(d_i - m)(d_j - m)> over pairs of good pixels separated by (dy, dx), the
-    sum over pairs and the pair counts both computed by FFT on a zero-padded grid.
-    """
-    x = np.where(good, data - np.mean(data[good]), 0.0)
-    g = good.astype(float)
-    shape = [n + max_lag + 1 for n in data.shape]
-    fx, fg = np.fft.rfft2(x, shape), np.fft.rfft2(g, shape)
-    sums = np.fft.irfft2(fx * np.conj(fx), shape)
-    pairs = np.fft.irfft2(fg * np.conj(fg), shape)
-    lags = np.r_[0:max_lag + 1, -max_lag:0]
-    sums, pairs = sums[np.ix_(lags, lags)], pairs[np.ix_(lags, lags)]
-    cov = np.where(pairs > 0.5, sums / np.maximum(pairs, 1), 0.0)
-    return np.fft.fftshift(cov)  # centre = zero lag
 
 
 def _measurement_weights(radius, r_in, r_out):
@@ -201,7 +184,7 @@ def aperture_snr(ccd, position, radius, annulus=None, noise_method="autocovarian
                              "measure the noise.")
         weights = _measurement_weights(radius, r_in, r_out)
         max_lag = weights.shape[0] - 1
-        cov = _autocovariance(data, usable, max_lag)
+        cov = autocovariance(data, usable, max_lag)
         pair_weights = _autocorrelate_small(weights)
         noise = float(np.sqrt(max((cov * pair_weights).sum(), 0.0)))
     else:

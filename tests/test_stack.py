@@ -107,7 +107,7 @@ def test_provenance_header_and_table_and_roundtrip(tmp_path):
     result.write(path)
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT", "COVERAGE", "SKY",
-                                         "SKYUNC", "FRAMES"]
+                                          "SKYUNC", "FRAMES"]
         assert hdul[0].header["BUNIT"] == "adu"
     back = ss.StackResult.read(path)
     assert np.array_equal(back.stack.mask, result.stack.mask)
@@ -307,7 +307,7 @@ def test_target_flux_kept_for_mixed_scale_inputs(resample, pixel_scale):
 
 
 def test_products_over_the_memory_budget_go_to_a_temporary_folder(tmp_path, monkeypatch,
-                                                                   caplog):
+                                                                  caplog):
     """No workdir, products over mem_limit: spilled to a temporary folder (then removed),
     and the stack is the same as with everything in memory."""
     import logging
