@@ -76,6 +76,9 @@ class StackResult:
     @property
     def target_pixel(self):
         """0-based ``(x, y)`` of the target in ``stack``."""
+        if self.target_frame is None:  # read back from a file: the target plane's tangent
+            crpix = self.stack.wcs.wcs.crpix  # point is the target (1-based FITS CRPIX)
+            return float(crpix[0] - 1), float(crpix[1] - 1)
         return self.target_frame.center_pixel
 
     def to_hdulist(self):
@@ -137,7 +140,8 @@ class StackResult:
 
     @classmethod
     def read(cls, path):
-        """Read back a file written by `write` (the target frame is not restored)."""
+        """Read back a file written by `write` (the target frame is not restored;
+        ``target_pixel`` comes from the stack's WCS)."""
         stack = CCDData.read(path, hdu=0, hdu_mask="MASK", hdu_uncertainty="UNCERT")
         stack.mask = stack.mask.astype(bool)
         with fits.open(path) as hdul:

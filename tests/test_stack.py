@@ -113,6 +113,7 @@ def test_provenance_header_and_table_and_roundtrip(tmp_path):
     assert np.array_equal(back.stack.mask, result.stack.mask)
     assert np.allclose(back.stack.data[~back.stack.mask], result.stack.data[~result.stack.mask])
     assert np.allclose(back.table["mjd_mid"], result.table["mjd_mid"])
+    assert back.target_pixel == result.target_pixel == (31.0, 31.0)  # from the WCS
     with pytest.raises(ss.OutputExistsError, match="exists"):
         result.write(path)
     result.write(path, overwrite=True)
