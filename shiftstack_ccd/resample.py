@@ -59,8 +59,9 @@ from astropy import units as u
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._utils import as_header, frame_label, pixel_to_pixel, require_celestial_wcs
+from ._utils import frame_label, pixel_to_pixel, require_celestial_wcs
 from .exceptions import FrameError
+from .steps import log_to_header, provenance_header
 
 __all__ = ["find_translation", "flux_convention", "pixel_area_ratio", "pixel_map",
            "resample_to_target"]
@@ -242,8 +243,7 @@ def _pixel_map(wcs_in, wcs_out, shape_out, step, tolerance, area):
             error = max(np.max(np.abs(spline_y.ev(ty, tx) - ey)),
                         np.max(np.abs(spline_x.ev(ty, tx) - ex)))
             if error <= tolerance:
-                rows, cols = np.arange(ny, dtype=float), np.arange(nx, dtype=float)
-                ratio = None
+                splines = [spline_y, spline_x]
                 if area:
                     # The determinant on the coarse nodes, then a spline of it: it is as
                     # smooth as the map, and one evaluation costs less than four.
@@ -251,8 +251,9 @@ def _pixel_map(wcs_in, wcs_out, shape_out, step, tolerance, area):
                         return spline(gy, gx, dx=dy, dy=dx)  # scipy's dx is the first axis
                     det = np.abs(d(spline_y, 1, 0) * d(spline_x, 0, 1)
                                  - d(spline_y, 0, 1) * d(spline_x, 1, 0))
-                    ratio = RectBivariateSpline(gy, gx, det, kx=3, ky=3)(rows, cols)
-                return spline_y(rows, cols), spline_x(rows, cols), ratio
+                    splines.append(RectBivariateSpline(gy, gx, det, kx=3, ky=3))
+                values = _on_every_pixel(splines, ny, nx)
+                return values[0], values[1], values[2] if area else None
             log.debug("coarse pixel map off by %.2g px; transforming every pixel", error)
     y, x = np.mgrid[0:ny, 0:nx].astype(float)
     ys, xs = exact(y, x)
@@ -264,6 +265,29 @@ def _pixel_map(wcs_in, wcs_out, shape_out, step, tolerance, area):
         y_down, x_down = exact(y - 0.5, x)
         ratio = np.abs((x_right - x_left) * (y_up - y_down) - (y_right - y_left) * (x_up - x_down))
     return ys, xs, ratio
+
+
+def _on_every_pixel(splines, ny, nx):
+    """Bicubic splines of the same nodes evaluated at every pixel of an ``(ny, nx)`` grid.
+
+    A tensor-product spline on a grid is ``By @ C @ Bx.T`` with the B-spline basis
+    matrices ``By``, ``Bx`` of the rows and columns: splines through the same nodes share
+    their knots and so the matrices, and the products cost less than fitpack's evaluation
+    of each (0.8 ms for three splines on 301 x 301 against 2.7 ms). Same values (to
+    ~1e-15); fitpack's own evaluation when the knots differ.
+    """
+    from scipy.interpolate import BSpline
+    rows, cols = np.arange(ny, dtype=float), np.arange(nx, dtype=float)
+    ty, tx, _ = splines[0].tck
+    (ky, kx) = splines[0].degrees
+    if not all(np.array_equal(s.tck[0], ty) and np.array_equal(s.tck[1], tx)
+               and tuple(s.degrees) == (ky, kx) for s in splines):
+        return [spline(rows, cols) for spline in splines]
+    by = BSpline.design_matrix(rows, ty, ky).toarray()
+    # (a C-contiguous transpose: OpenBLAS multiplies by a transposed view far slower)
+    bx_t = np.ascontiguousarray(BSpline.design_matrix(cols, tx, kx).toarray().T)
+    shape = (len(ty) - ky - 1, len(tx) - kx - 1)
+    return [(by @ spline.tck[2].reshape(shape)) @ bx_t for spline in splines]
 
 
 def _fill_bad_pixels(data, bad):
@@ -413,6 +437,7 @@ def _drizzle(data, variance, bad, wcs_in, wcs_out, shape_out, pixfrac, kernel, l
     return out_data, out_var, wht, ratio
 
 
+@log_to_header
 def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bicubic",
                        conserve="auto", pixfrac=1.0, kernel="square"):
     """Resample a frame onto an output grid, carrying data, variance and mask together.
@@ -515,7 +540,7 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         raise FrameError(f"{label}: every pixel is masked or not finite.")
     # variance and the bad-pixel indicator always go bilinear (see the module notes)
     variance_filled = np.where(bad, 0, variance).astype(dtype)
-    meta = as_header(ccd.meta)
+    cards = {}  # key: (value, comment), written at the end (`provenance_header`)
 
     if method == "drizzle":
         out_data, out_var, wht, ratio = _drizzle(
@@ -526,17 +551,18 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         # drizzle's value is a mean over the output pixel, and so is the variance: c = 1/ratio
         # for every input pixel (see the module notes)
         out_var = out_var / ratio
-        meta["SSRESAMP"] = ("drizzle", "resampling path (STScI drizzle)")
-        meta["SSPIXFRC"] = (float(pixfrac), "drizzle pixfrac")
-        meta["SSDRZKER"] = (kernel, "drizzle kernel")
+        cards["SSRESAMP"] = ("drizzle", "resampling path (STScI drizzle)")
+        cards["SSPIXFRC"] = (float(pixfrac), "drizzle pixfrac")
+        cards["SSDRZKER"] = (kernel, "drizzle kernel")
     else:
         out_data, out_var, mask, ratio = _interpolate(
             ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
-            interpolation, meta, label)
-    if (ratio is not None and meta.get("SSINTERP") == "bicubic"
-            and np.nanmedian(ratio) > _SPLINE_NOISE_RATIO):
+            interpolation, cards, label)
+    typical_ratio = None if ratio is None else float(np.nanmedian(ratio))
+    if (ratio is not None and cards.get("SSINTERP", (None,))[0] == "bicubic"
+            and typical_ratio > _SPLINE_NOISE_RATIO):
         # (no frame name: the default filter then says it once for frames alike)
-        warnings.warn(f"output pixels {np.nanmedian(ratio):.2g} times larger than the "
+        warnings.warn(f"output pixels {typical_ratio:.2g} times larger than the "
                       "input's, by a cubic spline: its samples alias the noise, and the "
                       "carried uncertainty is low (by about 15% at twice the pixel size); "
                       "resample='drizzle' (or interpolation='bilinear') is right for this.",
@@ -545,25 +571,31 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         out_data *= ratio
         out_var *= ratio
         out_var *= ratio
-    pixar = 1.0 if ratio is None else float(np.nanmedian(np.where(mask, np.nan, ratio)))
-    meta["SSFLUXC"] = (convention, f"flux convention ({why}): per-pixel or surface")
-    meta["SSPIXAR"] = (round(pixar, 8), "median output/input pixel area ratio")
-    mask = mask | ~np.isfinite(out_data) | ~np.isfinite(out_var)
+    pixar = 1.0 if ratio is None or mask.all() else float(np.nanmedian(ratio[~mask]))
+    mask |= ~np.isfinite(out_data)
+    mask |= ~np.isfinite(out_var)
     if mask.all():
         raise FrameError(f"{label}: no part of the frame falls on the output grid.")
-    log.debug("%s: resampled by %s, %.1f%% of the output covered", label, meta["SSRESAMP"],
-              100 * (1 - mask.mean()))
+    cards["SSFLUXC"] = (convention, f"flux convention ({why}): per-pixel or surface")
+    cards["SSPIXAR"] = (round(pixar, 8), "median output/input pixel area ratio")
+    log.debug("%s: resampled by %s, %.1f%% of the output covered", label,
+              cards["SSRESAMP"][0], 100 * (1 - mask.mean()))
     # Masked pixels hold NaN: a masked value is never silently a number.
-    out_data = np.where(mask, np.nan, out_data).astype(dtype)
-    std = np.where(mask, np.nan, np.sqrt(np.clip(out_var, 0, None))).astype(dtype)
+    out_data = out_data.astype(dtype, copy=False)
+    out_data[mask] = np.nan
+    std = np.sqrt(np.clip(out_var, 0, None, out=out_var), out=out_var).astype(dtype, copy=False)
+    std[mask] = np.nan
+    meta = provenance_header(ccd.meta, [(key, value, comment)
+                                        for key, (value, comment) in cards.items()])
     return CCDData(out_data, unit=ccd.unit, wcs=wcs_out.deepcopy(), mask=mask,
                    uncertainty=StdDevUncertainty(std), meta=meta)
 
 
 def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
-                 interpolation, meta, label):
+                 interpolation, cards, label):
     """The shift and warp paths: data, variance (before the area ratio), mask and the
-    pixel-area ratio (None on the shift path, where it is exactly 1)."""
+    pixel-area ratio (None on the shift path, where it is exactly 1); the header cards go
+    into ``cards``."""
     translation = None
     if method in ("auto", "shift"):
         translation = find_translation(wcs_in, wcs_out, ccd.shape)
@@ -575,12 +607,12 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     if translation is not None:
         tx, ty = translation
         ys, xs = _translation_coordinates(shape_out, tx, ty)
-        meta["SSRESAMP"] = ("shift", "resampling path (translation only)")
-        meta["SSSHIFTX"] = (tx, "[pix] x shift applied onto the output grid")
-        meta["SSSHIFTY"] = (ty, "[pix] y shift applied onto the output grid")
+        cards["SSRESAMP"] = ("shift", "resampling path (translation only)")
+        cards["SSSHIFTX"] = (tx, "[pix] x shift applied onto the output grid")
+        cards["SSSHIFTY"] = (ty, "[pix] y shift applied onto the output grid")
     else:
         ys, xs, ratio = _pixel_map(wcs_in, wcs_out, shape_out, 32, 1e-4, area=True)
-        meta["SSRESAMP"] = ("warp", "resampling path (through the sky, both WCS)")
+        cards["SSRESAMP"] = ("warp", "resampling path (through the sky, both WCS)")
     coords, outside = _prepare_coordinates(ys, xs, ccd.shape)
     del ys, xs  # full-field grids: every array of output size counts
     if ratio is not None:
@@ -592,7 +624,7 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     out_bad = _sample(bad.astype(dtype), coords, outside, 1) if bad.any() else None
     data = _fill_bad_pixels(np.asarray(ccd.data, dtype=dtype), bad)
     out_data = _sample(data, coords, outside, _SPLINE_ORDER[interpolation])
-    meta["SSINTERP"] = (interpolation, "resampling interpolation of the data")
+    cards["SSINTERP"] = (interpolation, "resampling interpolation of the data")
     # Masked: outside the frame, or touched (bilinear weight > 0) by a bad input pixel.
     mask = ~np.isfinite(out_data) | ~np.isfinite(out_var)
     if out_bad is not None:

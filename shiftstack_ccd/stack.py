@@ -20,7 +20,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
+from ._frame_noise import MIN_CUTOUT, add_noise_columns, noise_and_background, noise_cards
 from ._parallel import map_frames
 from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
@@ -258,7 +258,8 @@ def _prepare_task(job, ctx):
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     # Cropped first, so that nothing below works on pixels the output cannot show.
     frame, (cx, cy) = crop_to_grids(frame, (x, y),
-                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape,
+                                    min_size=MIN_CUTOUT)
     frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
