@@ -490,7 +490,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     for name, value in (("weights", weights), ("frame_weights", frame_weights)):
         per_frame_weights(value, name, len(sources))
     footprints = [_footprint(source, hdu) for source in sources]  # headers: no pixels read
-    headers = [as_header(f.meta) for f in footprints]
+    headers = [f.meta for f in footprints]
     shapes = [f.shape for f in footprints]
     wcses = [require_celestial_wcs(f, "shift_and_stack", i) for i, f in enumerate(footprints)]
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
@@ -658,9 +658,10 @@ class _Footprint:
 
 
 def _footprint(source, hdu=None):
-    """A frame's footprint; a file's is read from its headers alone (`read_footprint`)."""
+    """A frame's footprint, with a header of its own; a file's is read from its headers
+    alone (`read_footprint`)."""
     if isinstance(source, CCDData):
-        return _Footprint(source.meta, source.wcs, source.shape)
+        return _Footprint(as_header(source.meta), source.wcs, source.shape)
     header, shape, wcs = read_footprint(source, hdu=hdu)
     return _Footprint(header, wcs, shape)
 
