@@ -68,6 +68,29 @@ def naive(paths, eph, size):
     return Combiner(out).median_combine()
 
 
+def _write_or_compare(paths, eph, size, write, compare):
+    """Write this version's stack, or compare it with another's: per pixel in units of the
+    other's uncertainty (target and sky stacks), the uncertainties, mask and coverage."""
+    import numpy as np
+
+    import shiftstack_ccd as ss
+    result = ss.shift_and_stack(paths, eph, method="median", size=size)
+    if write:
+        result.write(write, overwrite=True)
+    if compare:
+        other = ss.StackResult.read(compare)
+        for name, new, old in (("target", result.stack, other.stack),
+                               ("sky", result.sky_stack, other.sky_stack)):
+            ok = np.isfinite(new.data) & np.isfinite(old.data)
+            z = (new.data - old.data)[ok] / old.uncertainty.array[ok]
+            ratio = (new.uncertainty.array / old.uncertainty.array)[ok]
+            print(f"{name} stack - {compare}: max |difference| {np.abs(z).max():.3f} sigma, "
+                  f"rms {np.sqrt(np.mean(z ** 2)):.3f}, mean {np.mean(z):+.3f}; uncertainty "
+                  f"ratio median {np.median(ratio):.4f} ({ratio.min():.4f}-{ratio.max():.4f})")
+        print(f"mask equal: {np.array_equal(result.stack.mask, other.stack.mask)}, coverage "
+              f"equal: {np.array_equal(result.coverage, other.coverage)}")
+
+
 def _best(function, repeat, *args, **kwargs):
     """Best wall time and best CPU time (user + system) of ``repeat`` calls.
 
@@ -88,8 +111,15 @@ def main():
     parser.add_argument("--size", type=int, default=301)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--write", metavar="FILE",
+                        help="only write the api case's StackResult there (no timing)")
+    parser.add_argument("--compare", metavar="FILE",
+                        help="only compare the api case's stack with one written by --write")
     args = parser.parse_args()
     paths, eph = _setup()
+    if args.write or args.compare:
+        _write_or_compare(paths, eph, args.size, args.write, args.compare)
+        return
     api(paths[:2], eph, args.size)  # warm-up: imports and caches
     naive(paths[:2], eph, args.size)
     t_naive = _best(naive, args.repeat, paths, eph, args.size)

@@ -484,7 +484,8 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         pixel contributes. The header gains ``SSRESAMP`` (the path taken), ``SSFLUXC`` (the
         flux convention applied), ``SSPIXAR`` (median output/input pixel-area ratio) and, on
         the shift path, ``SSSHIFTX``/``SSSHIFTY``; on the drizzle path ``SSPIXFRC`` and
-        ``SSDRZKER``.
+        ``SSDRZKER`` (written with `~shiftstack_ccd.steps.provenance_header`), and a
+        ``HISTORY`` line with the call (`~shiftstack_ccd.steps.log_to_header`).
 
     Examples
     --------

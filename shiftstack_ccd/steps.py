@@ -57,9 +57,11 @@ step                     kind      header
 ``correct_wcs``          frame     ``WCSCORR``, ``WCSDX``/``WCSDY``, ``WCSDRA``/``WCSDDEC``,
                                    ``WCSROT``, ``WCSSCAL``, ``WCSFIT``, ``WCSNSTAR``,
                                    ``WCSRMS``, ``WCSRMSPX``, ``WCSERR``, ``HISTORY``
-``resample_to_target``   grid      ``SSRESAMP``, ``SSSHIFTX``/``SSSHIFTY``
+``resample_to_target``   grid      ``SSRESAMP``, ``SSSHIFTX``/``SSSHIFTY``, ``SSINTERP``,
+                                   ``SSFLUXC``, ``SSPIXAR``, ``HISTORY``
 ``subtract_static_sky``  grid      ``SSSTATIC``, ``SSSKYOFF``, ``SSNSTMSK``
-``combine_frames``       stack     ``NCOMBINE``, ``SSCOMB``, ``SSCLIP``, ``SSCLIPLO``/``HI``
+``combine_frames``       stack     ``NCOMBINE``, ``SSCOMB``, ``SSWEIGHT``, ``SSCLIP``,
+                                   ``SSCLIPLO``/``HI``, ``EXPTOTAL``, ``MJD-AVG``
 ``static_sky_template``  stack     ``SSHOLES`` (template pixels filled from neighbours)
 ``shift_and_stack``      stack     the target plane, the ephemeris, one ``SSF``/``SST``/
                                    ``SSX``/``SSY`` card per frame, ``HISTORY``
