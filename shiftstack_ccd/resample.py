@@ -300,6 +300,8 @@ def _fill_bad_pixels(data, bad):
     masked anyway (from the bilinear bad-pixel plane).
     """
     from scipy.ndimage import uniform_filter
+    if not bad.any():
+        return data
     filled = np.where(bad, 0, data).astype(float)
     todo = bad.copy()
     weight = (~bad).astype(float)

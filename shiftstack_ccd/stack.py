@@ -515,7 +515,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                 tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
-                       target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
+                       target_wcs=[_ExactWCS(grid.wcs_at_offset(dx, dy))
+                                   for dx, dy in zip(*offsets)],
                        need_sky=(sky_stack or subtract_static or _named(weights, "snr")
                                  or (isinstance(scale, str) and scale == "stars")),
                        workdir=folder, template=None, track_radius=track_radius,
