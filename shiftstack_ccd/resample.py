@@ -556,14 +556,14 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         # drizzle's value is a mean over the output pixel, and so is the variance: c = 1/ratio
         # for every input pixel (see the module notes)
         out_var = out_var / ratio
+        typical_ratio = float(np.nanmedian(ratio))
         cards["SSRESAMP"] = ("drizzle", "resampling path (STScI drizzle)")
         cards["SSPIXFRC"] = (float(pixfrac), "drizzle pixfrac")
         cards["SSDRZKER"] = (kernel, "drizzle kernel")
     else:
-        out_data, out_var, mask, ratio = _interpolate(
+        out_data, out_var, mask, ratio, typical_ratio = _interpolate(
             ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
             interpolation, cards, label)
-    typical_ratio = None if ratio is None else float(np.nanmedian(ratio))
     if (ratio is not None and cards.get("SSINTERP", (None,))[0] == "bicubic"
             and typical_ratio > _SPLINE_NOISE_RATIO):
         # (no frame name: the default filter then says it once for frames alike)
@@ -599,8 +599,8 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
 def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
                  interpolation, cards, label):
     """The shift and warp paths: data, variance (before the area ratio), mask and the
-    pixel-area ratio (None on the shift path, where it is exactly 1); the header cards go
-    into ``cards``."""
+    pixel-area ratio (None on the shift path, where it is exactly 1) and its median; the
+    header cards go into ``cards``."""
     translation = None
     if method in ("auto", "shift"):
         translation = find_translation(wcs_in, wcs_out, ccd.shape)
@@ -622,7 +622,8 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     del ys, xs  # full-field grids: every array of output size counts
     if ratio is not None:
         ratio = ratio.astype(dtype)
-    if ratio is not None and abs(np.nanmedian(ratio) - 1) > _ADJOINT_THRESHOLD:
+    typical_ratio = None if ratio is None else float(np.nanmedian(ratio))
+    if ratio is not None and abs(typical_ratio - 1) > _ADJOINT_THRESHOLD:
         variance_filled = variance_filled * _bilinear_adjoint(coords, outside, ccd.shape)
     out_var = _sample(variance_filled, coords, outside, 1)
     # where no input pixel is bad, the bad-pixel plane would resample to zero: skip it
@@ -634,4 +635,4 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     mask = ~np.isfinite(out_data) | ~np.isfinite(out_var)
     if out_bad is not None:
         mask |= ~(out_bad < 1e-6)
-    return out_data, out_var, mask, ratio
+    return out_data, out_var, mask, ratio, typical_ratio
