@@ -13,7 +13,25 @@ a ``size`` x ``size`` median on the target, three ways in the same process:
 Each is run ``--repeat`` times after one warm-up (imports, caches); the best wall time and
 the best CPU time are given with the ratio naive / case (above 1: faster than the naive
 script). On a shared machine compare CPU times. ``--size 1517`` is the full field.
-cProfile summary (the top entries by cumulative time).
+``--profile``: a cProfile summary (the top entries by cumulative time). ``--write FILE`` /
+``--compare FILE``: write this version's stack, or compare it with one another version
+wrote (per pixel, in units of that stack's uncertainty), instead of timing.
+
+Measured (2 cores shared with other jobs, load average 6-9: CPU times, best of 5; the
+previous version in the same conditions in brackets)::
+
+    size 301   naive 1.06 s   api 0.97 s (1.09x)   api-nosky 0.78 s (1.36x)
+              [naive 1.09 s   api 1.80 s (0.61x)   api-nosky 1.50 s (0.73x)]
+
+Where the api's time goes at size 301, per frame (process CPU, quiet moments): reading
+~20 ms (headers and WCS for the plan, then the pixels: the naive script pays about the
+same), noise and sky model of the 331 x 332 cutout ~22 ms (Background2D 6, the biweight
+pixel noise 6 + 2, the source mask 4, medians 3), two resamplings (target and sky grids)
+~12 ms each (the cubic and bilinear ``map_coordinates`` 8.5, the prefilter 1.3, the pixel
+map 1.2, the header 0.7); the two combines 60 ms in all. Against ~105 ms a frame for the
+naive script (reproject 84). Before/after: ``--compare`` on the previous version's stack:
+target stack within 0.60 sigma per pixel (rms 0.13, mean +0.02), uncertainty ratio
+0.996-1.004, mask and coverage identical.
 
 Run::
 
