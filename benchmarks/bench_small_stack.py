@@ -17,11 +17,15 @@ script). On a shared machine compare CPU times. ``--size 1517`` is the full fiel
 ``--compare FILE``: write this version's stack, or compare it with one another version
 wrote (per pixel, in units of that stack's uncertainty), instead of timing.
 
-Measured (2 cores shared with other jobs, load average 6-9: CPU times, best of 5; the
-previous version in the same conditions in brackets)::
+Measured (2 cores shared with other jobs: CPU times; the previous version in the same
+conditions, just before, in brackets)::
 
-    size 301   naive 1.06 s   api 0.97 s (1.09x)   api-nosky 0.78 s (1.36x)
-              [naive 1.09 s   api 1.80 s (0.61x)   api-nosky 1.50 s (0.73x)]
+    size 301, best of 5, load 4-5:
+               naive 1.12 s   api 0.88 s (1.27x)   api-nosky 0.57 s (1.96x)
+              [naive 0.92 s   api 1.45 s (0.63x)   api-nosky 1.29 s (0.71x)]
+    size 1517, best of 2 (of 1 before), load 6-8:
+               naive 29.9 s   api 18.3 s (1.63x)   api-nosky 10.2 s (2.93x)
+              [naive 31.8 s   api 33.6 s (0.95x)   api-nosky 19.8 s (1.61x)]
 
 Where the api's time goes at size 301, per frame (process CPU, quiet moments): reading
 ~20 ms (headers and WCS for the plan, then the pixels: the naive script pays about the
