@@ -90,6 +90,15 @@ def _size_option(text):
     return value
 
 
+def _size_text(size):
+    """A size as shift_and_stack takes it, in words."""
+    if isinstance(size, int):
+        return f"{size} x {size} px"
+    if isinstance(size, tuple):
+        return f"{size[1]} x {size[0]} px"
+    return str(size)
+
+
 def _add_motion_options(parser):
     group = parser.add_argument_group("motion model (one of)")
     group.add_argument("--ephemeris", metavar="TABLE",
@@ -198,7 +207,7 @@ def _cmd_stack(args):
     if args.size is None:
         from ._auto_size import default_size
         size, why = default_size(frames, eph)
-        print(f"output size: {'the whole field' if size is None else f'{size} x {size} px'} "
+        print(f"output size: {'the whole field' if size is None else _size_text(size)} "
               f"({why}; --size N or --size full to choose)")
     steps = [clean_cosmic_rays] if args.clean_cosmic_rays else []
     if args.bias or args.dark or args.flat:  # the pipeline files' calibration functions
@@ -388,6 +397,8 @@ def _cmd_run(args):
         for line in pipeline.describe():
             print(f"  {line}")
         return 0
+    size, why = pipeline.output_size()
+    print(f"output size: {'the whole field' if size is None else _size_text(size)} ({why})")
     run = pipeline.run()
     result = run.result
     print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
@@ -581,7 +592,11 @@ def build_parser():
                        default=None, help="only steps of this kind")
     steps.set_defaults(func=_cmd_steps)
 
-    run = sub.add_parser("run", help="run a TOML pipeline file (validated first)")
+    run = sub.add_parser("run", help="run a TOML pipeline file (validated first)",
+                         description="Run a TOML pipeline file (docs: 'Steps and pipeline "
+                                     "files'), validated completely first. Without [stack] "
+                                     f"size the output is {AUTO_SIZE_RULE}; size = \"full\" "
+                                     "for every pixel of every frame.")
     run.add_argument("pipeline", help="the pipeline file (.toml)")
     run.add_argument("--check", action="store_true",
                      help="only validate the file and say what it would do")
