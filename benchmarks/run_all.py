@@ -1,7 +1,8 @@
 """Run the benchmarks and keep their output in ``benchmarks/results/<name>.txt``.
 
 Each results file is the verbatim standard output of one or more runs of
-``python benchmarks/<name>.py ARGS``, every run headed by one line that gives the command,
+``python benchmarks/<name>.py ARGS`` (or of a script of ``docs/scripts/``), every run headed
+by one line that gives the command,
 the date (UTC), the machine and its load average before and after (the figures of a shared
 machine change with its load), and the wall time. The documentation's Performance page
 includes these files as they are (``literalinclude``), so a figure in it is always one that
@@ -46,9 +47,12 @@ RUNS = {
     "bench_memory": [["--frames", "10", "20", "40"]],
     "bench_pipeline_memory": [[]],
     "bench_scale": [["--frames", "12", "--size", "1024"]],
-    "bench_search": [["--rate", "40"]],
+    "bench_search": [["--rate", "40"], ["--rate", "80"]],
     "bench_measure": [["--seeds", "2"]],
+    "search_recall": [[]],
 }
+# Scripts that are not benchmarks/<name>.py (they also make a figure of the docs).
+SCRIPTS = {"search_recall": "docs/scripts/search_recall.py"}
 
 
 def machine():
@@ -68,9 +72,14 @@ def machine():
     return f"{platform.system()} {cpu}, {os.cpu_count()} cores{memory}"
 
 
+def script(name):
+    """The script of a results file, relative to the repository's root."""
+    return SCRIPTS.get(name, f"benchmarks/{name}.py")
+
+
 def run(name, args):
     """Run one benchmark; return (header line, stdout) or raise CalledProcessError."""
-    command = ["python", f"benchmarks/{name}.py", *args]
+    command = ["python", script(name), *args]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -95,7 +104,7 @@ def main(argv=None):
     if options.list:
         for name in names:
             for args in RUNS[name]:
-                print(" ".join(["python", f"benchmarks/{name}.py", *args]))
+                print(" ".join(["python", script(name), *args]))
         return 0
     RESULTS.mkdir(exist_ok=True)
     failed = []
