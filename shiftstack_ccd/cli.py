@@ -401,10 +401,12 @@ def _cmd_run(args):
     print(f"output size: {'the whole field' if size is None else _size_text(size)} ({why})")
     run = pipeline.run()
     result = run.result
+    x, y = result.target_pixel
     print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
-          f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
+          f"({x:.1f}, {y:.1f}) (0-based; ({x + 1:.1f}, {y + 1:.1f}) in FITS/ds9 1-based)")
     for path in run.outputs.values():
         print(f"wrote {path}")
+    _print_summary(result)  # the target's verdict, as stack gives it
     print(run_summary(result, len(pipeline.files), time.perf_counter() - start,
                       list(run.outputs.values())))
     return 0

@@ -133,6 +133,8 @@ def test_run_without_size_uses_the_stack_default(field, tmp_path, capsys):
     assert main(["run", str(toml)]) == 0
     text = capsys.readouterr().out
     assert f"output size: {n} x {n} px (no [stack] size: path " in text
+    assert re.search(r"^target: detected at S/N [\d.]+, [\d.]+\" from the prediction", text,
+                     re.M)  # the verdict, as stack gives it
     stack = ss.StackResult.read(tmp_path / "out" / "stack.fits").stack
     assert stack.shape == (n, n) and n < 300  # a cut-out, not the 300 x 300+ field
     # on the target, as the command line's stack: the centroid on the centre pixel
