@@ -435,7 +435,9 @@ def build_parser():
     parser = _Parser(
         prog="shiftstack-ccd",
         description="Shift-and-stack CCD frames on the motion of a solar-system body. "
-                    "Pixel coordinates printed are 0-based (numpy); add 1 for FITS/ds9.")
+                    "Pixel coordinates printed are 0-based (numpy); add 1 for FITS/ds9.",
+        epilog="New here? 'shiftstack-ccd demo' runs the whole chain offline on simulated "
+               "frames; 'shiftstack-ccd COMMAND --help' lists a command's options.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -181,3 +181,12 @@ def test_run_bad_size_is_refused_before_any_work(field, tmp_path, capsys, line):
     err = capsys.readouterr().err
     assert "[stack] size" in err and '"full"' in err
     assert not (tmp_path / "out").exists()
+
+
+def test_help_of_run_states_the_size_rule_and_main_help_points_to_the_demo(capsys):
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{MARGIN_FWHM} stellar FWHM" in text and 'size = "full"' in text
+    assert main(["--help"]) == 0
+    assert "'shiftstack-ccd demo' runs the whole chain offline" in \
+        " ".join(capsys.readouterr().out.split())
