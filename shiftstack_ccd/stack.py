@@ -551,7 +551,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
                                mem_limit=mem_limit)
-        sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
+        with warnings.catch_warnings():  # the target's combine below says it, once a call
+            warnings.filterwarnings("ignore", "the median ignores weights", AstropyUserWarning)
+            sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
         if subtract_static:
             reference = sky if sky is not None and method == "median" else \
                 combine_frames(sky_frames, method="median", mem_limit=mem_limit).image

@@ -7,6 +7,7 @@ import pytest
 from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.photometry import aperture_snr, centroid_target
@@ -52,6 +53,16 @@ def test_mean_stack_reaches_sqrt_n_gain():
 def test_median_stack_gain():
     gain = _gain("median", sigma_clip=False)
     assert 0.75 * np.sqrt(9) <= gain <= np.sqrt(9), gain
+
+
+def test_median_with_weights_warns_once_a_call():
+    """The median ignores weights: said once for the call, not once per stack (target, sky)."""
+    sim = ss.simulate_observation(n_frames=3, shape=(64, 64), n_stars=5, seed=14)
+    with pytest.warns(AstropyUserWarning, match="median ignores weights") as record:
+        result = ss.shift_and_stack(sim.frames, sim.ephemeris, method="median",
+                                    weights="exptime", size=31)
+    assert result.sky_stack is not None
+    assert sum("median ignores weights" in str(w.message) for w in record) == 1
 
 
 def test_bright_target_position_and_flux():
