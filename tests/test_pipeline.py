@@ -347,8 +347,9 @@ def test_parameter_types_are_the_steps_annotations(sim_dir, tmp_path, monkeypatc
         6: "tilt: axis must be one of 'x', 'y', not 'z'",
         7: "tilt: amount must be a number or 'none' (for None), not the string 'lots'",
         8: "tilt: label must be a string, not the integer 3",
-        12: "clean_cosmic_rays: iterations must be an integer, not the number 2.5",
-        13: "clean_cosmic_rays: sharpness must be a number, not a boolean",
+        12: "clean_cosmic_rays: iterations must be an integer or 'none' (for None), not the "
+            "number 2.5",
+        13: "clean_cosmic_rays: sharpness must be a number or 'none' (for None), not a boolean",
         20: "[stack]: frame_weights must be one of 'exptime', 'none', not 'inverse-variance'",
     }
     assert sorted(problems) == sorted(expected)  # weights = "exptime" (line 19) is fine
