@@ -94,8 +94,9 @@ def noise_and_background(frame, model, target, background, label):
 def warn_noise_ratios(labels, infos):
     """One warning per kind of noise model for the frames whose measured sky noise is off
     the model's by more than `~shiftstack_ccd.noise.NOISE_TOLERANCE` (either way), naming
-    them; ``infos`` are `noise_and_background`'s. Said once for a stack, in the calling
-    process (a warning in a worker process would be lost), not once per frame.
+    them; ``infos`` are `noise_and_background`'s. Said once for a stack, not once per
+    frame, and in the calling process (a worker process's warning escapes the caller's
+    warning filters and the command line's handler).
     """
     ratios = np.array([info["noise_ratio"] for info in infos], dtype=float)
     with np.errstate(invalid="ignore"):
