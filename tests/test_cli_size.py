@@ -11,10 +11,11 @@ from matplotlib.image import imread
 
 import shiftstack_ccd as ss
 from shiftstack_ccd._auto_size import MARGIN_FWHM, MIN_SIZE
+from shiftstack_ccd._cutout import zoom_cut
 from shiftstack_ccd.cli import main
 from shiftstack_ccd.pipeline import PipelineError, load_pipeline
 from shiftstack_ccd.stars import stellar_fwhm
-from shiftstack_ccd.visualization import _zoom, write_preview
+from shiftstack_ccd.visualization import write_preview
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +85,11 @@ def test_zoom_cut_and_mark():
     image = np.zeros((80, 120))
     yy, xx = np.mgrid[:80, :120]
     image += np.exp(-((xx - 60.3) ** 2 + (yy - 40.7) ** 2) / 4)
-    cut, mark = _zoom(image, (60.3, 40.7), 10)
+    cut, mark = zoom_cut(image, (60.3, 40.7), 10)
     assert cut.shape == (21, 21)
     assert mark == pytest.approx((10.3, 9.7))  # centred on the nearest pixel, (60, 41)
     assert np.unravel_index(np.argmax(cut), cut.shape) == (10, 10)  # (y, x) of the peak
-    cut, mark = _zoom(image, (3.0, 75.0), 10)  # clipped at the edges, the mark follows
+    cut, mark = zoom_cut(image, (3.0, 75.0), 10)  # clipped at the edges, the mark follows
     assert cut.shape == (15, 14) and mark == pytest.approx((3.0, 10.0))
 
 
@@ -190,3 +191,11 @@ def test_help_of_run_states_the_size_rule_and_main_help_points_to_the_demo(capsy
     assert main(["--help"]) == 0
     assert "'shiftstack-ccd demo' runs the whole chain offline" in \
         " ".join(capsys.readouterr().out.split())
+
+
+def test_run_size_none_is_the_whole_field_too(field, tmp_path):
+    """"none" gives any parameter of a pipeline file its None; shift_and_stack's size=None
+    is the whole field, so it means "full"."""
+    _, paths, eph = field
+    size, why = load_pipeline(_pipeline(tmp_path, paths, eph, 'size = "none"')).output_size()
+    assert size is None and why == '[stack] size = "full"'
