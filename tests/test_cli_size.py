@@ -199,3 +199,13 @@ def test_run_size_none_is_the_whole_field_too(field, tmp_path):
     _, paths, eph = field
     size, why = load_pipeline(_pipeline(tmp_path, paths, eph, 'size = "none"')).output_size()
     assert size is None and why == '[stack] size = "full"'
+
+
+def test_check_says_where_the_motion_comes_from(field, tmp_path):
+    _, paths, _ = field
+    files = ", ".join(repr(str(p)) for p in paths)
+    toml = tmp_path / "linear.toml"
+    toml.write_text(f'[inputs]\nfiles = [{files}]\n\n[motion]\nlinear = {{ ra = 150.0, '
+                    'dec = 20.0, epoch = "2026-03-01T04:00:00", ra_rate = 60.0, '
+                    'dec_rate = -40.0 }\n\n[output]\nstack = "out/stack.fits"\n')
+    assert "motion: linear motion from linear.toml" in load_pipeline(toml).describe()

@@ -84,7 +84,8 @@ class Pipeline:
             args = ", ".join(f"{k}={v!r}" for k, v in params.items())
             lines.append(f"step: {name}({args})")
         if "ephemeris" in self.motion:
-            lines.append(f"motion: {self.motion['ephemeris']!r}")
+            eph = self.motion["ephemeris"]  # where it came from, else its repr
+            lines.append(f"motion: {eph.meta.get('source') or repr(eph)}")
         else:
             lines.append(f"motion: JPL Horizons {self.motion['horizons']}")
         opts = ", ".join(f"{k}={v!r}" for k, v in self.stack_options.items())
