@@ -310,11 +310,11 @@ def _local_sigma(data, good, label):
     return np.asarray(bkg.background_rms, dtype=float)
 
 
-def model_uncertainty(ccd, model=None, sky=None, label=None):
+def model_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
     """The standard deviation `add_uncertainty` gives ``ccd``, and what was measured,
     without making a new frame.
 
-    Parameters and ``info`` as for `add_uncertainty`.
+    Parameters (``warn`` too) and ``info`` as for `add_uncertainty`.
 
     Returns
     -------
@@ -365,7 +365,7 @@ def model_uncertainty(ccd, model=None, sky=None, label=None):
     if model.kind == "detector" and np.isfinite(ratio) and ratio > 0:
         info["noise_scale"] = ratio
         variance = variance * ratio ** 2
-    if np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
+    if warn and np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
         warnings.warn(f"{label}: the measured pixel noise of the sky is {ratio:.2f} times what "
                       f"the noise model predicts ({model.describe()}); "
                       + ("the model is scaled to the data (check the gain card)"
@@ -378,7 +378,7 @@ def model_uncertainty(ccd, model=None, sky=None, label=None):
     return np.sqrt(variance).astype(dtype), info
 
 
-def add_uncertainty(ccd, model=None, sky=None, label=None):
+def add_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
     """A copy of ``ccd`` with an uncertainty from ``model``, and what was measured.
 
     Parameters
@@ -392,6 +392,10 @@ def add_uncertainty(ccd, model=None, sky=None, label=None):
         unmasked finite pixels.
     label : str, optional
         Name of the frame in messages.
+    warn : bool
+        Warn when the measured noise and the model's differ by more than
+        `NOISE_TOLERANCE` either way (`~shiftstack_ccd.shift_and_stack` says it once for
+        all its frames instead).
 
     Returns
     -------
@@ -415,7 +419,7 @@ def add_uncertainty(ccd, model=None, sky=None, label=None):
     >>> round(float(np.median(noisy.uncertainty.array))), round(info["noise_ratio"], 1)
     (10, 1.0)
     """
-    sigma, info = model_uncertainty(ccd, model, sky, label)
+    sigma, info = model_uncertainty(ccd, model, sky, label, warn)
     out = ccd.copy()
     if sigma is not None:
         out.uncertainty = StdDevUncertainty(sigma)
