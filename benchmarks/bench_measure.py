@@ -21,7 +21,7 @@ header's gain and read noise, flat, gain), the asteroid's motion is measured fro
    frame's.
 
 Run: ``SHIFTSTACK_CCD_DATA=... python benchmarks/bench_measure.py [--seeds 3] [--no-docs]
-[--refine] [--only-refine]``
+[--refine] [--only-refine] [--psf empirical] [--only-honesty]``
 """
 
 import argparse
@@ -66,7 +66,7 @@ def empty_spots(plain, n, rng, n_frames):
     return plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
 
 
-def inject_and_measure(frames, eph, plain, snr, seed, refine=False):
+def inject_and_measure(frames, eph, plain, snr, seed, refine=False, psf="moffat"):
     rng = np.random.default_rng(seed)
     positions = empty_spots(plain, len(snr), rng, len(frames))
     noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
@@ -74,7 +74,7 @@ def inject_and_measure(frames, eph, plain, snr, seed, refine=False):
     tref = plain.target_frame.reference_time
     ra_rate, dec_rate = eph.rates_at(tref)
     faked, _ = ss.inject_moving_source(frames, positions, tref, ra_rate, dec_rate,
-                                       flux=fluxes, poisson=True, seed=seed)
+                                       flux=fluxes, poisson=True, seed=seed, psf=psf)
     result = ss.shift_and_stack(faked, eph, size=601, sigma_clip=True, refine=refine)
     m = ss.measure_target(result, position=positions, wcs_error=0 * u.arcsec)
     return positions, fluxes, m
@@ -231,6 +231,11 @@ def main():
                         help="also the honesty on stacks refined on the target")
     parser.add_argument("--only-refine", action="store_true",
                         help="only the refined honesty (implies --refine)")
+    parser.add_argument("--psf", choices=("moffat", "empirical"), default="moffat",
+                        help="the fakes' PSF: a Moffat fitted to each frame's stars, or "
+                             "each frame's effective PSF (photutils EPSFBuilder)")
+    parser.add_argument("--only-honesty", action="store_true",
+                        help="only the honesty table (2.)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     folder = ss.get_data_path("lowell42-5945")
@@ -267,17 +272,21 @@ def main():
                                  "aperture": 1.07, "detector": "CCD"}, overwrite=True)
         print(f"  wrote {path}")
 
-    print("\nInjected fakes, stack S/N 5-50 (30 per seed): reported errors against scatter")
+    print(f"\nInjected fakes ({args.psf} PSF), stack S/N 5-50 (30 per seed): reported errors "
+          "against scatter")
     print(f"{'seed':>4} {'chi2 RA':>8} {'chi2 Dec':>8} {'chi2 flux':>9} {'flux bias':>9} "
           f"{'detected':>9} {'S/N>=8':>7}")
     snr = np.geomspace(5, 50, 30)
     for seed in range(args.seeds):
-        positions, fluxes, measured = inject_and_measure(frames, eph, plain, snr, seed)
+        positions, fluxes, measured = inject_and_measure(frames, eph, plain, snr, seed,
+                                                         psf=args.psf)
         h = honesty(positions, fluxes, measured, snr)
         print(f"{seed:>4} {h['chi2_ra']:8.2f} {h['chi2_dec']:8.2f} {h['chi2_flux']:9.2f} "
               f"{h['bias_flux']:+9.2f} {h['detected']:>4}/{h['n']:<4} "
               f"{h['detected_8']:>3}/{h['n_8']}")
 
+    if args.only_honesty:
+        return
     print("\nCompleteness (fakes at S/N 1.5-12, 2 x 30):")
     mags, found = [], []
     faint = np.geomspace(1.5, 12, 30)
