@@ -347,7 +347,9 @@ class HybridPSF:
     def evaluate(self, x, y, flux, x_0, y_0):
         core = moffat_integrated(np.asarray(x, dtype=float), np.asarray(y, dtype=float),
                                  x_0, y_0, self.fwhm, self.beta)
-        return flux * (core + self.residual.evaluate(x, y, 1.0, x_0, y_0))
+        # where the stars' halo is fainter than the Moffat's the residual is negative: the
+        # sum may dip below zero in the noise of the ePSF's wings, and no light is negative
+        return flux * np.clip(core + self.residual.evaluate(x, y, 1.0, x_0, y_0), 0.0, None)
 
 
 def _centred(model, size):
