@@ -168,6 +168,11 @@ def test_empirical_psf_from_the_stars():
         (x - truth["x"][expected], y - truth["y"][expected])
     assert fitted["fwhm"] == pytest.approx(3.0, rel=0.03)
     assert fitted["beta"] == pytest.approx(2.5, rel=0.15)
+    # with the fakes' photon noise (Poisson needs a model without negative light)
+    noisy_frames, _ = inject_moving_source(sim.frames, fakes, sim.epoch, psf="empirical",
+                                           poisson=True, gain=1.0, seed=1)
+    total = float(np.sum(noisy_frames[0].data.astype(float) - sim.frames[0].data))
+    assert abs(total - 4 * 8000.0) < 5 * np.sqrt(4 * 8000.0), total
 
 
 def test_paths_are_read(blank, tmp_path):
