@@ -11,9 +11,10 @@ from matplotlib.image import imread
 
 import shiftstack_ccd as ss
 from shiftstack_ccd._auto_size import MARGIN_FWHM, MIN_SIZE
+from shiftstack_ccd._cutout import zoom_cut
 from shiftstack_ccd.cli import main
 from shiftstack_ccd.stars import stellar_fwhm
-from shiftstack_ccd.visualization import _zoom, write_preview
+from shiftstack_ccd.visualization import write_preview
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,11 @@ def test_zoom_cut_and_mark():
     image = np.zeros((80, 120))
     yy, xx = np.mgrid[:80, :120]
     image += np.exp(-((xx - 60.3) ** 2 + (yy - 40.7) ** 2) / 4)
-    cut, mark = _zoom(image, (60.3, 40.7), 10)
+    cut, mark = zoom_cut(image, (60.3, 40.7), 10)
     assert cut.shape == (21, 21)
     assert mark == pytest.approx((10.3, 9.7))  # centred on the nearest pixel, (60, 41)
     assert np.unravel_index(np.argmax(cut), cut.shape) == (10, 10)  # (y, x) of the peak
-    cut, mark = _zoom(image, (3.0, 75.0), 10)  # clipped at the edges, the mark follows
+    cut, mark = zoom_cut(image, (3.0, 75.0), 10)  # clipped at the edges, the mark follows
     assert cut.shape == (15, 14) and mark == pytest.approx((3.0, 10.0))
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from astropy.time import Time
 
 from .._utils import frame_label, set_card
-from ..calibration import (calibrate_frame, combine_bias, combine_flat, read_calibration_frame,
-                           subtract_overscan_and_trim)
+from ..calibration import (calibrate_frame, combine_bias, combine_dark, combine_flat,
+                           read_calibration_frame, subtract_overscan_and_trim)
 from ..exceptions import ShiftStackError
 from ..steps import run_steps
 from ._checker import header_key, is_header_ref
@@ -38,8 +38,8 @@ class Pipeline:
         The input frames.
     calibration : dict
         The resolved ``[calibration]`` settings (``overscan``, ``trim``: a FITS section or
-        ``"header:KEY"``; ``bias``, ``flat``: lists of paths; ``gain``, ``read_noise``:
-        numbers or ``"header:KEY"``; ...).
+        ``"header:KEY"``; ``bias``, ``dark``, ``flat``: lists of paths; ``gain``,
+        ``read_noise``: numbers or ``"header:KEY"``; ...).
     steps : list of (str, callable, dict)
         The per-frame steps: name, function, keyword arguments.
     motion : dict
@@ -72,6 +72,8 @@ class Pipeline:
                 "uncertainty from gain and read noise" if cal.get("gain") is not None
                 else None,
                 f"bias ({len(cal['bias'])} file(s))" if cal.get("bias") else None,
+                f"dark ({len(cal['dark'])} file(s), scaled by EXPTIME)" if cal.get("dark")
+                else None,
                 f"flat ({len(cal['flat'])} file(s))" if cal.get("flat") else None]
         done = [d for d in done if d]
         lines.append("calibration: " + (", ".join(done) if done else "none"))
@@ -147,7 +149,7 @@ class Pipeline:
 
     def _calibrates(self):
         cal = self.calibration
-        return any(cal.get(key) for key in ("overscan", "trim", "bias", "flat")) \
+        return any(cal.get(key) for key in ("overscan", "trim", "bias", "dark", "flat")) \
             or cal.get("gain") is not None
 
     def _per_frame_steps(self, masters):
@@ -205,7 +207,10 @@ class Pipeline:
         masters = {}
         if cal.get("bias"):
             masters["bias"] = combine_bias([self._calibration_frame(p) for p in cal["bias"]])
-        if cal.get("flat"):
+        if cal.get("dark"):
+            masters["dark"] = combine_dark([self._calibration_frame(p) for p in cal["dark"]],
+                                           bias=masters.get("bias"))
+        if cal.get("flat"):  # its short exposure's dark current neglected, as read_masters
             masters["flat"] = combine_flat([self._calibration_frame(p) for p in cal["flat"]],
                                            bias=masters.get("bias"))
         return masters
@@ -218,8 +223,8 @@ class Pipeline:
             gain = self._number(ccd, cal["gain"], "gain")
             read_noise = self._number(ccd, cal["read_noise"], "read noise")
         return calibrate_frame(ccd, **self._sections(ccd), gain=gain, read_noise=read_noise,
-                               bias=masters.get("bias"), flat=masters.get("flat"),
-                               flat_min=cal.get("flat_min"))
+                               bias=masters.get("bias"), dark=masters.get("dark"),
+                               flat=masters.get("flat"), flat_min=cal.get("flat_min"))
 
     def _ephemeris(self):
         if "ephemeris" in self.motion:
@@ -251,7 +256,7 @@ class Pipeline:
                     from_header = (f" ({header_key(source)}, first frame)"
                                    if is_header_ref(source) else "")
                     set_card(header, key, used[name], comment + from_header)
-            for key, name in (("SSBIAS", "bias"), ("SSFLAT", "flat")):
+            for key, name in (("SSBIAS", "bias"), ("SSDARK", "dark"), ("SSFLAT", "flat")):
                 if cal.get(name):
                     set_card(header, key, ", ".join(p.name for p in cal[name]),
                              f"{name} frame(s)")
