@@ -192,12 +192,12 @@ def timings(plain, positions):
     return rows
 
 
-def refined_honesty(frames, eph, plain, seeds):
+def refined_honesty(frames, eph, plain, seeds, first_seed=0):
     print("\nRefined on the asteroid (refine=True), fakes at stack S/N 5-50 (30 per seed):")
     print(f"{'seed':>4} {'chi2 RA':>8} {'chi2 Dec':>8} {'chi2 flux':>9} {'flux bias':>9} "
           f"{'detected':>9} {'S/N>=8':>7}   (chi2 RA, Dec without the refinement's term)")
     snr = np.geomspace(5, 50, 30)
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         positions, fluxes, m = inject_and_measure(frames, eph, plain, snr, seed, refine=True)
         h = honesty(positions, fluxes, m, snr)
         print(f"{seed:>4} {h['chi2_ra']:8.2f} {h['chi2_dec']:8.2f} {h['chi2_flux']:9.2f} "
@@ -206,7 +206,7 @@ def refined_honesty(frames, eph, plain, seeds):
               f"{m.meta['refine_error_pix'][0]:.4f}, {m.meta['refine_error_pix'][1]:.4f} px")
     print("\nWrong ephemeris (1.5-3\" off, rates 2-4 \"/h off), refine=True on bright fakes:")
     totals = {}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for key, acc in wrong_ephemeris(frames, eph, plain, seed).items():
             if key[0] == "not refined":
                 totals[key] = totals.get(key, 0) + acc
@@ -226,6 +226,8 @@ def refined_honesty(frames, eph, plain, seeds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed of the refined runs (more samples: other seeds)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/_static")
     parser.add_argument("--refine", action="store_true",
                         help="also the honesty on stacks refined on the target")
@@ -246,7 +248,7 @@ def main():
     print(f"calibrated, tracked and stacked in {time.perf_counter() - start:.1f} s")
 
     if args.refine or args.only_refine:
-        refined_honesty(frames, eph, plain, args.seeds)
+        refined_honesty(frames, eph, plain, args.seeds, args.first_seed)
         if args.only_refine:
             return
     m = ss.measure_target(plain)
