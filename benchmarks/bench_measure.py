@@ -12,9 +12,16 @@ header's gain and read noise, flat, gain), the asteroid's motion is measured fro
 3. fakes from S/N 1.5 to 12 give the completeness against (instrumental) magnitude, plotted
    to ``docs/_static/lowell_completeness.png``;
 4. the time of `measure_target` per target against photutils' PSF photometry alone and a
-   plain aperture sum (the naive path), with peak memory.
+   plain aperture sum (the naive path), with peak memory;
+5. with ``--refine``: the honesty of 2. again on stacks refined on the asteroid
+   (``refine=True``), and a deliberately wrong ephemeris (a few arcsec off, rates off by a
+   few "/h) pointed at bright fakes, where the refinement is what finds each one: chi2/dof
+   with the refinement's term (`shiftstack_ccd.register.refinement_shift`) and without it,
+   once at the frames' mean time (the default reference epoch) and once at the first
+   frame's.
 
-Run: ``SHIFTSTACK_CCD_DATA=... python benchmarks/bench_measure.py [--seeds 3] [--no-docs]``
+Run: ``SHIFTSTACK_CCD_DATA=... python benchmarks/bench_measure.py [--seeds 3] [--no-docs]
+[--refine] [--only-refine] [--psf empirical] [--only-honesty]``
 """
 
 import argparse
@@ -59,7 +66,7 @@ def empty_spots(plain, n, rng, n_frames):
     return plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
 
 
-def inject_and_measure(frames, eph, plain, snr, seed):
+def inject_and_measure(frames, eph, plain, snr, seed, refine=False, psf="moffat"):
     rng = np.random.default_rng(seed)
     positions = empty_spots(plain, len(snr), rng, len(frames))
     noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
@@ -67,10 +74,82 @@ def inject_and_measure(frames, eph, plain, snr, seed):
     tref = plain.target_frame.reference_time
     ra_rate, dec_rate = eph.rates_at(tref)
     faked, _ = ss.inject_moving_source(frames, positions, tref, ra_rate, dec_rate,
-                                       flux=fluxes, poisson=True, seed=seed)
-    result = ss.shift_and_stack(faked, eph, size=601, sigma_clip=True)
+                                       flux=fluxes, poisson=True, seed=seed, psf=psf)
+    result = ss.shift_and_stack(faked, eph, size=601, sigma_clip=True, refine=refine)
     m = ss.measure_target(result, position=positions, wcs_error=0 * u.arcsec)
     return positions, fluxes, m
+
+
+def without_refinement_term(result):
+    """The same stack, its refinement's shift and error left out (for comparison only)."""
+    header = result.stack.meta.copy()
+    for key in ("SSRFDX", "SSRFDY", "SSRFEX", "SSRFEY"):
+        header[key] = 0.0
+    stack = result.stack.copy()
+    stack.meta = header
+    return ss.StackResult(stack, result.sky_stack, result.coverage, result.table,
+                          result.target_frame)
+
+
+def position_chi2(truth, m):
+    found = np.asarray(m["detected"])
+    dra, ddec = truth[found].spherical_offsets_to(SkyCoord(m["ra"][found], m["dec"][found]))
+    return (np.sum((dra / m["ra_err"][found]).decompose().value ** 2),
+            np.sum((ddec / m["dec_err"][found]).decompose().value ** 2), int(found.sum()))
+
+
+def wrong_ephemeris(frames, eph, plain, seed, n_fakes=6):
+    """Bright fakes on the asteroid's motion; for each, a stack refined on it from an
+    ephemeris 1.5-3" off with rates 2-4 "/h off. Returns the sums of squared pulls
+    (RA, Dec; with and without the refinement's term) per reference epoch."""
+    from astropy.time import Time
+    rng = np.random.default_rng(100 + seed)
+    positions = empty_spots(plain, n_fakes, rng, len(frames))
+    noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
+    snr = np.geomspace(30, 60, n_fakes)  # 9.5-19 per frame: the refinement sees each frame
+    fluxes = snr * np.median(noise.value)
+    tref = plain.target_frame.reference_time
+    ra_rate, dec_rate = eph.rates_at(tref)
+    faked, _ = ss.inject_moving_source(frames, positions, tref, ra_rate, dec_rate,
+                                       flux=fluxes, poisson=True, seed=seed)
+    times = Time([ss.mid_exposure_time(f) for f in frames])
+    sums = {}
+    for k in range(n_fakes):
+        angle = rng.uniform(0, 2 * np.pi)
+        off = rng.uniform(1.5, 3.0) * u.arcsec
+        rate_angle = rng.uniform(0, 2 * np.pi)
+        rate_off = rng.uniform(2.0, 4.0) * u.arcsec / u.hour
+        start = positions[k].spherical_offsets_by(off * np.cos(angle), off * np.sin(angle))
+        wrong = ss.Ephemeris.linear(start, tref, ra_rate + rate_off * np.cos(rate_angle),
+                                    dec_rate + rate_off * np.sin(rate_angle))
+        true = ss.Ephemeris.linear(positions[k], tref, ra_rate, dec_rate)
+        for label, epoch in (("mean time", None), ("first frame", times[0])):
+            # the static sky subtracted first, else a star's trail in the refinement's
+            # cutout can outshine the fake in the cross-correlation
+            result = ss.shift_and_stack(faked, wrong, size=301, sigma_clip=True, refine=True,
+                                        refine_max_shift=5.0, reference_time=epoch,
+                                        subtract_static=True)
+            refined = int(result.stack.meta["SSRFNOK"])
+            if refined < 3:  # not found frame by frame: its ephemeris error is nobody's
+                sums.setdefault(("not refined", label), 0)
+                sums[("not refined", label)] += 1
+                continue
+            truth = true.at(result.target_frame.reference_time)
+            truth = SkyCoord([truth.ra], [truth.dec])
+            for term, r in (("with", result), ("without", without_refinement_term(result))):
+                m = ss.measure_target(r, search_radius=4.0 * u.arcsec,
+                                      wcs_error=0 * u.arcsec)
+                ra2, dec2, n = position_chi2(truth, m)
+                acc = sums.setdefault((label, term), [0.0, 0.0, 0, 0])
+                acc[0] += ra2
+                acc[1] += dec2
+                acc[2] += n
+                acc[3] += 1
+            shift = np.hypot(result.stack.meta["SSRFDX"], result.stack.meta["SSRFDY"])
+            print(f"     fake {k} ({label}): {refined} frames "
+                  f"refined, shift to the epoch {shift:.2f} px +- "
+                  f"{result.stack.meta['SSRFEX']:.3f}/{result.stack.meta['SSRFEY']:.3f}")
+    return sums
 
 
 def honesty(positions, fluxes, m, snr):
@@ -113,10 +192,52 @@ def timings(plain, positions):
     return rows
 
 
+def refined_honesty(frames, eph, plain, seeds, first_seed=0):
+    print("\nRefined on the asteroid (refine=True), fakes at stack S/N 5-50 (30 per seed):")
+    print(f"{'seed':>4} {'chi2 RA':>8} {'chi2 Dec':>8} {'chi2 flux':>9} {'flux bias':>9} "
+          f"{'detected':>9} {'S/N>=8':>7}   (chi2 RA, Dec without the refinement's term)")
+    snr = np.geomspace(5, 50, 30)
+    for seed in range(first_seed, first_seed + seeds):
+        positions, fluxes, m = inject_and_measure(frames, eph, plain, snr, seed, refine=True)
+        h = honesty(positions, fluxes, m, snr)
+        print(f"{seed:>4} {h['chi2_ra']:8.2f} {h['chi2_dec']:8.2f} {h['chi2_flux']:9.2f} "
+              f"{h['bias_flux']:+9.2f} {h['detected']:>4}/{h['n']:<4} "
+              f"{h['detected_8']:>3}/{h['n_8']}   refinement error "
+              f"{m.meta['refine_error_pix'][0]:.4f}, {m.meta['refine_error_pix'][1]:.4f} px")
+    print("\nWrong ephemeris (1.5-3\" off, rates 2-4 \"/h off), refine=True on bright fakes:")
+    totals = {}
+    for seed in range(first_seed, first_seed + seeds):
+        for key, acc in wrong_ephemeris(frames, eph, plain, seed).items():
+            if key[0] == "not refined":
+                totals[key] = totals.get(key, 0) + acc
+                continue
+            total = totals.setdefault(key, [0.0, 0.0, 0, 0])
+            for i in range(4):
+                total[i] += acc[i]
+    for (label, term), acc in sorted(totals.items()):
+        if label == "not refined":
+            print(f"  at the {term}: {acc} stacks refined on fewer than 3 frames, left out")
+            continue
+        ra2, dec2, n, tries = acc
+        print(f"  reference epoch at the {label}, {term} the refinement's term: chi2/dof RA "
+              f"{ra2 / max(n, 1):.2f}, Dec {dec2 / max(n, 1):.2f} ({n}/{tries} detected)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed of the refined runs (more samples: other seeds)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/_static")
+    parser.add_argument("--refine", action="store_true",
+                        help="also the honesty on stacks refined on the target")
+    parser.add_argument("--only-refine", action="store_true",
+                        help="only the refined honesty (implies --refine)")
+    parser.add_argument("--psf", choices=("moffat", "empirical"), default="moffat",
+                        help="the fakes' PSF: a Moffat fitted to each frame's stars, or "
+                             "each frame's effective PSF (photutils EPSFBuilder)")
+    parser.add_argument("--only-honesty", action="store_true",
+                        help="only the honesty table (2.)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     folder = ss.get_data_path("lowell42-5945")
@@ -126,6 +247,10 @@ def main():
     plain = ss.shift_and_stack(frames, eph, size=601, sigma_clip=True)
     print(f"calibrated, tracked and stacked in {time.perf_counter() - start:.1f} s")
 
+    if args.refine or args.only_refine:
+        refined_honesty(frames, eph, plain, args.seeds, args.first_seed)
+        if args.only_refine:
+            return
     m = ss.measure_target(plain)
     row = m[0]
     truth = eph.at(row["time"])
@@ -149,17 +274,21 @@ def main():
                                  "aperture": 1.07, "detector": "CCD"}, overwrite=True)
         print(f"  wrote {path}")
 
-    print("\nInjected fakes, stack S/N 5-50 (30 per seed): reported errors against scatter")
+    print(f"\nInjected fakes ({args.psf} PSF), stack S/N 5-50 (30 per seed): reported errors "
+          "against scatter")
     print(f"{'seed':>4} {'chi2 RA':>8} {'chi2 Dec':>8} {'chi2 flux':>9} {'flux bias':>9} "
           f"{'detected':>9} {'S/N>=8':>7}")
     snr = np.geomspace(5, 50, 30)
     for seed in range(args.seeds):
-        positions, fluxes, measured = inject_and_measure(frames, eph, plain, snr, seed)
+        positions, fluxes, measured = inject_and_measure(frames, eph, plain, snr, seed,
+                                                         psf=args.psf)
         h = honesty(positions, fluxes, measured, snr)
         print(f"{seed:>4} {h['chi2_ra']:8.2f} {h['chi2_dec']:8.2f} {h['chi2_flux']:9.2f} "
               f"{h['bias_flux']:+9.2f} {h['detected']:>4}/{h['n']:<4} "
               f"{h['detected_8']:>3}/{h['n_8']}")
 
+    if args.only_honesty:
+        return
     print("\nCompleteness (fakes at S/N 1.5-12, 2 x 30):")
     mags, found = [], []
     faint = np.geomspace(1.5, 12, 30)

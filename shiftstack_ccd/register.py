@@ -50,8 +50,8 @@ from astropy.stats import mad_std
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-__all__ = ["Offset", "center_cutout", "measure_offset", "refine_offsets", "shift_bound",
-           "shifted_wcs"]
+__all__ = ["Offset", "center_cutout", "measure_offset", "refine_offsets", "refinement_shift",
+           "refinement_cards", "shift_bound", "shifted_wcs"]
 
 log = logging.getLogger(__name__)
 
@@ -623,3 +623,146 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
                       upsample=upsample, template=template,
                       gauge="weighted mean correction of accepted frames is zero")
     return dx, dy, accepted, table
+
+
+def refinement_shift(table, reference_time, weights=None):
+    """What the refinement does to the stacked target's position at the reference epoch.
+
+    The corrections of `refine_offsets` are relative (their mean over the accepted frames is
+    zero: the gauge), so the refinement adds no common shift of its own, but the stacked
+    target then sits where it was, on average, over the accepted frames, which is its
+    position at the reference epoch only if the ephemeris' error does not change over the
+    sequence or the reference epoch is the accepted frames' mean time. This gives the
+    shift from the stacked target to its position at the reference epoch (from the slope of
+    the corrections in time) and the 1-sigma error that the refinement adds there.
+
+    Parameters
+    ----------
+    table : `~astropy.table.Table`
+        The stack's per-frame table: ``mjd_mid``, ``refine_dx``, ``refine_dy`` (pixels),
+        ``refine_ok`` and, unless ``weights`` is given, ``weight``.
+    reference_time : `~astropy.time.Time` or float
+        The stack's reference epoch (a Time, or an MJD in UTC).
+    weights : array-like, optional
+        Per-frame weights of the combine (default: the table's ``weight``; uniform
+        without one).
+
+    Returns
+    -------
+    info : dict
+        ``shift`` (dx, dy) pixels to add to the position measured on the stack to have the
+        target's position at the reference epoch; ``shift_err`` (per axis, pixels, 1
+        sigma): the error the refinement adds; ``scatter`` (per axis, pixels): the
+        corrections' scatter about a straight line in time, the per-frame error of one
+        correction; ``rate`` (pixels per day, per axis): that line's slope;
+        ``n_accepted``; ``epoch_mjd``: the mean time of the accepted frames.
+
+    Notes
+    -----
+    Let ``A(t)`` be the target's true offset from the ephemeris on the target plane
+    (pixels). Accepted frames (set ``a``, ``n_a`` of them, gauge weights ``u_i = 1/n_a``)
+    are corrected by ``d_i = A(t_i) - mean_a(A) + e_i - mean_a(e)``, ``e_i`` the error of
+    each measurement; refused frames (set ``r``) are not corrected. With the combine's
+    per-frame weights ``v_i`` (sum 1, ``V_a`` over the accepted frames) the stacked target
+    sits at::
+
+        P = V_a (mean_a(A) + mean_a(e)) - sum_a v_i e_i + sum_r v_i A(t_i)
+
+    For a track error linear over the sequence, ``A(t) = mean_a(A) + b (t - t_a)`` (``t_a``
+    the accepted frames' mean time), the target at the reference epoch ``t_ref`` is at::
+
+        A(t_ref) - P = b tau - sum_a (V_a u_i - v_i) e_i,
+        tau = (t_ref - t_a) - sum_r v_i (t_i - t_a)
+
+    ``b`` is estimated by the least-squares slope of the corrections in time (their
+    intercept at ``t_a`` is 0 by the gauge), so ``shift = b_hat tau``, whose error
+    relative to the truth is ``sum_a c_i e_i`` with
+    ``c_i = tau (t_i - t_a) / S_tt + (V_a u_i - v_i)``, ``S_tt = sum_a (t_i - t_a)**2``:
+    ``shift_err = s sqrt(sum c_i**2)``, ``s`` the corrections' scatter about the line
+    (``n_a - 2`` degrees of freedom; with fewer than 3 accepted frames the slope is taken
+    as 0 and ``s`` is the corrections' rms). ``s`` also contains any real per-frame jitter
+    (a frame's WCS), which makes it conservative.
+
+    So it is a common-mode error of the stacked position, zero when the combine weighs the
+    frames as the gauge does (equal weights), every frame is accepted and the reference
+    epoch is the frames' mean time (the defaults of `~shiftstack_ccd.shift_and_stack`).
+    The per-frame errors also blur the stacked target by about ``s`` per axis (the PSF
+    model does not include it: a small loss of flux, ``s**2 / (2 sigma_psf**2)`` for a
+    Gaussian PSF of width ``sigma_psf``; not corrected). The part of ``e_i`` that is the
+    target's own noise is also in the fit's error of the stacked position; adding
+    ``shift_err`` in quadrature is exact for inverse-variance weights ``v`` and equal
+    weights, close otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.table import Table
+    >>> t = Table({"mjd_mid": 60000 + np.arange(5) / 96, "refine_dx": [-0.4, -0.2, 0, 0.2, 0.4],
+    ...            "refine_dy": np.zeros(5), "refine_ok": [True] * 5})
+    >>> info = refinement_shift(t, 60000.0)   # the reference epoch is the first frame's
+    >>> print(np.round(info["shift"], 3), np.round(info["rate"], 2))
+    [-0.4  0. ] [19.2  0. ]
+    """
+    from astropy.time import Time
+
+    mjd = np.asarray(table["mjd_mid"], dtype=float)
+    n = len(mjd)
+    t_ref = float(reference_time) if isinstance(reference_time, (int, float, np.floating)) \
+        else float(Time(reference_time).utc.mjd)
+    ok = np.asarray(table["refine_ok"], dtype=bool)
+    # plain numbers (pixels) from a Column with a unit or a Quantity alike
+    d = np.array([np.asarray(table[c], dtype=float) for c in ("refine_dx", "refine_dy")])
+    if weights is None:
+        weights = table["weight"] if "weight" in table.colnames else np.ones(n)
+    v = np.asarray(weights, dtype=float)
+    v = v / v.sum() if v.sum() > 0 else np.full(n, 1.0 / n)
+    info = {"shift": np.zeros(2), "shift_err": np.zeros(2), "scatter": np.zeros(2),
+            "rate": np.zeros(2), "n_accepted": int(ok.sum()), "epoch_mjd": np.nan}
+    n_a = int(ok.sum())
+    if n_a == 0:  # nothing was corrected: the stack is the unrefined one
+        return info
+    t = mjd[ok]
+    t_a = float(t.mean())
+    info["epoch_mjd"] = t_a
+    dt = t - t_a
+    s_tt = float(np.sum(dt ** 2))
+    refused = ~ok
+    tau = (t_ref - t_a) - float(np.sum(v[refused] * (mjd[refused] - t_a)))
+    mismatch = v[ok].sum() / n_a - v[ok]  # V_a u_i - v_i
+    if n_a >= 3 and s_tt > 0:
+        rate = d[:, ok] @ dt / s_tt
+        residual = d[:, ok] - rate[:, None] * dt
+        scatter = np.sqrt(np.sum(residual ** 2, axis=1) / (n_a - 2))
+        c = tau * dt / s_tt + mismatch
+    else:
+        rate = np.zeros(2)
+        scatter = np.sqrt(np.mean(d[:, ok] ** 2, axis=1))
+        c = mismatch
+    info.update(shift=rate * tau + 0.0, rate=rate, scatter=scatter,
+                shift_err=scatter * float(np.sqrt(np.sum(c ** 2))))
+    return info
+
+
+def refinement_cards(table, reference_time, weights=None):
+    """The stack's header cards of `refinement_shift` (``SSRFDX``, ``SSRFDY``, ``SSRFEX``,
+    ``SSRFEY``, ``SSRFSX``, ``SSRFSY``, ``SSRFNOK``), so that a stack read back from its
+    file keeps them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.table import Table
+    >>> t = Table({"mjd_mid": 60000 + np.arange(4) / 96, "refine_dx": [0.1, -0.1, 0.1, -0.1],
+    ...            "refine_dy": np.zeros(4), "refine_ok": [True] * 4})
+    >>> [card[0] for card in refinement_cards(t, 60000.0156)]
+    ['SSRFDX', 'SSRFDY', 'SSRFEX', 'SSRFEY', 'SSRFSX', 'SSRFSY', 'SSRFNOK']
+    """
+    info = refinement_shift(table, reference_time, weights)
+    (dx, dy), (ex, ey), (sx, sy) = info["shift"], info["shift_err"], info["scatter"]
+    return [("SSRFDX", round(float(dx), 5), "[pix] refined track: target to ref. epoch, x"),
+            ("SSRFDY", round(float(dy), 5), "[pix] refined track: target to ref. epoch, y"),
+            ("SSRFEX", round(float(ex), 5), "[pix] 1-sigma error refinement adds, x"),
+            ("SSRFEY", round(float(ey), 5), "[pix] 1-sigma error refinement adds, y"),
+            ("SSRFSX", round(float(sx), 5), "[pix] per-frame refinement scatter, x"),
+            ("SSRFSY", round(float(sy), 5), "[pix] per-frame refinement scatter, y"),
+            ("SSRFNOK", info["n_accepted"], "frames whose offset refinement was accepted")]

@@ -612,6 +612,10 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         stack.meta["SSSTVARF"] = (round(static_factor, 4), "variance x this: template shares noise")
         stack.meta["SSSTAPR"] = (round(static_radius, 2), "[pix] aperture radius of SSSTVARF")
     stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
+    if refine:  # what the refined track does to the target's position (register notes)
+        from .register import refinement_cards
+        for key, value, comment in refinement_cards(table, grid.reference_time):
+            stack.meta[key] = (value, comment)
     return StackResult(stack, sky, combined.coverage, table, grid)
 
 

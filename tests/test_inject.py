@@ -138,6 +138,43 @@ def test_psf_fitted_from_the_stars():
     assert abs(fake_width / star_width - 1) < 0.02
 
 
+def test_empirical_psf_from_the_stars():
+    """psf='empirical': each frame's ePSF (photutils EPSFBuilder on the stars fit_psf picks).
+    On Moffat stars it must give back the Moffat: the fakes' flux, position and width, as
+    the package's PSF fit (the one measure_target's model comes from) sees them."""
+    from astropy.nddata import CCDData
+    from shiftstack_ccd._psf import fit_psf
+    sim = simulate_observation(n_frames=1, shape=(200, 200), n_stars=40, target_flux=0,
+                               fwhm=3.0, psf_beta=2.5, cosmic_rays=False, seed=7,
+                               star_flux_range=(2e4, 2e5))
+    wcs = sim.frames[0].wcs
+    spots = wcs.pixel_to_world([40.2, 150.1, 60.1, 140.2], [50.1, 40.2, 160.2, 150.1])
+    fakes = Table({"ra": spots.ra, "dec": spots.dec, "ra_rate": [0.0] * 4 * RATE,
+                   "dec_rate": [0.0] * 4 * RATE, "flux": [8000.0] * 4})
+    frames, truth = inject_moving_source(sim.frames, fakes, sim.epoch, psf="empirical")
+    assert truth.meta["psf"] == "empirical"
+    assert "empirical (ePSF of" in str(frames[0].meta["HISTORY"])
+    added = frames[0].data.astype(float) - sim.frames[0].data
+    # all the light within the ePSF's footprint, none lost or added
+    assert added.sum() == pytest.approx(4 * 8000.0, rel=1e-6)
+    # a little noise, as any image has (the star finder's threshold is a multiple of it)
+    noisy = added + np.random.default_rng(4).normal(0.0, 1.0, added.shape)
+    fitted = fit_psf(CCDData(noisy, unit="adu"), saturation=np.inf)
+    assert fitted["n_stars"] == 4
+    order = np.argsort(fitted["stars"]["x"])
+    x, y = fitted["stars"]["x"][order], fitted["stars"]["y"][order]
+    expected = np.argsort(truth["x"])
+    assert np.all(np.hypot(x - truth["x"][expected], y - truth["y"][expected]) < 0.06), \
+        (x - truth["x"][expected], y - truth["y"][expected])
+    assert fitted["fwhm"] == pytest.approx(3.0, rel=0.03)
+    assert fitted["beta"] == pytest.approx(2.5, rel=0.15)
+    # with the fakes' photon noise (Poisson needs a model without negative light)
+    noisy_frames, _ = inject_moving_source(sim.frames, fakes, sim.epoch, psf="empirical",
+                                           poisson=True, gain=1.0, seed=1)
+    total = float(np.sum(noisy_frames[0].data.astype(float) - sim.frames[0].data))
+    assert abs(total - 4 * 8000.0) < 5 * np.sqrt(4 * 8000.0), total
+
+
 def test_paths_are_read(blank, tmp_path):
     paths = blank.write(tmp_path)
     frames, truth = inject_moving_source(paths, blank.target_position, blank.epoch,
@@ -162,3 +199,5 @@ def test_bad_input(blank):
     empty = simulate_observation(n_frames=1, shape=(64, 64), n_stars=0, seed=1)
     with pytest.raises(FrameError, match="give the FWHM"):
         inject_moving_source(empty.frames, *args, flux=1.0)
+    with pytest.raises(ValueError, match="psf must be 'moffat', 'empirical'"):
+        inject_moving_source(blank.frames, *args, flux=1.0, psf="gaussian")

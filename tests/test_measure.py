@@ -178,3 +178,41 @@ def test_gaia_answers_are_cached(tmp_path, monkeypatch):
     assert list(again["ra"].value) == [150.0, 150.01]
     with pytest.raises(FrameError, match="Gaia: the query failed"):
         ss.gaia_catalog(centre, 0.2 * u.deg, cache_dir=tmp_path)
+
+
+def test_zero_point_from_gaia_offline(field, tmp_path, monkeypatch):
+    """``catalog='gaia'`` end to end without the network: the first answer (a recorded one:
+    the field's own stars) is cached, and the second measurement, offline, reads the cache."""
+    from astroquery.gaia import Gaia
+    sim, result, positions, fluxes = field
+    stars = sim.stars
+    asked = []
+
+    class Job:
+        def get_results(self):
+            return Table({"ra": u.Quantity(stars["ra"], u.deg).value,
+                          "dec": u.Quantity(stars["dec"], u.deg).value,
+                          "phot_g_mean_mag": 25.0 - 2.5 * np.log10(stars["flux"].value)})
+
+    def launch(query):
+        asked.append(query)
+        return Job()
+
+    monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path))
+    monkeypatch.setattr(Gaia, "launch_job_async", launch)
+    online = ss.measure_target(result, position=positions[-2:], catalog="gaia")
+    assert len(asked) == 1 and list((tmp_path / "gaia").glob("*.ecsv"))
+    assert online.meta["band"] == "G" and abs(online.meta["zero_point"] - 25.0) < 0.02
+
+    def offline(query):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(Gaia, "launch_job_async", offline)
+    again = ss.measure_target(result, position=positions[-2:], catalog="gaia")
+    assert again.meta["zero_point"] == pytest.approx(online.meta["zero_point"], abs=1e-9)
+    expected = 25.0 - 2.5 * np.log10(fluxes[-2:])
+    assert np.all(abs(again["mag"].value - expected) < 4 * again["mag_err"].value + 0.01)
+    # a cold cache and no network: one clear error saying what to do instead
+    monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path / "cold"))
+    with pytest.raises(FrameError, match="Give the catalogue as a table"):
+        ss.measure_target(result, position=positions[-2:], catalog="gaia")

@@ -2,19 +2,27 @@
 
 The whole chain: the raw frames calibrated as a user would (ccdproc: trim, bias, a Poisson
 plus read-noise uncertainty from the header's gain and read noise, flat, gain), the
-asteroid's motion measured from the frames (as tests/test_lowell.py does), thirty fakes
+asteroid's motion measured from the frames (as tests/test_lowell.py does), twenty fakes
 injected on that motion at stack S/N 5 to 50 with each frame's own PSF and Poisson noise,
 then `shift_and_stack` (sigma-clipped mean: the frames are not cleaned of cosmic rays) and
-`measure_target` at each fake's position. The reported errors must describe the scatter.
+`measure_target` at each fake's position. The reported errors must describe the scatter,
+on a plain stack and on one refined on the target (``refine=True``); and with a wrong
+ephemeris the refinement's own term must keep them honest.
+
+The calibration, the fakes and each stack are made once per module and shared by the
+tests (`benchmarks/bench_measure.py` runs the same with more fakes and seeds).
 """
 
 import numpy as np
 import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.time import Time
 
 import shiftstack_ccd as ss
 from lowell_helpers import asteroid_motion, calibrated
+
+N_FAKES = 20
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +35,53 @@ def lowell():
     track, eph = asteroid_motion(raw, frames)
     plain = ss.shift_and_stack(frames, eph, size=601, sigma_clip=True)
     return frames, track, eph, plain
+
+
+@pytest.fixture(scope="module")
+def fakes(lowell):
+    """Twenty fakes at stack S/N 5-50 on empty sky, on the asteroid's motion."""
+    frames, track, eph, plain = lowell
+    tref = plain.target_frame.reference_time
+    rng = np.random.default_rng(2)
+    # empty sky: away from the stars' trails in the target stack and from the asteroid
+    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
+        | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
+        | (plain.coverage < len(frames))
+    ny, nx = busy.shape
+    cx, cy = plain.target_pixel
+    spots = []
+    for _ in range(50000):  # random places, each free of sources within 6 px
+        x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
+        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
+                np.hypot(x - cx, y - cy) < 30 or \
+                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
+            continue
+        spots.append((x, y))
+        if len(spots) == N_FAKES:
+            break
+    assert len(spots) == N_FAKES
+    spots = np.array(spots)
+    positions = plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
+    noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
+    snr = np.geomspace(5, 50, N_FAKES)
+    fluxes = snr * np.median(noise.value)  # electrons per frame = in the mean stack
+    ra_rate, dec_rate = eph.rates_at(tref)
+    faked, truth = ss.inject_moving_source(frames, positions, tref, ra_rate, dec_rate,
+                                           flux=fluxes, poisson=True, seed=2)
+    return faked, truth, positions, fluxes, snr
+
+
+@pytest.fixture(scope="module")
+def measured(lowell, fakes):
+    """The fakes measured on a plain stack and on one refined on the asteroid."""
+    frames, track, eph, plain = lowell
+    faked, truth, positions, fluxes, snr = fakes
+    out = {}
+    for refine in (False, True):
+        result = ss.shift_and_stack(faked, eph, size=601, sigma_clip=True, refine=refine)
+        out[refine] = (result, ss.measure_target(result, position=positions,
+                                                 wcs_error=0 * u.arcsec))
+    return out
 
 
 @pytest.mark.slow
@@ -46,53 +101,89 @@ def test_asteroid_measured_where_it_is(lowell):
     assert 1.5 < row["fwhm"].to_value(u.arcsec) < 2.2
 
 
-@pytest.mark.slow
-def test_fakes_on_real_frames_honest_errors(lowell):
-    frames, track, eph, plain = lowell
-    tref = plain.target_frame.reference_time
-    rng = np.random.default_rng(2)
-    # empty sky: away from the stars' trails in the target stack and from the asteroid
-    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
-        | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
-        | (plain.coverage < len(frames))
-    ny, nx = busy.shape
-    cx, cy = plain.target_pixel
-    spots = []
-    for _ in range(50000):  # random places, each free of sources within 6 px
-        x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
-        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
-                np.hypot(x - cx, y - cy) < 30 or \
-                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
-            continue
-        spots.append((x, y))
-        if len(spots) == 30:
-            break
-    assert len(spots) == 30
-    spots = np.array(spots)
-    positions = plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
-    noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
-    snr = np.geomspace(5, 50, len(spots))
-    fluxes = snr * np.median(noise.value)  # electrons per frame = in the mean stack
-    ra_rate, dec_rate = eph.rates_at(tref)
-    faked, truth = ss.inject_moving_source(frames, positions, tref, ra_rate, dec_rate,
-                                           flux=fluxes, poisson=True, seed=2)
-    assert np.all(truth["fwhm"] > 1.1) and np.all(truth["fwhm"] < 2.0)  # each frame's PSF
-    result = ss.shift_and_stack(faked, eph, size=601, sigma_clip=True)
-    m = ss.measure_target(result, position=positions, wcs_error=0 * u.arcsec)
-
+def _check_honest(m, positions, fluxes, snr):
     assert np.all(m["detected"][snr >= 8]), m["snr"][snr >= 8]
     found = np.asarray(m["detected"])
     dra, ddec = positions[found].spherical_offsets_to(SkyCoord(m["ra"][found],
                                                                m["dec"][found]))
     chi2_ra = np.mean((dra / m["ra_err"][found]).decompose().value ** 2)
     chi2_dec = np.mean((ddec / m["dec_err"][found]).decompose().value ** 2)
-    chi2_flux = np.mean(((m["flux"].value - fluxes) / m["flux_err"].value) ** 2)
+    pulls = (m["flux"].value - fluxes) / m["flux_err"].value
+    chi2_flux = np.mean(pulls ** 2)
     assert chi2_ra <= 2 and chi2_dec <= 2 and chi2_flux <= 2, (chi2_ra, chi2_dec, chi2_flux)
     # and the errors are not inflated to get there: the same order as the scatter
-    assert min(chi2_ra, chi2_dec, chi2_flux) > 0.25
+    assert min(chi2_ra, chi2_dec, chi2_flux) > 0.25, (chi2_ra, chi2_dec, chi2_flux)
     # the flux scale is the injected one: no bias beyond the noise
-    pulls = (m["flux"].value - fluxes) / m["flux_err"].value
-    assert abs(np.mean(pulls)) < 3 / np.sqrt(len(pulls))
+    assert abs(np.mean(pulls)) < 3 / np.sqrt(len(pulls)), np.mean(pulls)
+
+
+@pytest.mark.slow
+def test_fakes_on_real_frames_honest_errors(fakes, measured):
+    faked, truth, positions, fluxes, snr = fakes
+    assert np.all(truth["fwhm"] > 1.1) and np.all(truth["fwhm"] < 2.0)  # each frame's PSF
+    result, m = measured[False]
+    assert not result.stack.meta["SSREFINE"] and m.meta["refine_error_pix"] == [0.0, 0.0]
+    _check_honest(m, positions, fluxes, snr)
+
+
+@pytest.mark.slow
+def test_refined_stack_honest_errors(fakes, measured):
+    """refine=True: the frames realigned on the asteroid (S/N 300). The corrections' mean
+    is zero and the frames equally weighted, all accepted, the epoch their mean time: the
+    refinement adds no common error (SSRFEX/SSRFEY 0), only the tiny blur of its own
+    per-frame errors; the fakes, moving as the asteroid, stay as honest."""
+    faked, truth, positions, fluxes, snr = fakes
+    result, m = measured[True]
+    meta = result.stack.meta
+    assert meta["SSREFINE"] and meta["SSRFNOK"] == len(faked)
+    assert meta["SSRFEX"] == 0 and meta["SSRFEY"] == 0
+    assert abs(meta["SSRFDX"]) < 1e-6 and abs(meta["SSRFDY"]) < 1e-6
+    # the asteroid's corrections scatter by a few hundredths of a pixel
+    assert 0 < meta["SSRFSX"] < 0.05 and 0 < meta["SSRFSY"] < 0.05
+    _check_honest(m, positions, fluxes, snr)
+    # and it is what the same refined stack says once written and read back
+    assert m.meta["refine_shift_pix"] == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_wrong_ephemeris_refined_errors_honest(lowell, fakes, tmp_path):
+    """An ephemeris 2.3" off with rates 3.2 "/h off, aimed at the brightest fake (S/N 16
+    per frame): the refinement finds it in every frame. Referred to the first frame's time,
+    the stacked fake (where it was on average) is 1 pixel from where it was then: the
+    refined track's slope moves it there, with its error, and the residual is within the
+    errors; without that term it would be many sigma off."""
+    frames, track, eph, plain = lowell
+    faked, truth, positions, fluxes, snr = fakes
+    tref = plain.target_frame.reference_time
+    ra_rate, dec_rate = eph.rates_at(tref)
+    true = ss.Ephemeris.linear(positions[-1], tref, ra_rate, dec_rate)
+    start = positions[-1].spherical_offsets_by(1.5 * u.arcsec, -1.8 * u.arcsec)
+    wrong = ss.Ephemeris.linear(start, tref, ra_rate + 2.5 * u.arcsec / u.hour,
+                                dec_rate - 2.0 * u.arcsec / u.hour)
+    first = Time(min(ss.mid_exposure_time(f) for f in frames))
+    result = ss.shift_and_stack(faked, wrong, size=301, sigma_clip=True, refine=True,
+                                refine_max_shift=5.0, refine_size=32, reference_time=first,
+                                subtract_static=True)
+    meta = result.stack.meta
+    assert meta["SSRFNOK"] >= 8, result.table["refine_note"]
+    assert 0.5 < np.hypot(meta["SSRFDX"], meta["SSRFDY"]) < 1.5
+    path = tmp_path / "refined.fits"
+    result.write(path)
+    m = ss.measure_target(str(path), search_radius=4 * u.arcsec, wcs_error=0 * u.arcsec)
+    assert m["detected"][0]
+    assert m.meta["refine_shift_pix"] == pytest.approx([meta["SSRFDX"], meta["SSRFDY"]])
+    at_first = true.at(first)
+    dra, ddec = at_first.spherical_offsets_to(SkyCoord(m["ra"][0], m["dec"][0]))
+    pulls = np.array([(dra / m["ra_err"][0]).decompose().value,
+                      (ddec / m["dec_err"][0]).decompose().value])
+    assert np.all(np.abs(pulls) < 3.5), pulls
+    # without the refinement's term: the stacked position as it stands, the fit's error
+    x = m["x"][0].value - meta["SSRFDX"]
+    y = m["y"][0].value - meta["SSRFDY"]
+    dra, ddec = at_first.spherical_offsets_to(result.stack.wcs.pixel_to_world(x, y))
+    fit_err = np.hypot(m["x_err"][0].value, m["y_err"][0].value) \
+        * result.target_frame.pixel_scale.to_value(u.arcsec)
+    assert np.hypot(dra, ddec).to_value(u.arcsec) > 5 * fit_err
 
 
 @pytest.mark.remote_data

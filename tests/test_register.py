@@ -378,3 +378,37 @@ def test_input_errors():
         refine_offsets([a, np.zeros((11, 10))])
     off = measure_offset(np.full((10, 10), np.nan), a)
     assert not off.accepted and "too few usable pixels" in off.reason
+
+
+def test_refinement_shift_error_matches_monte_carlo():
+    """refinement_shift on corrections made as refine_offsets makes them (zero mean over
+    the accepted frames), for a track error linear in time, unequal combine weights and a
+    refused frame: its shift is unbiased and its error is the scatter of the truth."""
+    from astropy.table import Table
+    from shiftstack_ccd.register import refinement_shift
+    rng = np.random.default_rng(11)
+    n, sigma, rate = 10, 0.15, 24.0  # frames; per-frame error (px); track error, px/day
+    t = 60000.0 + np.arange(n) * 300.0 / 86400.0
+    t_ref = t[0]  # the first frame: far from the mean time
+    v = np.linspace(1.0, 2.0, n)
+    v /= v.sum()
+    ok = np.ones(n, dtype=bool)
+    ok[3] = False
+    errors, reported, shifts = [], [], []
+    for _ in range(2000):
+        track = 0.4 + rate * (t - t[0])  # the target's true offset from the ephemeris
+        e = rng.normal(0.0, sigma, n)
+        d = np.where(ok, track - track[ok].mean() + e - e[ok].mean(), 0.0)
+        stacked = np.sum(v * (track - d))  # where the combine puts the target
+        truth = 0.4 + rate * (t_ref - t[0]) - stacked
+        table = Table({"mjd_mid": t, "refine_dx": d, "refine_dy": np.zeros(n),
+                       "refine_ok": ok, "weight": v})
+        info = refinement_shift(table, t_ref)
+        errors.append(info["shift"][0] - truth)
+        reported.append(info["shift_err"][0])
+        shifts.append(info["shift"][0])
+    errors = np.array(errors)
+    assert abs(errors.mean()) < 3 * errors.std() / np.sqrt(len(errors))
+    assert np.std(errors) == pytest.approx(np.sqrt(np.mean(np.square(reported))), rel=0.05)
+    # and it matters: the stacked target is 0.37 px, over 4 sigma, from its place at t_ref
+    assert abs(np.mean(shifts)) > 3 * np.std(errors), (np.mean(shifts), np.std(errors))

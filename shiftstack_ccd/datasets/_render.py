@@ -1,41 +1,21 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""Rendering of point sources and trails: pixel-integrated Moffat stamps (private).
+"""Rendering of point sources and trails: pixel-integrated Moffat stamps, or any
+photutils PSF model (private).
 
-Shared by the simulator and the injection of fake moving sources.
+Shared by the simulator and the injection of fake moving sources; the PSF itself (the
+Moffat, its pixel integration, the stamp size) is `shiftstack_ccd._psf`'s.
 """
 
 import numpy as np
 from astropy import units as u
 
-# Pixel integration of the PSF: 3x3 Gauss-Legendre nodes per pixel. This is exact for
-# polynomials up to degree 5 in each axis and matches the true pixel integral of a Moffat
-# to 1e-5 of the peak at FWHM 3 px, 1e-4 at 2 px, 5e-4 at 1.5 px (5x5 midpoint
-# oversampling: 2e-3, 4e-3, 7e-3) for a third of the cost. astropy's `discretize_model`
-# would evaluate through the modelling machinery on full grids, far slower for thousands of
-# small stamps.
-_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)
-_GL_NODES = _GL_NODES / 2.0
-_GL_WEIGHTS = _GL_WEIGHTS / 2.0
+# one Moffat, one pixel integration: those of the package's PSF (shiftstack_ccd._psf)
+from .._psf import GL_NODES, GL_WEIGHTS, moffat_alpha
 
-#: Fraction of a star's light allowed outside its stamp (before renormalisation).
-_STAMP_TRUNCATION = 1e-3
 #: Largest trail step between sub-exposure renderings of the moving target, in pixels.
 TRAIL_STEP = 0.2
 #: Bytes of scratch memory per rendering chunk.
 _CHUNK_BYTES = 32 * 2**20
-
-
-def moffat_alpha(fwhm, beta):
-    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-
-
-def stamp_half_size(fwhm, beta, aperture_radius):
-    alpha = moffat_alpha(fwhm, beta)
-    # Radius outside which a Moffat holds a fraction _STAMP_TRUNCATION of its light:
-    # (1 + r^2/alpha^2)^(1 - beta) = fraction.
-    radius = alpha * np.sqrt(_STAMP_TRUNCATION ** (1.0 / (1.0 - beta)) - 1.0)
-    radius = min(radius, 10.0 * fwhm)  # shallow wings (beta near 1): cap the stamp
-    return int(max(np.ceil(radius), np.ceil(aperture_radius) + 2))
 
 
 def psf_stamps(x, y, half, fwhm, beta):
@@ -50,8 +30,8 @@ def psf_stamps(x, y, half, fwhm, beta):
     iyc = np.rint(y).astype(np.int64)
     dx, dy = x - ixc, y - iyc
     size = 2 * half + 1
-    nodes = len(_GL_NODES)
-    sub = (np.arange(-half, half + 1)[:, None] + _GL_NODES[None, :]).ravel()
+    nodes = len(GL_NODES)
+    sub = (np.arange(-half, half + 1)[:, None] + GL_NODES[None, :]).ravel()
     inv_alpha2 = 1.0 / moffat_alpha(fwhm, beta) ** 2
     stamps = np.empty((x.size, size, size))
     chunk = max(1, _CHUNK_BYTES // (8 * 3 * (size * nodes) ** 2))
@@ -68,10 +48,10 @@ def psf_stamps(x, y, half, fwhm, beta):
             np.power(values, -beta, out=values)
         values = values.reshape(stop - start, size, nodes, size, nodes)
         # Weighted sums over the quadrature nodes of each pixel (rows, then columns).
-        rows = sum(weight * values[:, :, j] for j, weight in enumerate(_GL_WEIGHTS))
-        block = sum(weight * rows[..., j] for j, weight in enumerate(_GL_WEIGHTS))
+        rows = sum(weight * values[:, :, j] for j, weight in enumerate(GL_WEIGHTS))
+        block = sum(weight * rows[..., j] for j, weight in enumerate(GL_WEIGHTS))
         # Renormalise: the PSF is the Moffat truncated to the stamp, so a source's whole
-        # flux is in the image (the lost wings are below _STAMP_TRUNCATION anyway).
+        # flux is in the image (the lost wings are below _psf.STAMP_TRUNCATION anyway).
         block /= block.sum(axis=(1, 2), keepdims=True)
         stamps[start:stop] = block
     return stamps, ixc - half, iyc - half
@@ -102,6 +82,26 @@ def trail_profile(xs, ys, half, fwhm, beta):
     for stamp, sx, sy in zip(stamps, ix0 - x0, iy0 - y0):
         profile[sy:sy + size, sx:sx + size] += weight * stamp
     return profile, x0, y0
+
+
+def model_trail_profile(model, xs, ys):
+    """Unit-flux image of a source seen at the positions (xs, ys) for equal times, drawn
+    with a photutils PSF model (e.g. an `~photutils.psf.ImagePSF` from
+    `~photutils.psf.EPSFBuilder`) evaluated at pixel centres: an effective PSF is already
+    integrated over the pixels. Normalised to unit sum over the model's footprint.
+
+    Returns ``(profile, x0, y0)`` as `trail_profile`.
+    """
+    ny, nx = np.asarray(model.data).shape
+    half = int(np.ceil(max(ny / model.oversampling[0], nx / model.oversampling[1]) / 2))
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    x0, y0 = int(np.floor(xs.min())) - half, int(np.floor(ys.min())) - half
+    x1, y1 = int(np.ceil(xs.max())) + half, int(np.ceil(ys.max())) + half
+    yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(float)
+    profile = np.zeros(xx.shape)
+    for x, y in zip(xs, ys):
+        profile += model.evaluate(xx, yy, 1.0, x, y)
+    return profile / profile.sum(), x0, y0
 
 
 def aperture_weights(x, y, radius, shape):

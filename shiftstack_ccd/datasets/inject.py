@@ -17,7 +17,8 @@ from astropy.time import Time
 
 from .._utils import as_header, frame_label, require_celestial_wcs
 from ..exceptions import FrameError
-from ._render import TRAIL_STEP, add_stamps, stamp_half_size, trail_profile
+from .._psf import stamp_half_size
+from ._render import TRAIL_STEP, add_stamps, model_trail_profile, trail_profile
 
 __all__ = ["inject_moving_source"]
 
@@ -114,7 +115,7 @@ def _electrons_per_unit(frame, gain, label):
 
 def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=None, flux=None,
                          *, mag=None, zero_point=None, fwhm=None, psf_beta=None,
-                         poisson=False, gain=None, seed=None):
+                         psf="moffat", poisson=False, gain=None, seed=None):
     """Add fake moving sources, PSF-matched and trailed, to frames; return them and the truth.
 
     Each fake moves uniformly in the tangent plane at its position, as
@@ -125,9 +126,12 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
     `~shiftstack_ccd.frames.mid_exposure_time`, length ``EXPTIME``), each placed through the
     frame's own WCS (distortions included), so a fake is trailed as a real mover would be.
 
-    The PSF is a pixel-integrated Moffat: with ``fwhm`` (pixels) and ``psf_beta`` given it is
-    that one; otherwise FWHM and beta are fitted, frame by frame, to the frame's bright
-    isolated stars (the same pixel-integrated model), so the fakes look like the stars.
+    The PSF is by default a pixel-integrated Moffat: with ``fwhm`` (pixels) and ``psf_beta``
+    given it is that one; otherwise FWHM and beta are fitted, frame by frame, to the frame's
+    bright isolated stars (the same pixel-integrated model), so the fakes look like the
+    stars. With ``psf='empirical'`` it is each frame's effective PSF, built from the same
+    stars by photutils' `~photutils.psf.EPSFBuilder` (the stars' own halo, asymmetries and
+    all); a photutils PSF model given as ``psf`` is used as it is in every frame.
 
     Parameters
     ----------
@@ -155,6 +159,11 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
         PSF FWHM in pixels (default: fitted to each frame's stars).
     psf_beta : float, optional
         Moffat power index (default: fitted with the FWHM, or 3 when ``fwhm`` is given).
+    psf : {'moffat', 'empirical'} or a photutils PSF model
+        The fakes' PSF (see above). A model (e.g. `~photutils.psf.ImagePSF`) is evaluated
+        at pixel centres, ``model.evaluate(x, y, flux, x_0, y_0)``, so it must be
+        pixel-integrated already, as an effective PSF is; it needs ``data`` and
+        ``oversampling`` (its footprint) like `~photutils.psf.ImagePSF`.
     poisson : bool
         Add the fakes' photon noise (Poisson in electrons; the gain comes from ``gain``, the
         ``GAIN`` card for ADU, ``EXPTIME`` for rates) and add its variance to the frames'
@@ -173,7 +182,9 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
         mid-exposure), ``ra``, ``dec`` (the fake at mid-exposure, deg), ``x``, ``y`` (its
         0-based pixel in the frame, also the centroid of its trail), ``flux`` (in the frame,
         frames' unit), ``mag``, ``trail`` (trail length, pixels), ``fwhm``, ``beta`` (the
-        PSF used) and ``on_frame``. ``truth.meta['fakes']`` is the table of fakes.
+        Moffat used, or fitted to the stars beside an empirical PSF; NaN for a model given)
+        and ``on_frame``. ``truth.meta['fakes']`` is the table of fakes,
+        ``truth.meta['psf']`` the kind of PSF.
 
     Raises
     ------
@@ -209,6 +220,11 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
         raise ValueError(f"psf_beta must be > 1; got {psf_beta}")
     if fwhm is not None and float(fwhm) <= 0:
         raise ValueError(f"fwhm must be > 0 pixels; got {fwhm}")
+    kind = psf if isinstance(psf, str) else "model"
+    usable = all(hasattr(psf, a) for a in ("evaluate", "data", "oversampling"))
+    if kind not in ("moffat", "empirical", "model") or (kind == "model" and not usable):
+        raise ValueError(f"psf must be 'moffat', 'empirical' or a photutils PSF model such as "
+                         f"ImagePSF; got {psf!r}")
     rng = np.random.default_rng(seed)
     out, rows = [], []
     for index, frame in enumerate(frames):
@@ -219,13 +235,26 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
                              f"{frame.unit}; give it in the frame's unit")
         t_mid = mid_exposure_time(frame)
         exptime = float(frame.meta.get("EXPTIME", 0.0) or 0.0)
-        if fwhm is None:
+        model_psf = psf if kind == "model" else None
+        if kind == "empirical":
+            from .._psf import empirical_psf
+            model_psf, fitted = empirical_psf(frame)
+            frame_fwhm, beta = fitted["fwhm"], fitted["beta"]
+            description = f"empirical (ePSF of {len(fitted['stars']['x'])} stars)"
+        elif kind == "model":
+            frame_fwhm, beta = (float(fwhm) if fwhm is not None else np.nan), np.nan
+            description = f"model {type(psf).__name__}"
+        elif fwhm is None:
             from .._psf import fit_psf
-            psf = fit_psf(frame)
-            frame_fwhm, beta = psf["fwhm"], psf["beta"]
+            fitted = fit_psf(frame)
+            frame_fwhm, beta = fitted["fwhm"], fitted["beta"]
         else:
             frame_fwhm, beta = float(fwhm), float(psf_beta) if psf_beta is not None else 3.0
-        half = stamp_half_size(frame_fwhm, beta, 0.0)
+        if model_psf is None:
+            half = stamp_half_size(frame_fwhm, beta, 0.0)
+            description = f"Moffat FWHM {frame_fwhm:.3f} px beta {beta:.2f}"
+        else:
+            half = int(np.ceil(max(np.shape(model_psf.data)) / min(model_psf.oversampling) / 2))
         model = np.zeros(frame.shape)
         for k, fake in enumerate(fakes):
             origin = SkyCoord(fake["ra"], fake["dec"], frame="icrs")
@@ -244,13 +273,13 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
             on_frame = bool(-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)
             if np.all(np.isfinite(xs)) and (-half - trail_px < x < nx + half + trail_px) \
                     and (-half - trail_px < y < ny + half + trail_px):
-                profile, x0, y0 = trail_profile(xs[:-1], ys[:-1], half, frame_fwhm, beta)
+                profile, x0, y0 = trail_profile(xs[:-1], ys[:-1], half, frame_fwhm, beta) \
+                    if model_psf is None else model_trail_profile(model_psf, xs[:-1], ys[:-1])
                 add_stamps(model, profile[None], [x0], [y0], [fake["flux"]])
             rows.append((k, index, label, t_mid, track[-1].ra.deg, track[-1].dec.deg, x, y,
                          float(fake["flux"]), float(fake["mag"]), trail_px, frame_fwhm, beta,
                          on_frame))
-        out.append(_add_model(frame, model, poisson, gain, rng, label, fakes, frame_fwhm,
-                              beta))
+        out.append(_add_model(frame, model, poisson, gain, rng, label, fakes, description))
     names = ("fake", "frame", "file", "time", "ra", "dec", "x", "y", "flux", "mag", "trail",
              "fwhm", "beta", "on_frame")
     columns = list(zip(*rows))
@@ -259,6 +288,7 @@ def inject_moving_source(frames, position, epoch=None, ra_rate=None, dec_rate=No
         truth[name] = Time(list(column)) if name == "time" else np.array(column)
     truth["ra"].unit = truth["dec"].unit = u.deg
     truth.meta["fakes"] = fakes
+    truth.meta["psf"] = kind
     truth.meta["comments"] = ["x, y: 0-based pixel of the fake at mid-exposure in the frame; "
                               "flux in the frames' unit; trail, fwhm in pixels"]
     log.info("injected %d fake(s) into %d frame(s)", len(fakes), len(frames))
@@ -274,7 +304,7 @@ def _pixel_scale(wcs, position):
     return np.sqrt(dx * dy).to(u.arcsec)
 
 
-def _add_model(frame, model, poisson, gain, rng, label, fakes, fwhm, beta):
+def _add_model(frame, model, poisson, gain, rng, label, fakes, description):
     """A new frame: data + model (with Poisson noise if asked), uncertainty and header."""
     data = np.asarray(frame.data, dtype=float) + model
     uncertainty = frame.uncertainty
@@ -297,7 +327,7 @@ def _add_model(frame, model, poisson, gain, rng, label, fakes, fwhm, beta):
             f"{fake['dec'].to_value(u.deg):+.7f} at {fake['epoch'].utc.isot} UTC, rates "
             f"{fake['ra_rate'].to_value(RATE_UNIT):.4f} {fake['dec_rate'].to_value(RATE_UNIT):.4f}"
             f" arcsec/h, flux {float(fake['flux']):.6g} {frame.unit}")
-    header.add_history(f"shiftstack_ccd: fakes' PSF Moffat FWHM {fwhm:.3f} px beta {beta:.2f}"
+    header.add_history(f"shiftstack_ccd: fakes' PSF {description}"
                        f"{', Poisson noise' if poisson else ', noiseless'}")
     mask = None if frame.mask is None else np.array(frame.mask, copy=True)
     return CCDData(data.astype(dtype), unit=frame.unit, wcs=frame.wcs.deepcopy(),

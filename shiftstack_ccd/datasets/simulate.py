@@ -21,11 +21,12 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
+from .._psf import stamp_half_size
 from .._utils import atomic_output
 from ..exceptions import OutputExistsError
 from ._cosmic_rays import DEFAULT_CR_RATE, draw_cosmic_rays
 from ._render import (TRAIL_STEP, add_stamps, aperture_weights, as_quantity, psf_stamps,
-                      stamp_half_size, trail_profile)
+                      trail_profile)
 
 __all__ = ["OVERSCAN_COLUMNS", "SimulatedObservation", "night_sky", "simulate_observation"]
 

@@ -12,7 +12,7 @@ from astropy.stats import sigma_clip
 from astropy.table import QTable
 
 from .._noise import measurement_covariance
-from .._psf import moffat_integrated
+from .._psf import moffat_integrated, stamp_half_size
 from ..exceptions import FrameError
 
 __all__ = []
@@ -49,7 +49,6 @@ class _Model:
     def __init__(self, fwhm, beta, trail=(0.0, 0.0)):
         from photutils.psf import ImagePSF
 
-        from ..datasets._render import stamp_half_size
         self.fwhm, self.beta, self.trail = float(fwhm), float(beta), trail
         length = float(np.hypot(*trail))
         half = stamp_half_size(self.fwhm, self.beta, 0.0) + int(np.ceil(length / 2)) + 1

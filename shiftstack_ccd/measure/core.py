@@ -25,7 +25,15 @@ How, for each target:
    aperture flux beside it is corrected by the stars' curve of growth.
 6. **Astrometry.** Pixel to sky through the stack's WCS; the position errors add the fit's,
    the WCS solution's (``wcs_error``, by default from the frames' astrometric residuals
-   recorded in the stack header) in quadrature.
+   recorded in the stack header) and, on a stack refined on the target (``refine=True``),
+   the refinement's in quadrature. The refinement's corrections have zero mean (their
+   gauge), so they add no shift of their own; but the stacked target then sits where it
+   was on average over the accepted frames, so its position is moved to the reference
+   epoch along the refined track (the slope of the corrections in time), and the error of
+   that and of any mismatch between the combine's weights and the gauge's is added
+   (`shiftstack_ccd.register.refinement_shift` derives both; cards ``SSRFDX``/``SSRFDY``
+   and ``SSRFEX``/``SSRFEY`` of the stack). With the defaults (equal weights, every frame
+   accepted, the reference epoch the frames' mean time) both are zero.
 7. **Photometric calibration.** A zero point (given, or from a reference catalogue matched
    against the sky stack's stars, `zero_point_from_catalog`) gives magnitudes.
 """
@@ -41,6 +49,7 @@ from astropy.time import Time
 from .._noise import normalised_residual_covariance
 from .._psf import fit_psf
 from ..exceptions import FrameError, MeasurementError
+from ..register import refinement_shift
 from ._fit import _aperture_corrections, _Image, _measure_one, _Model, _search_region
 
 __all__ = ["measure_target", "summary_line"]
@@ -222,12 +231,18 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
 
     wcs_sigma = _wcs_error(stack, wcs_error)
     eph_sigma = _ephemeris_sigma(result, stack.time)
+    refine_shift, refine_err = _refinement(stack)
     rows = []
     for k, (x0, y0) in enumerate(zip(px, py)):
         jac = stack.pixel_scale(x0, y0)
         region = _search_region(jac, eph_sigma, search_radius, model.fwhm)
         row = _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor)
         row["predicted"] = predicted[k]
+        row["refine_cov"] = np.zeros((2, 2))
+        if not row["forced"]:  # the refined track's position at the reference epoch
+            row["x"] += refine_shift[0]
+            row["y"] += refine_shift[1]
+            row["refine_cov"] = np.diag(refine_err ** 2)
         row["jac"] = stack.pixel_scale(row["x"], row["y"])
         rows.append(row)
     table = _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model)
@@ -238,6 +253,8 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
         "aperture_correction": apcor["psf"], "aperture_correction_err": apcor["psf_err"],
         "noise_ratio": [r["noise_ratio"] for r in rows], "noise_pixels": n_noise,
         "n_frames": stack.n_frames, "wcs_error_arcsec": wcs_sigma,
+        "refine_shift_pix": [float(v) for v in refine_shift],
+        "refine_error_pix": [float(v) for v in refine_err],
         "exptime": float(stack.meta.get("EXPTOTAL", np.nan)) / max(stack.n_frames, 1),
         **{f"catalog_{k}": v for k, v in zp_meta.items() if k not in ("matches",)}})
     for row in table:
@@ -301,6 +318,29 @@ def _ephemeris_sigma(result, time):
     return tuple(float(s.to_value(u.arcsec)) for s in sigmas)
 
 
+def _refinement(stack):
+    """Shift to the reference epoch and error (x, y pixels) of a stack refined on the target.
+
+    From the stack's cards (written by `~shiftstack_ccd.shift_and_stack`), else from its
+    per-frame table; zero for a stack that was not refined.
+    """
+    meta = stack.meta
+    zero = np.zeros(2)
+    if not meta.get("SSREFINE", False):
+        return zero, zero
+    if all(k in meta for k in ("SSRFDX", "SSRFDY", "SSRFEX", "SSRFEY")):
+        return (np.array([float(meta["SSRFDX"]), float(meta["SSRFDY"])]),
+                np.array([float(meta["SSRFEX"]), float(meta["SSRFEY"])]))
+    table = stack.table
+    if table is None or not {"mjd_mid", "refine_dx", "refine_dy", "refine_ok"} <= \
+            set(table.colnames):
+        raise FrameError("stack: refined on the target (SSREFINE) but neither its SSRF* cards "
+                         "nor its per-frame refinement table are there; cannot give the "
+                         "refinement's error.")
+    info = refinement_shift(table, stack.time)
+    return info["shift"], info["shift_err"]
+
+
 def _wcs_error(stack, wcs_error):
     if wcs_error is not None:
         return float(u.Quantity(wcs_error, u.arcsec).to_value(u.arcsec))
@@ -316,7 +356,7 @@ def _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model):
     table["dec"] = positions.dec.to(u.deg)
     ra_err, dec_err = [], []
     for r in rows:
-        sky_cov = r["jac"] @ r["xy_cov"] @ r["jac"].T
+        sky_cov = r["jac"] @ (r["xy_cov"] + r["refine_cov"]) @ r["jac"].T
         if r["forced"]:
             sky_cov = np.full((2, 2), np.nan)
         ra_err.append(np.sqrt(sky_cov[0, 0] + wcs_sigma ** 2))
