@@ -82,28 +82,20 @@ def search_tile(task):
             s += planes[i, y[i]:y[i] + h, x[i]:x[i] + w]
         np.maximum(best, s, out=best)
         np.equal(s, best, out=won)
-        np.copyto(index, np.int32(task["first"] + m), where=won)
+        np.copyto(index, np.int32(task["indices"][m]), where=won)
     return {"origin": task["origin"], "first": task["first"], "best": best, "index": index}
 
 
 def sample(planes, x, y):
-    """Bilinear values of ``planes`` (n, ny, nx) at per-frame positions ``x``, ``y`` (n, k).
+    """Values of ``planes`` (n, ny, nx) at whole-pixel per-frame positions ``x``, ``y`` (n, k).
 
     Outside the planes the value is 0 (no data, no weight).
     """
     n, ny, nx = planes.shape
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
-    fx, fy = x - x0, y - y0
-    out = np.zeros(x.shape, np.float64)
-    frame = np.arange(n)[:, None] * np.ones_like(x0)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
-            values = planes[frame, np.clip(yi, 0, ny - 1), np.clip(xi, 0, nx - 1)]
-            out += np.where(inside, values * wx * wy, 0.0)
-    return out
+    xi, yi = np.asarray(x, np.int64), np.asarray(y, np.int64)
+    inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
+    values = planes[np.arange(n)[:, None], np.clip(yi, 0, ny - 1), np.clip(xi, 0, nx - 1)]
+    return np.where(inside, values, 0).astype(np.float64)
 
 
 def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
@@ -139,33 +131,75 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     return snr, flux_out, err, n_used, used, np.nan_to_num(snr_median, nan=-np.inf)
 
 
-def spline_planes(planes):
-    """Cubic-spline coefficients of each plane (float32), for `refine`."""
-    from scipy.ndimage import spline_filter
-    return np.stack([spline_filter(p, order=3, output=np.float32, mode="grid-constant")
-                     for p in planes])
+def spline_patches(planes, dt, start, half, margin=8):
+    """Cubic-spline coefficients of the planes about each trajectory, for `refine`.
 
-
-def cubic_values(coefficients, dt, p):
-    """Values of each frame's plane along trajectories ``p`` = ``(x, y, vx, vy)`` arrays.
-
-    Returns ``(n_frames, k)``; 0 outside the planes.
+    ``start``: ``(x, y, vx, vy)`` arrays (k trajectories). Per frame and trajectory, a
+    square of ``2 * (half + margin) + 1`` pixels centred on the trajectory's whole pixel
+    there (0 outside the planes, as `scipy.ndimage`'s ``grid-constant`` mode) is filtered
+    into cubic B-spline coefficients. A spline's prefilter is global but decays by 0.27 a
+    pixel, so ``margin`` pixels beyond the ``half`` that `refine` samples the coefficients are
+    those of the whole plane to 3e-5 of the values: filtering patches instead of whole planes
+    costs what the candidates need, not what the field holds. Returns the coefficients
+    ``(n_frames, k, m, m)`` and each patch's origin, ``x0, y0`` ``(n_frames, k)``.
     """
-    from scipy.ndimage import map_coordinates
+    from scipy.ndimage import spline_filter1d
+    x, y, vx, vy = start
+    n, ny, nx = planes.shape
+    r = half + margin
+    x0 = np.rint(x[None, :] + vx[None, :] * dt[:, None]).astype(np.int64) - r
+    y0 = np.rint(y[None, :] + vy[None, :] * dt[:, None]).astype(np.int64) - r
+    grid = np.arange(2 * r + 1)
+    xx = x0[:, :, None, None] + grid[None, None, None, :]
+    yy = y0[:, :, None, None] + grid[None, None, :, None]
+    inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+    cut = planes[np.arange(n)[:, None, None, None], np.clip(yy, 0, ny - 1),
+                 np.clip(xx, 0, nx - 1)]
+    cut = np.where(inside, cut, 0).astype(np.float32)
+    for axis in (-1, -2):
+        cut = spline_filter1d(cut, order=3, axis=axis, output=np.float32, mode="mirror")
+    return cut, x0, y0
+
+
+def _bspline(t):
+    """Cubic B-spline weights at taps -1, 0, 1, 2 for fractions ``t`` in [0, 1)."""
+    s = 1 - t
+    return (s ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6,
+            (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
+
+
+def cubic_values(patches, dt, p):
+    """Values of each frame's plane along trajectories ``p`` = ``(x, y, vx, vy)``.
+
+    ``patches`` from `spline_patches` (coefficients and origins); ``p`` arrays of shape
+    ``(k, t)`` (t trials of each of the k trajectories, within the patches). Returns
+    ``(n_frames, k, t)``.
+    """
+    coefficients, x0, y0 = patches
+    n, k, m, _ = coefficients.shape
     x, y, vx, vy = p
-    out = np.empty((len(dt), x.size))
-    for i, t in enumerate(dt):
-        out[i] = map_coordinates(coefficients[i], [y + vy * t, x + vx * t], order=3,
-                                 prefilter=False, mode="grid-constant")
+    u = x[None] + vx[None] * dt[:, None, None] - x0[:, :, None]
+    v = y[None] + vy[None] * dt[:, None, None] - y0[:, :, None]
+    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    wu, wv = _bspline(u - iu), _bspline(v - iv)
+    flat = coefficients.reshape(-1)
+    base = ((np.arange(n)[:, None, None] * k + np.arange(k)[None, :, None]) * m + iv - 1) * m \
+        + iu - 1
+    out = np.zeros(u.shape)
+    for a in range(4):
+        row = np.zeros(u.shape)
+        for b in range(4):
+            row += wu[b] * flat[base + (a * m + b)]
+        out += wv[a] * row
     return out
 
 
-def refine(psi_c, phi_c, dt, start, step, levels=4):
+def refine(psi, phi, dt, start, step, levels=4):
     """Sub-pixel positions and sub-grid rates that maximise the robust S/N, all at once.
 
-    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi_c``, ``phi_c`` the planes'
-    cubic-spline coefficients (`spline_planes`; linear interpolation would pin the optimum
-    to pixel edges). Each level tries the 81 combinations of -h, 0, +h on the four
+    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi``, ``phi`` the planes, which
+    are sampled by cubic splines (`spline_patches`; linear interpolation would pin the
+    optimum to pixel edges). Each level tries the 81 combinations of -h, 0, +h on the four
     parameters (h: half a pixel and half a grid step, halved at each level) and keeps the
     best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
     itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
@@ -174,19 +208,23 @@ def refine(psi_c, phi_c, dt, start, step, levels=4):
     """
     p = np.array(start, float)  # (4, k)
     k = p.shape[1]
+    if k == 0:
+        return p, np.zeros((len(dt), 0)), np.zeros((len(dt), 0))
+    reach = (1 - 0.5 ** levels) * (1 + step * np.max(np.abs(dt)))  # pixels, in any frame
+    half = int(np.ceil(reach)) + 3  # the cubic taps reach two pixels beyond
+    psi_c, phi_c = (spline_patches(planes, dt, p, half) for planes in (psi, phi))
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
     scale = np.array([0.5, 0.5, step / 2, step / 2])[:, None]
     best = None
     for _ in range(levels):
         trial = p[:, :, None] + (offsets * scale)[:, None, :]  # (4, k, 81)
-        flat = trial.reshape(4, -1)
-        psi_v, phi_v = cubic_values(psi_c, dt, flat), cubic_values(phi_c, dt, flat)
+        psi_v, phi_v = cubic_values(psi_c, dt, trial), cubic_values(phi_c, dt, trial)
         phi_v = np.maximum(phi_v, 0)
-        snr = robust_values(psi_v, phi_v)[0].reshape(k, -1)
+        snr = robust_values(psi_v.reshape(len(dt), -1),
+                            phi_v.reshape(len(dt), -1))[0].reshape(k, -1)
         choice = np.argmax(snr, axis=1)
         p = trial[:, np.arange(k), choice]
-        best = (psi_v.reshape(len(dt), k, -1)[:, np.arange(k), choice],
-                phi_v.reshape(len(dt), k, -1)[:, np.arange(k), choice])
+        best = (psi_v[:, np.arange(k), choice], phi_v[:, np.arange(k), choice])
         scale = scale / 2
     return p, best[0], best[1]
 
