@@ -162,36 +162,50 @@ def spline_patches(planes, dt, start, half, margin=8):
 
 
 def _bspline(t):
-    """Cubic B-spline weights at taps -1, 0, 1, 2 for fractions ``t`` in [0, 1)."""
+    """Cubic B-spline weights at taps -1, 0, 1, 2 for fractions ``t`` in [0, 1) (float32)."""
+    t = t.astype(np.float32)
     s = 1 - t
-    return (s ** 3 / 6, (3 * t ** 3 - 6 * t ** 2 + 4) / 6,
-            (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6, t ** 3 / 6)
+    t2 = t * t
+    t3 = t2 * t
+    return (s * s * s / 6, (3 * t3 - 6 * t2 + 4) / 6, (-3 * t3 + 3 * t2 + 3 * t + 1) / 6,
+            t3 / 6)
 
 
-def cubic_values(patches, dt, p):
-    """Values of each frame's plane along trajectories ``p`` = ``(x, y, vx, vy)``.
+def trial_values(patches, dt, p, h):
+    """Each frame's plane along the 81 trials about trajectories ``p`` = ``(x, y, vx, vy)``.
 
-    ``patches`` from `spline_patches` (coefficients and origins); ``p`` arrays of shape
-    ``(k, t)`` (t trials of each of the k trajectories, within the patches). Returns
-    ``(n_frames, k, t)``.
+    ``patches`` from `spline_patches` (coefficients and origins); the trials are every
+    combination of -1, 0, +1 times ``h = (h_position, h_rate)`` added to ``x``, ``y``,
+    ``vx`` and ``vy`` (in this order, the last fastest). In frame ``i`` a trial's x is
+    ``x + vx * dt_i`` and depends on two of the four offsets only (and y on the other two), so
+    the spline's weights are computed for 9 positions per axis and combined.
+    Returns ``(n_frames, k, 81)``.
     """
     coefficients, x0, y0 = patches
     n, k, m, _ = coefficients.shape
     x, y, vx, vy = p
-    u = x[None] + vx[None] * dt[:, None, None] - x0[:, :, None]
-    v = y[None] + vy[None] * dt[:, None, None] - y0[:, :, None]
-    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    hp, hv = h
+    o = np.array([-1.0, 0.0, 1.0])
+    t = dt[:, None, None, None]
+    # (n, k, 3 position offsets, 3 rate offsets), in the patch's pixels
+    u = (x[None, :, None, None] + hp * o[None, None, :, None]
+         + (vx[None, :, None, None] + hv * o[None, None, None, :]) * t - x0[:, :, None, None])
+    v = (y[None, :, None, None] + hp * o[None, None, :, None]
+         + (vy[None, :, None, None] + hv * o[None, None, None, :]) * t - y0[:, :, None, None])
+    iu, iv = np.floor(u), np.floor(v)
     wu, wv = _bspline(u - iu), _bspline(v - iv)
+    base = ((np.arange(n)[:, None] * k + np.arange(k)[None, :]) * m * m)[:, :, None, None]
+    rows = (base + (iv.astype(np.int64) - 1) * m)[:, :, None, :, None, :]  # (n,k,1,b,1,d)
+    cols = (iu.astype(np.int64) - 1)[:, :, :, None, :, None]  # (n,k,a,1,c,1)
+    start = rows + cols  # (n, k, a, b, c, d): x offset a, y offset b, vx c, vy d
     flat = coefficients.reshape(-1)
-    base = ((np.arange(n)[:, None, None] * k + np.arange(k)[None, :, None]) * m + iv - 1) * m \
-        + iu - 1
-    out = np.zeros(u.shape)
-    for a in range(4):
-        row = np.zeros(u.shape)
-        for b in range(4):
-            row += wu[b] * flat[base + (a * m + b)]
-        out += wv[a] * row
-    return out
+    out = np.zeros(start.shape, np.float32)
+    for q in range(4):
+        row = np.zeros(start.shape, np.float32)
+        for r in range(4):
+            row += wu[r][:, :, :, None, :, None] * flat[start + (q * m + r)]
+        out += wv[q][:, :, None, :, None, :] * row
+    return out.reshape(n, k, 81)
 
 
 def refine(psi, phi, dt, start, step, levels=4):
@@ -214,17 +228,17 @@ def refine(psi, phi, dt, start, step, levels=4):
     half = int(np.ceil(reach)) + 3  # the cubic taps reach two pixels beyond
     psi_c, phi_c = (spline_patches(planes, dt, p, half) for planes in (psi, phi))
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
-    scale = np.array([0.5, 0.5, step / 2, step / 2])[:, None]
+    scale = np.array([0.5, 0.5, step / 2, step / 2])
     best = None
     for _ in range(levels):
-        trial = p[:, :, None] + (offsets * scale)[:, None, :]  # (4, k, 81)
-        psi_v, phi_v = cubic_values(psi_c, dt, trial), cubic_values(phi_c, dt, trial)
-        phi_v = np.maximum(phi_v, 0)
-        snr = robust_values(psi_v.reshape(len(dt), -1),
-                            phi_v.reshape(len(dt), -1))[0].reshape(k, -1)
+        psi_v = trial_values(psi_c, dt, p, scale[1:3])
+        phi_v = np.maximum(trial_values(phi_c, dt, p, scale[1:3]), 0)
+        snr = robust_values(psi_v.reshape(len(dt), -1).astype(np.float64),
+                            phi_v.reshape(len(dt), -1).astype(np.float64))[0].reshape(k, -1)
         choice = np.argmax(snr, axis=1)
-        p = trial[:, np.arange(k), choice]
-        best = (psi_v[:, np.arange(k), choice], phi_v[:, np.arange(k), choice])
+        p = p + offsets[:, choice] * scale[:, None]
+        best = (psi_v[:, np.arange(k), choice].astype(np.float64),
+                phi_v[:, np.arange(k), choice].astype(np.float64))
         scale = scale / 2
     return p, best[0], best[1]
 
