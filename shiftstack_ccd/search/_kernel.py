@@ -208,7 +208,7 @@ def trial_values(patches, dt, p, h):
     return out.reshape(n, k, 81)
 
 
-def refine(psi, phi, dt, start, step, levels=4):
+def refine(psi, phi, dt, start, step, levels=4, trail=None):
     """Sub-pixel positions and sub-grid rates that maximise the robust S/N, all at once.
 
     ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi``, ``phi`` the planes, which
@@ -218,13 +218,17 @@ def refine(psi, phi, dt, start, step, levels=4):
     best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
     itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
     step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and phi
-    values there, ``(n_frames, k)`` each.
+    values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm)`` (hours per
+    frame, pixels), those of the trailed PSF (`trailed_values`).
     """
     p = np.array(start, float)  # (4, k)
     k = p.shape[1]
     if k == 0:
         return p, np.zeros((len(dt), 0)), np.zeros((len(dt), 0))
     reach = (1 - 0.5 ** levels) * (1 + step * np.max(np.abs(dt)))  # pixels, in any frame
+    if trail is not None:  # and half the longest trail
+        speed = np.hypot(np.abs(p[2]) + step, np.abs(p[3]) + step).max()
+        reach += speed * np.max(trail[0]) / 2
     half = int(np.ceil(reach)) + 3  # the cubic taps reach two pixels beyond
     psi_c, phi_c = (spline_patches(planes, dt, p, half) for planes in (psi, phi))
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
@@ -240,7 +244,68 @@ def refine(psi, phi, dt, start, step, levels=4):
         best = (psi_v[:, np.arange(k), choice].astype(np.float64),
                 phi_v[:, np.arange(k), choice].astype(np.float64))
         scale = scale / 2
+    if trail is not None:
+        best = trailed_values(psi_c, phi_c, dt, p, *trail)
     return p, best[0], best[1]
+
+
+def patch_values(patches, x, y):
+    """Cubic-spline values at positions ``x``, ``y`` ``(n_frames, k, t)`` (plane pixels)
+    from `spline_patches` (the positions must lie within the patches)."""
+    coefficients, x0, y0 = patches
+    n, k, m, _ = coefficients.shape
+    u, v = x - x0[:, :, None], y - y0[:, :, None]
+    iu, iv = np.floor(u), np.floor(v)
+    wu, wv = _bspline(u - iu), _bspline(v - iv)
+    base = ((np.arange(n)[:, None, None] * k + np.arange(k)[None, :, None]) * m * m)
+    start = base + (iv.astype(np.int64) - 1) * m + iu.astype(np.int64) - 1
+    flat = coefficients.reshape(-1)
+    out = np.zeros(u.shape)
+    for q in range(4):
+        row = np.zeros(u.shape)
+        for r in range(4):
+            row += wu[r] * flat[start + (q * m + r)]
+        out += wv[q] * row
+    return out
+
+
+def trail_factor(length, fwhm, n_samples):
+    """phi of the trailed PSF over phi of the PSF, for uniform noise: ``kappa``.
+
+    The trailed PSF is the mean of ``n_samples`` Gaussians of this ``fwhm`` spread evenly
+    along a trail of ``length`` pixels; the sum of its square over that of one Gaussian is
+    the mean over pairs of samples of ``exp(-d**2 / (4 sigma**2))``, ``d`` their distance.
+    """
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    tau = (np.arange(n_samples) + 0.5) / n_samples - 0.5
+    d = (tau[:, None] - tau[None, :])[None, :, :] * np.asarray(length, float).reshape(-1, 1, 1)
+    return np.mean(np.exp(-d ** 2 / (4 * sigma ** 2)), axis=(1, 2)).reshape(np.shape(length))
+
+
+def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, spacing=0.5, most=32):
+    """psi and phi of the trailed PSF along trajectories ``p`` = ``(x, y, vx, vy)``.
+
+    A source moving at ``(vx, vy)`` during an exposure of ``e`` hours is trailed over
+    ``(vx, vy) * e``, centred on its mid-exposure position. The search's planes are filtered
+    by the round PSF (psi = PSF * (D / V)); the trailed PSF is that PSF convolved with the
+    trail, and convolution commutes, so its psi is the mean of psi along the trail (sampled
+    every ``spacing`` pixels at most) and its phi that of phi times `trail_factor` (exact
+    for noise that is uniform over the trail). For a trail shorter than a pixel this is the
+    round PSF's within a few per cent. Returns ``(n_frames, k)`` each.
+    """
+    x, y, vx, vy = p
+    e = np.asarray(exposures, float)[:, None]  # (n, 1)
+    length = np.hypot(vx, vy)[None, :] * e  # (n, k) pixels
+    n_samples = int(min(most, max(1, np.ceil(np.max(length) / spacing))))
+    tau = (np.arange(n_samples) + 0.5) / n_samples - 0.5
+    px = (x[None, :] + vx[None, :] * dt[:, None])[:, :, None] \
+        + (vx[None, :] * e)[:, :, None] * tau[None, None, :]
+    py = (y[None, :] + vy[None, :] * dt[:, None])[:, :, None] \
+        + (vy[None, :] * e)[:, :, None] * tau[None, None, :]
+    psi_t = patch_values(psi_c, px, py).mean(axis=2)
+    phi_t = np.maximum(patch_values(phi_c, px, py), 0).mean(axis=2) \
+        * trail_factor(length, fwhm, n_samples)
+    return psi_t, phi_t
 
 
 def merge(x, y, vx, vy, snr, dt, radius, anywhere=True):

@@ -31,7 +31,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from .._parallel import map_frames
 from .._utils import require_celestial_wcs
 from ..exceptions import FrameError, SearchError
-from ..frames import mid_exposure_time, read_frames
+from ..frames import exposure_time, mid_exposure_time, read_frames
 from ._kernel import (axis_grid, merge, motion_step, offsets_for, refine, robust_values, sample,
                       search_tile)
 from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi, sigma_g,
@@ -167,7 +167,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
                   rate_tolerance=5 * RATE, fwhm=None, max_loss=0.1, cosmic_rays=True,
                   star_mask_sigma=10.0, background_box=64, merge_radius=None, tile=128,
                   motions_per_task=None, scheduler=None, max_memory=4 * 2**30,
-                  max_time=3600 * u.s, max_candidates=10000, median_fraction=0.5):
+                  max_time=3600 * u.s, max_candidates=10000, median_fraction=0.5,
+                  trailed=True):
     """Find moving sources: stack the frames along every trial motion, keep what stands out.
 
     Parameters
@@ -226,6 +227,10 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     max_candidates : int
         The most candidates that are refined; beyond it the faintest are dropped with a
         warning in the log.
+    trailed : bool
+        Score the refined candidates (``snr``, ``flux``) with the PSF trailed over each
+        frame's exposure (``EXPTIME``) at the candidate's rate, rather than the round PSF
+        of the first pass (see the module notes: trailing).
 
     Returns
     -------
@@ -272,6 +277,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     started = time.perf_counter()
     frames = _load(frames)
     times = Time([mid_exposure_time(f) for f in frames]).utc
+    exposures = np.array([exposure_time(f.meta)[1] or 0.0 for f in frames]) / 3600  # hours
     if reference_time is None:
         reference_time = Time(np.mean(times.mjd), format="mjd", scale="utc")
     reference_time = Time(reference_time).utc
@@ -446,7 +452,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     searched = time.perf_counter()
 
     table = _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step,
-                        snr_threshold, fwhm, merge_radius, max_candidates, median_fraction)
+                        snr_threshold, fwhm, merge_radius, max_candidates, median_fraction,
+                        (exposures, fwhm) if trailed else None)
     if ellipse is not None and len(table["x"]):
         east, north = cd @ np.array([table["x"] - cx, table["y"] - cy])  # arcsec
         inside = (east / ellipse[0]) ** 2 + (north / ellipse[1]) ** 2 <= 1
@@ -505,8 +512,12 @@ def _snr_scatter(planes, ox, oy, pad, phi, x_range, y_range, n=4):
 
 
 def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, threshold, fwhm,
-                merge_radius, max_candidates, median_fraction, top=3):
-    """Pixels whose first-pass score passes, scored exactly and robustly, refined, merged."""
+                merge_radius, max_candidates, median_fraction, trail, top=3):
+    """Pixels whose first-pass score passes, scored exactly and robustly, refined, merged.
+
+    With ``trail`` (exposures in hours, FWHM), the refined candidates are scored with the
+    trailed PSF (`trailed_values`).
+    """
     from scipy.ndimage import maximum_filter
     pre = threshold - 1.0  # the first pass's approximation, the robust score, the refinement
     peaks = (best >= pre) & (best == maximum_filter(best, size=3, mode="constant",
@@ -566,7 +577,7 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
                     len(keep), pre, max_candidates)
         keep = keep[:max_candidates]
     parts = [refine(psi, phi, dt, (xs[c].astype(float), ys[c].astype(float), vx[c], vy[c]),
-                    step)
+                    step, trail=trail)
              for c in np.array_split(keep, max(1, int(np.ceil(len(keep) / 256))))]
     p = np.concatenate([q[0] for q in parts], axis=1)
     psi_v = np.concatenate([q[1] for q in parts], axis=1)
