@@ -96,8 +96,9 @@ def test_grid_step_keeps_90_percent_of_the_snr():
 def test_block_translations_resample_as_the_warp_does(sim):
     """The search's resampling (block translations of a cubic spline) against
     `resample_to_target`'s warp: the same values to 0.3% of a star's peak, the same noise
-    to 0.5%, the same centroids to 0.01 pixel; a frame rotated by more than the tolerance is left to the warp
-    (the simulated frames themselves are rotated by up to 1 degree: they go the warp path)."""
+    to 0.5%, the same centroids to 0.01 pixel; a frame rotated by more than the tolerance is
+    left to the warp (the simulated frames themselves are rotated by up to 1 degree: they
+    go the warp path)."""
     from astropy.nddata import StdDevUncertainty
 
     from shiftstack_ccd.resample import resample_to_target
