@@ -184,6 +184,35 @@ def test_fast_movers_are_scored_with_the_trailed_psf():
     assert rows[True]["snr"] > 1.07 * rows[False]["snr"]
 
 
+@pytest.mark.parametrize("n_frames, motions_per_task", [(9, None), (10, None), (10, 7)])
+def test_first_pass_by_pairs_is_the_plain_shift_and_add(n_frames, motions_per_task):
+    """The first pass (pairs of frames summed once per relative offset) gives the plain
+    integer shift-and-add's maximum over motions and its argmax, whatever the split."""
+    from shiftstack_ccd.search._kernel import offsets_for, search_tile
+    rng = np.random.default_rng(11)
+    dt = np.linspace(-0.4, 0.4, n_frames)
+    axis = np.linspace(-30, 30, 17)  # 289 motions, at most 7 x 7 relative offsets a pair
+    motions = np.array([(a, b) for b in axis for a in axis])
+    ox, oy = offsets_for(motions, dt)
+    pad, h, w = 13, 40, 56
+    planes = rng.normal(size=(n_frames, h + 2 * pad, w + 2 * pad)).astype(np.float32)
+    plain = np.stack([sum(planes[i, oy[m, i] + pad:oy[m, i] + pad + h,
+                                 ox[m, i] + pad:ox[m, i] + pad + w].astype(np.float64)
+                          for i in range(n_frames)) for m in range(len(motions))])
+    per_task = motions_per_task or len(motions)
+    best = np.full((h, w), -np.inf)
+    index = np.full((h, w), -1)
+    for first in range(0, len(motions), per_task):
+        sl = slice(first, first + per_task)
+        r = search_tile({"planes": planes, "shape": (h, w), "ox": ox[sl] + pad,
+                         "oy": oy[sl] + pad, "first": first,
+                         "indices": np.arange(len(motions))[sl], "origin": (0, 0)})
+        won = r["best"] >= best
+        best[won], index[won] = r["best"][won], r["index"][won]
+    assert np.allclose(best, plain.max(axis=0), atol=1e-5)
+    assert np.mean(index == plain.argmax(axis=0)) > 0.999
+
+
 def test_one_bright_pixel_in_one_frame_makes_no_candidate(sim):
     """Spikes of 300 sigma in single frames, not masked: the robust filter rejects them.
 

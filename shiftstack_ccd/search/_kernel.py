@@ -73,47 +73,65 @@ def search_tile(task):
     planes = task["planes"]
     h, w = task["shape"]
     ox, oy = task["ox"], task["oy"]
-    pairs = pair_planes(planes, ox, oy)
-    single = planes.shape[0] - 1 if planes.shape[0] % 2 else None
+    terms = pair_planes(planes, ox, oy)
     best = np.full((h, w), -np.inf, np.float32)
     index = np.full((h, w), -1, np.int32)
     s = np.empty((h, w), np.float32)
+    t = np.empty((h, w), np.float32)
     won = np.empty((h, w), bool)
     for m in range(ox.shape[0]):
-        (stack, which, a), rest = pairs[0], pairs[1:]
-        y, x = oy[m, a], ox[m, a]
-        np.copyto(s, stack[which[m], y:y + h, x:x + w])
-        for stack, which, a in rest:
+        for j, (stack, which, a) in enumerate(terms):
             y, x = oy[m, a], ox[m, a]
-            s += stack[which[m], y:y + h, x:x + w]
-        if single is not None:
-            y, x = oy[m, single], ox[m, single]
-            s += planes[single, y:y + h, x:x + w]
+            if which is None:  # a pair not made in advance: the same sum, made here
+                y1, x1 = oy[m, a + 1], ox[m, a + 1]
+                value = np.add(stack[a, y:y + h, x:x + w], stack[a + 1, y1:y1 + h, x1:x1 + w],
+                               out=t)
+            else:
+                value = stack[which[m], y:y + h, x:x + w]
+            if j:
+                s += value
+            else:
+                np.copyto(s, value)
         np.maximum(best, s, out=best)
         np.equal(s, best, out=won)
         np.copyto(index, np.int32(task["indices"][m]), where=won)
     return {"origin": task["origin"], "first": task["first"], "best": best, "index": index}
 
 
-def pair_planes(planes, ox, oy):
-    """For frames ``a, a + 1`` (a = 0, 2, ...): their sums at every relative offset needed.
+def pair_planes(planes, ox, oy, budget=32 * 2**20):
+    """The terms of the first pass's sums: pairs of frames where they pay, else frames.
 
-    Returns a list of ``(stack, which, a)``: ``stack[k]`` is frame ``a`` plus frame ``a + 1``
-    shifted by the k-th distinct relative offset of the motions (where both are defined;
-    motion ``m`` only reads it there), ``which[m]`` that k for each motion.
+    For frames ``a, a + 1`` (a = 0, 2, ...): their sums at every relative offset that the
+    motions need, ``stack[k]`` being frame ``a`` plus frame ``a + 1`` shifted by the k-th
+    (defined where both are; motion ``m`` only reads it there) and ``which[m]`` that k for
+    each motion, when there are at most half as many offsets as motions and they take at
+    most ``budget`` bytes. Returns a list of ``(stack, which, a)``: a motion's term is
+    ``stack[which[m]]`` read at frame ``a``'s offset; for a pair not made in advance
+    ``which`` is None and ``stack`` the planes (the caller adds the two frames, in the same
+    order: a motion's sum has the same bits whatever the split of the motions); for a last
+    odd frame, the frame itself.
     """
     n, ny, nx = planes.shape
+    n_motions = ox.shape[0]
+    alone = np.zeros(n_motions, np.intp)
     out = []
-    for a in range(0, n - 1, 2):
-        d = np.stack([oy[:, a + 1] - oy[:, a], ox[:, a + 1] - ox[:, a]], axis=1)
-        offsets, which = np.unique(d, axis=0, return_inverse=True)
-        stack = np.empty((len(offsets), ny, nx), np.float32)
-        for k, (dy, dx) in enumerate(offsets):
-            y0, y1 = max(0, -dy), ny - max(0, dy)
-            x0, x1 = max(0, -dx), nx - max(0, dx)
-            np.add(planes[a, y0:y1, x0:x1], planes[a + 1, y0 + dy:y1 + dy, x0 + dx:x1 + dx],
-                   out=stack[k, y0:y1, x0:x1])
-        out.append((stack, which.ravel(), a))
+    for a in range(0, n, 2):
+        if a + 1 < n:
+            d = np.stack([oy[:, a + 1] - oy[:, a], ox[:, a + 1] - ox[:, a]], axis=1)
+            offsets, which = np.unique(d, axis=0, return_inverse=True)
+            if 2 * len(offsets) <= n_motions and len(offsets) * ny * nx * 4 <= budget:
+                stack = np.empty((len(offsets), ny, nx), np.float32)
+                for k, (dy, dx) in enumerate(offsets):
+                    y0, y1 = max(0, -dy), ny - max(0, dy)
+                    x0, x1 = max(0, -dx), nx - max(0, dx)
+                    np.add(planes[a, y0:y1, x0:x1],
+                           planes[a + 1, y0 + dy:y1 + dy, x0 + dx:x1 + dx],
+                           out=stack[k, y0:y1, x0:x1])
+                out.append((stack, which.ravel(), a))
+                continue
+            out.append((planes, None, a))
+        else:
+            out.append((planes[a:a + 1], alone, a))
     return out
 
 
