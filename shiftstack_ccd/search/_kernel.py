@@ -198,13 +198,20 @@ def spline_patches(planes, dt, start, half, margin=8):
     r = half + margin
     x0 = np.rint(x[None, :] + vx[None, :] * dt[:, None]).astype(np.int64) - r
     y0 = np.rint(y[None, :] + vy[None, :] * dt[:, None]).astype(np.int64) - r
-    grid = np.arange(2 * r + 1)
-    xx = x0[:, :, None, None] + grid[None, None, None, :]
-    yy = y0[:, :, None, None] + grid[None, None, :, None]
-    inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
-    cut = planes[np.arange(n)[:, None, None, None], np.clip(yy, 0, ny - 1),
-                 np.clip(xx, 0, nx - 1)]
-    cut = np.where(inside, cut, 0).astype(np.float32)
+    m = 2 * r + 1
+    cut = np.zeros((n, len(x), m, m), np.float32)
+    whole = (x0 >= 0) & (x0 <= nx - m) & (y0 >= 0) & (y0 <= ny - m)
+    for i in range(n):  # patches inside the plane: rows of a sliding window, copied
+        windows = np.lib.stride_tricks.sliding_window_view(planes[i], (m, m))
+        cut[i, whole[i]] = windows[y0[i, whole[i]], x0[i, whole[i]]]
+    fi, ki = np.nonzero(~whole)  # patches over an edge: 0 outside the plane
+    if len(fi):
+        grid = np.arange(m)
+        xx = x0[fi, ki][:, None, None] + grid[None, None, :]
+        yy = y0[fi, ki][:, None, None] + grid[None, :, None]
+        inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
+        values = planes[fi[:, None, None], np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
+        cut[fi, ki] = np.where(inside, values, 0)
     for axis in (-1, -2):
         cut = spline_filter1d(cut, order=3, axis=axis, output=np.float32, mode="mirror")
     return cut, x0, y0
