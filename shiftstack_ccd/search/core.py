@@ -557,24 +557,30 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     nvx, nvy = grid_shape
     ix, iy = best_index[ys, xs] % nvx, best_index[ys, xs] // nvx
 
-    def exact(index):
-        x = xs[None, :] + np.rint(motions[index, 0][None, :] * dt[:, None])
-        y = ys[None, :] + np.rint(motions[index, 1][None, :] * dt[:, None])
-        return robust_values(sample(psi, x, y), sample(phi, x, y))[0]
+    def exact(index, rows):
+        """Robust S/N of motions ``index`` (k, 9) from starting pixels ``rows`` (k)."""
+        x = xs[rows][:, None] + np.rint(motions[index, 0][None] * dt[:, None, None])
+        y = ys[rows][:, None] + np.rint(motions[index, 1][None] * dt[:, None, None])
+        snr = robust_values(sample(psi, x.reshape(len(dt), -1), y.reshape(len(dt), -1)),
+                            sample(phi, x.reshape(len(dt), -1), y.reshape(len(dt), -1)))[0]
+        return snr.reshape(index.shape)
 
     steps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]  # (0, 0) is the fifth
+    step_x, step_y = np.array([a for a, _ in steps]), np.array([b for _, b in steps])
+    near = np.zeros((len(xs), len(steps)), np.int64)
+    scores = np.full((len(xs), len(steps)), -np.inf)
+    active = np.arange(len(xs))  # a pixel whose motion stopped never moves again
     for _ in range(max(nvx, nvy)):
-        near = np.column_stack([np.clip(iy + b, 0, nvy - 1) * nvx + np.clip(ix + a, 0, nvx - 1)
-                                for a, b in steps])
-        scores = np.column_stack([exact(near[:, j]) for j in range(len(steps))])
-        move = np.argmax(scores, axis=1)
-        moving = scores[np.arange(len(move)), move] > scores[:, 4]
-        if not moving.any():
+        if not len(active):
             break
-        ix = np.where(moving, np.clip(ix + np.array([a for a, _ in steps])[move], 0, nvx - 1),
-                      ix)
-        iy = np.where(moving, np.clip(iy + np.array([b for _, b in steps])[move], 0, nvy - 1),
-                      iy)
+        near[active] = (np.clip(iy[active, None] + step_y, 0, nvy - 1) * nvx
+                        + np.clip(ix[active, None] + step_x, 0, nvx - 1))
+        scores[active] = exact(near[active], active)
+        move = np.argmax(scores[active], axis=1)
+        moving = scores[active, move] > scores[active, 4]
+        active, move = active[moving], move[moving]
+        ix[active] = np.clip(ix[active] + step_x[move], 0, nvx - 1)
+        iy[active] = np.clip(iy[active] + step_y[move], 0, nvy - 1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     hits = np.concatenate([np.column_stack([xs, ys, np.take_along_axis(near, order[:, k:k + 1],
                                                                        axis=1)[:, 0]])
