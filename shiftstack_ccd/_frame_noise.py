@@ -11,10 +11,11 @@ around the target, which a faint target is not detected by and must not enter th
 import warnings
 
 import numpy as np
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .background import background_box_size, subtract_background
 from .exceptions import FrameError
-from .noise import add_uncertainty, pixel_noise
+from .noise import NOISE_TOLERANCE, add_uncertainty, pixel_noise
 
 #: Radius (input pixels) kept out of the background model around the target.
 TARGET_RADIUS = 10.0
@@ -78,7 +79,9 @@ def noise_and_background(frame, model, target, background, label):
     sources = near_target
     if np.isfinite(sigma) and sigma > 0:
         sources = sources | source_pixels(data, bad, sigma, background_box_size(data.shape))
-    frame, info = add_uncertainty(frame, model, sky=~sources, label=label)
+    # said once for the stack, by warn_noise_ratios
+    frame, info = add_uncertainty(frame, model, sky=~sources, label=label, warn=False)
+    info["model_description"] = model.describe()
     info["sky_level"] = np.nan
     if background == "model":
         frame = subtract_background(frame, mask=sources, label=label)
@@ -86,6 +89,36 @@ def noise_and_background(frame, model, target, background, label):
     elif background is not None:
         raise ValueError(f"background must be 'model' or None, not {background!r}")
     return frame, info
+
+
+def warn_noise_ratios(labels, infos):
+    """One warning per kind of noise model for the frames whose measured sky noise is off
+    the model's by more than `~shiftstack_ccd.noise.NOISE_TOLERANCE` (either way), naming
+    them; ``infos`` are `noise_and_background`'s. Said once for a stack, not once per
+    frame, and in the calling process (a worker process's warning escapes the caller's
+    warning filters and the command line's handler).
+    """
+    ratios = np.array([info["noise_ratio"] for info in infos], dtype=float)
+    with np.errstate(invalid="ignore"):
+        off = np.flatnonzero(np.isfinite(ratios) & ((ratios < 1 / NOISE_TOLERANCE)
+                                                    | (ratios > NOISE_TOLERANCE)))
+    for kind in dict.fromkeys(infos[i]["noise_model"] for i in off):
+        which = [i for i in off if infos[i]["noise_model"] == kind]
+        names = ", ".join(labels[i] for i in which[:3]) \
+            + (f" and {len(which) - 3} more" if len(which) > 3 else "")
+        low, high = f"{ratios[which].min():.2f}", f"{ratios[which].max():.2f}"
+        if len(which) == 1:
+            who, span = labels[which[0]], low
+        else:
+            who = f"{len(which)} of {len(infos)} frames ({names})"
+            span = low if low == high else f"{low} to {high}"
+        warnings.warn(f"{who}: the measured pixel noise of the sky is {span} times what the "
+                      f"noise model predicts ({infos[which[0]]['model_description']}"
+                      + (", first frame" if len(which) > 1 else "") + "); "
+                      + ("the model is scaled to the data (check the gain card)"
+                         if kind == "detector" else "check the frames' uncertainty")
+                      + " (noise_ratio in the frames table)", AstropyUserWarning,
+                      stacklevel=3)  # the caller of shift_and_stack
 
 
 #: Per-frame table columns from `noise_and_background`, in order, with their descriptions.

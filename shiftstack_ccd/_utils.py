@@ -202,10 +202,13 @@ def set_card(header, key, value, comment=""):
     from astropy.io import fits
     bare = fits.Card(key, value).image
     if len(bare) <= 80 and comment:  # a long string continues on CONTINUE cards: leave it
-        # where the comment starts once astropy has padded the value (to column 30 for
-        # short strings, which a bare card does not show)
-        start = fits.Card(key, value, "#").image.rstrip().rfind("#")
-        comment = comment[:max(80 - start, 0)]
+        if len(bare.rstrip()) + 4 > 80:  # no room for " / " and one character
+            comment = ""
+        else:
+            # where the comment starts once astropy has padded the value (to column 30 for
+            # short strings, which a bare card does not show)
+            start = fits.Card(key, value, "#").image.rstrip().rfind("#")
+            comment = comment[:max(80 - start, 0)]
     header[key] = (value, comment) if comment else value
 
 

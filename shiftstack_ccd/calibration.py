@@ -16,6 +16,7 @@ from astropy import units as u
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
+from ._utils import set_card
 from .exceptions import FrameError
 from .frames import read_frame
 
@@ -53,7 +54,7 @@ def read_calibration_frame(path, hdu=None, unit=None):
             ccd = CCDData.read(path, hdu=hdu or 0, unit=unit or "adu")
         ccd.data = ccd.data.astype("float32")
         ccd.wcs = None
-        ccd.meta["SSFILE"] = (str(path), "file this frame was read from")
+        set_card(ccd.meta, "SSFILE", str(path), "file this frame was read from")
         return ccd
 
 

@@ -25,6 +25,7 @@ from astropy.time import Time, TimeDelta
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
+from ._utils import set_card
 from .exceptions import FrameError
 
 __all__ = ["Footprint", "mid_exposure_time", "read_footprint", "read_frame", "read_frames"]
@@ -458,7 +459,7 @@ def _header_and_wcs(header, path, hdul):
     more than reading the file.
     """
     label = str(path)
-    header["SSFILE"] = (label, "file this frame was read from")
+    set_card(header, "SSFILE", label, "file this frame was read from")  # fits a long path
     cards = _clean_header(_wcs_cards(header), label)
     wcs = _celestial_wcs(cards, label, hdul)
     if wcs is not None:  # one pass: removing cards one by one is quadratic

@@ -310,7 +310,7 @@ def _local_sigma(data, good, label):
     return np.asarray(bkg.background_rms, dtype=float)
 
 
-def add_uncertainty(ccd, model=None, sky=None, label=None):
+def add_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
     """A copy of ``ccd`` with an uncertainty from ``model``, and what was measured.
 
     Parameters
@@ -324,6 +324,10 @@ def add_uncertainty(ccd, model=None, sky=None, label=None):
         unmasked finite pixels.
     label : str, optional
         Name of the frame in messages.
+    warn : bool
+        Warn when the measured noise and the model's differ by more than
+        `NOISE_TOLERANCE` either way (`~shiftstack_ccd.shift_and_stack` says it once for
+        all its frames instead).
 
     Returns
     -------
@@ -380,7 +384,7 @@ def add_uncertainty(ccd, model=None, sky=None, label=None):
     if model.kind == "detector" and np.isfinite(ratio) and ratio > 0:
         info["noise_scale"] = ratio
         variance = variance * ratio ** 2
-    if np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
+    if warn and np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
         warnings.warn(f"{label}: the measured pixel noise of the sky is {ratio:.2f} times what "
                       f"the noise model predicts ({model.describe()}); "
                       + ("the model is scaled to the data (check the gain card)"

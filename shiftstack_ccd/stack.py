@@ -20,7 +20,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._frame_noise import add_noise_columns, noise_and_background, noise_cards
+from ._frame_noise import add_noise_columns, noise_and_background, noise_cards, warn_noise_ratios
 from ._parallel import map_frames
 from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
@@ -533,6 +533,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                 for i, (source, label) in enumerate(zip(sources, labels))]
         prepared = map_frames(functools.partial(_prepare_task, ctx=ctx), jobs, scheduler,
                               "preparing frames")
+        warn_noise_ratios(labels, [p["noise"] for p in prepared])
         sky_frames = _combinable([p["sky"] for p in prepared])
         cx, cy = grid.center_pixel
         track = [(cx + dx, cy + dy) for dx, dy in zip(*offsets)]
@@ -551,7 +552,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                                sigma_high=sigma_high, weights=weights,
                                frame_weights=frame_weights, clip_gradient=clip_gradient,
                                mem_limit=mem_limit)
-        sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
+        with warnings.catch_warnings():  # the target's combine below says it, once a call
+            warnings.filterwarnings("ignore", "the median ignores weights", AstropyUserWarning)
+            sky = combine_frames(sky_frames, **combine_options).image if sky_stack else None
         if subtract_static:
             reference = sky if sky is not None and method == "median" else \
                 combine_frames(sky_frames, method="median", mem_limit=mem_limit).image

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from ._cutout import zoom_cut
 from ._utils import atomic_output
 
 __all__ = ["TARGET_ZOOM", "plot_image", "write_preview"]
@@ -59,22 +60,6 @@ def plot_image(ax, ccd, title=None, mark=None, stretch=None, interval=None):
     ax.set_yticks([])
 
 
-def _zoom(image, mark, half):
-    """The square of ``image`` within ``half`` pixels of ``mark``, and the mark in it."""
-    data = np.asarray(getattr(image, "data", image))
-    x, y = mark
-    x0, y0 = max(int(round(x)) - half, 0), max(int(round(y)) - half, 0)
-    x1, y1 = min(int(round(x)) + half + 1, data.shape[1]), \
-        min(int(round(y)) + half + 1, data.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        return None, None
-    cut = np.array(data[y0:y1, x0:x1], dtype=float)
-    mask = getattr(image, "mask", None)
-    if mask is not None:
-        cut[np.asarray(mask, dtype=bool)[y0:y1, x0:x1]] = np.nan
-    return cut, (x - x0, y - y0)
-
-
 def write_preview(path, images, titles=None, marks=None, overwrite=False, dpi=110, zoom=None):
     """Write one PNG holding one or more images side by side, atomically.
 
@@ -111,7 +96,7 @@ def write_preview(path, images, titles=None, marks=None, overwrite=False, dpi=11
     marks = list(marks or [None] * len(images))
     zoomed = None
     if zoom is not None and marks[0] is not None:
-        cut, mark = _zoom(images[0], marks[0], int(zoom))
+        cut, mark = zoom_cut(images[0], marks[0], int(zoom))
         if cut is not None:
             images.insert(1, cut)
             marks.insert(1, mark)

@@ -15,6 +15,7 @@ from astropy.coordinates import SkyCoord
 from astropy.nddata import CCDData
 from astropy.table import Table
 from astropy.wcs import WCS, Sip
+from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.special import erf
 
 from shiftstack_ccd.astrometry import correct_wcs, read_offsets
@@ -24,7 +25,6 @@ from shiftstack_ccd.frames import read_frames
 
 SHAPE = (300, 320)
 SCALE = 1.0  # arcsec / pixel of the simulated frames
-LOWELL_SCALE = 0.981  # arcsec / pixel of the binned Lowell frames
 
 
 # --------------------------------------------------------------------------------------
@@ -67,10 +67,9 @@ def star_field(wcs, rng, n=150, sky=100.0, noise=5.0, fwhm=3.0):
         px, py = xx[sl], yy[sl]
         if px.size == 0:
             continue
-        ex = erf((px + 0.5 - xi) / (np.sqrt(2) * sigma)) - erf((px - 0.5 - xi) /
-                                                            (np.sqrt(2) * sigma))
-        ey = erf((py + 0.5 - yi) / (np.sqrt(2) * sigma)) - erf((py - 0.5 - yi) /
-                                                            (np.sqrt(2) * sigma))
+        s2 = np.sqrt(2) * sigma
+        ex = erf((px + 0.5 - xi) / s2) - erf((px - 0.5 - xi) / s2)
+        ey = erf((py + 0.5 - yi) / s2) - erf((py - 0.5 - yi) / s2)
         data[sl] += fi * ex * ey / 4
     data += rng.normal(0, noise, SHAPE)
     faint = wcs.pixel_to_world(rng.uniform(0, nx, 60), rng.uniform(0, ny, 60))
@@ -98,11 +97,11 @@ def perturbed(ccd, east=0.0, north=0.0, rotation=0.0, dpix=None):
     return out
 
 
-def rms_pixels(wcs_a, wcs_b, xy, scale):
-    """Rms distance (pixels) between the sky positions two WCS give for pixels xy."""
-    a = wcs_a.pixel_to_world(xy[:, 0], xy[:, 1])
-    b = wcs_b.pixel_to_world(xy[:, 0], xy[:, 1])
-    return float(np.sqrt(np.mean(a.separation(b).arcsec ** 2)) / scale)
+def rms_pixels(wcs_a, wcs_b, xy):
+    """Rms distance between the sky positions two WCS give for pixels xy, in the pixels of
+    ``wcs_b`` at those positions (its own scale and distortion, no nominal pixel size)."""
+    x, y = wcs_b.world_to_pixel(wcs_a.pixel_to_world(xy[:, 0], xy[:, 1]))
+    return float(np.sqrt(np.mean((x - xy[:, 0]) ** 2 + (y - xy[:, 1]) ** 2)))
 
 
 def grid(shape=SHAPE, n=12):
@@ -127,7 +126,7 @@ def test_pixel_offset_convention():
     x, y = out.wcs.world_to_pixel(stars)
     np.testing.assert_allclose(np.column_stack([x, y]), p + d, atol=1e-3)
     # The corrected WCS is the true one (to 0.002 px).
-    assert rms_pixels(out.wcs, true, p, SCALE) < 2e-3
+    assert rms_pixels(out.wcs, true, p) < 2e-3
     np.testing.assert_array_equal(out.wcs.wcs.crpix, old.wcs.wcs.crpix)  # CRVAL moved, not CRPIX
     assert out.meta["WCSCORR"] == "offset"
     assert out.meta["WCSDX"] == pytest.approx(d[0], abs=1e-3)
@@ -154,12 +153,12 @@ def test_sky_offset_convention_and_equivalences():
     true = star.spherical_offsets_by(dra, ddec)
     for form in ([2.5, -1.5] * u.arcsec, (star, true)):
         other = correct_wcs(ccd, offset=form)
-        assert rms_pixels(other.wcs, out.wcs, p, SCALE) < 1e-3
+        assert rms_pixels(other.wcs, out.wcs, p) < 1e-3
     # The equivalent pixel offset has the opposite sign: sky = -CD @ pixel.
     cd_arcsec = wcs.wcs.cd * 3600
     d = np.linalg.solve(cd_arcsec, -np.array([2.5, -1.5]))  # CD axes are (east, north)
     pix = correct_wcs(ccd, offset=tuple(d))
-    assert rms_pixels(pix.wcs, out.wcs, p, SCALE) < 0.01
+    assert rms_pixels(pix.wcs, out.wcs, p) < 0.01
     # The input frame is untouched.
     np.testing.assert_array_equal(ccd.wcs.wcs.crval, [150.0, 2.0])
     assert "WCSCORR" not in ccd.meta
@@ -262,9 +261,9 @@ def test_recovers_known_shift_and_rotation(tmp_path, fit, rotation):
     path = tmp_path / "catalog.ecsv"
     catalog.write(path)
     p = grid()
-    assert rms_pixels(bad.wcs, true, p, SCALE) > 3.5
+    assert rms_pixels(bad.wcs, true, p) > 3.5
     out = correct_wcs(bad, reference=path, fit=fit)
-    assert rms_pixels(out.wcs, true, p, SCALE) < 0.05
+    assert rms_pixels(out.wcs, true, p) < 0.05
     assert out.meta["WCSROT"] == pytest.approx(-rotation, abs=0.01)
     assert out.meta["WCSNSTAR"] >= 60
     assert out.meta["WCSRMSPX"] < 0.15
@@ -272,7 +271,7 @@ def test_recovers_known_shift_and_rotation(tmp_path, fit, rotation):
     np.testing.assert_array_equal(out.wcs.sip.a, true.sip.a)  # distortion untouched
     np.testing.assert_array_equal(out.wcs.wcs.crpix, true.wcs.crpix)
     # The input frame keeps its (wrong) WCS.
-    assert rms_pixels(bad.wcs, true, p, SCALE) > 3.5
+    assert rms_pixels(bad.wcs, true, p) > 3.5
 
 
 def test_cutout_far_from_crpix():
@@ -283,7 +282,7 @@ def test_cutout_far_from_crpix():
     ccd, catalog = star_field(true, rng)
     bad = perturbed(ccd, east=1.0, rotation=0.1)  # about CRPIX: ~4 px at the frame
     out = correct_wcs(bad, reference=catalog, fit="shift+rotation")
-    assert rms_pixels(out.wcs, true, grid(), SCALE) < 0.05
+    assert rms_pixels(out.wcs, true, grid()) < 0.05
     assert out.meta["WCSROT"] == pytest.approx(-0.1, abs=0.01)
 
 
@@ -312,7 +311,7 @@ def test_measured_offset_follows_pixel_convention():
     bad = perturbed(ccd, dpix=-d)  # the star the bad WCS puts at p is at p + d
     out = correct_wcs(bad, reference=SkyCoord(catalog["ra"], catalog["dec"]))
     assert (out.meta["WCSDX"], out.meta["WCSDY"]) == pytest.approx(tuple(d), abs=0.05)
-    assert rms_pixels(out.wcs, true, grid(), SCALE) < 0.05
+    assert rms_pixels(out.wcs, true, grid()) < 0.05
 
 
 def test_detected_stars_table_as_reference():
@@ -324,7 +323,7 @@ def test_detected_stars_table_as_reference():
     bad = perturbed(ccd, east=-2.0, north=3.0, rotation=0.05)
     out = correct_wcs(bad, reference=positions, fit="shift+rotation")
     # Same detections on both sides: the original WCS comes back to 1e-3 pixel.
-    assert rms_pixels(out.wcs, true, grid(), SCALE) < 1e-3
+    assert rms_pixels(out.wcs, true, grid()) < 1e-3
     assert out.meta["WCSNSTAR"] == len(positions)
 
 
@@ -339,7 +338,7 @@ def test_offset_then_reference():
     out = correct_wcs(bad, offset=(69.0, 0.5), reference=catalog)
     assert out.meta["WCSCORR"] == "offset+reference"
     assert out.meta["WCSDX"] == pytest.approx(70.0, abs=0.05)
-    assert rms_pixels(out.wcs, true, grid(), SCALE) < 0.05
+    assert rms_pixels(out.wcs, true, grid()) < 0.05
 
 
 def test_blank_frame_has_too_few_stars():
@@ -406,9 +405,11 @@ def test_lowell_perturbed_wcs_is_restored(shared_data, fit, rotation, reference)
     bad = perturbed(frame, east=3.0, north=-4.0, rotation=rotation)
     stars = detect_stars(frame)
     xy = np.column_stack([stars["x"], stars["y"]])
-    assert rms_pixels(bad.wcs, frame.wcs, xy, LOWELL_SCALE) > 4.5
+    # the 5" shift in the frame's pixels (1.107"/pixel by its WCS; the rotation adds 0.2%)
+    scale = np.mean(proj_plane_pixel_scales(frame.wcs.celestial)) * 3600
+    assert rms_pixels(bad.wcs, frame.wcs, xy) == pytest.approx(5.0 / scale, rel=0.01)
     out = correct_wcs(bad, reference=ref, fit=fit)
-    assert rms_pixels(out.wcs, frame.wcs, xy, LOWELL_SCALE) < 0.05
+    assert rms_pixels(out.wcs, frame.wcs, xy) < 0.05
     assert out.meta["WCSNSTAR"] >= 100
     assert out.meta["WCSRMSPX"] < 0.1
     assert out.meta["WCSFIT"] == fit

@@ -1,7 +1,7 @@
 """Tests of shiftstack_ccd.datasets: the simulated observations and the example-data locator."""
 
-import hashlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,13 +378,37 @@ def test_fetch_example_data_local(shared_data):
     paths = fetch_example_data("lowell42-5945", download=False)
     assert [p.name for p in paths] == LOWELL_FILES
     assert paths[0] == get_data_path("lowell42-5945/5945/20190326.0135.fits")
-    # the recorded digests are those of the local copies
-    from shiftstack_ccd.datasets.example_data import _EXAMPLE_DATA
-    digests = _EXAMPLE_DATA["lowell42-5945"]["subsets"]["5945"]
-    for path in paths:
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[path.name]
     (bias,) = fetch_example_data("lowell42-5945", subset="zero", download=False)
     assert fits.getheader(bias)["OBSTYPE"].strip().lower() in ("bias", "zero")
+
+
+def test_fetch_example_data_digests_are_the_local_copies(shared_data, monkeypatch):
+    """A "download" that hands back the local copies passes the SHA-256 check (the recorded
+    digests are theirs); any other file is refused."""
+    from shiftstack_ccd.exceptions import DownloadError
+
+    folder = Path(shared_data("lowell42-5945"))
+    urls = []
+
+    def download_file(url, **kwargs):
+        urls.append(url)
+        return str(folder / "/".join(url.split("/")[-2:]))  # <subset>/<file>
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr("astropy.utils.data.download_file", download_file)
+    for subset, n in (("5945", 10), ("zero", 1), ("flat", 1)):
+        paths = fetch_example_data("lowell42-5945", subset=subset)
+        assert len(paths) == n and all(p.parent.name == subset for p in paths)
+    assert len(urls) == 12
+    assert all(url.startswith("https://raw.githubusercontent.com/LowellObservatory/DeadParrots/"
+                              "1306ec5e") for url in urls)
+
+    def wrong_file(url, **kwargs):
+        return str(folder / "zero" / "20190326.0001.fits")
+
+    monkeypatch.setattr("astropy.utils.data.download_file", wrong_file)
+    with pytest.raises(DownloadError, match="20190326.0111.fits.*SHA-256 differs"):
+        fetch_example_data("lowell42-5945", subset="flat")
 
 
 def test_fetch_example_data_missing(monkeypatch):

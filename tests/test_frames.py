@@ -185,6 +185,31 @@ def _write(path, data, **cards):
     return path
 
 
+def test_long_paths_are_kept_without_a_warning():
+    """SSFILE holds the whole path; its comment is cut (or left out) to fit the card, by
+    us rather than by astropy with a warning, whatever the path's length."""
+    import tempfile
+    from pathlib import Path
+    good = dict(DATE_OBS="2020-01-01T00:00:00", EXPTIME=10.0, BUNIT="adu")
+    tried = set()
+    # a short folder (pytest's tmp_path may fill a card alone)
+    with tempfile.TemporaryDirectory() as folder:
+        for n in range(1, 80):
+            path = Path(folder) / f"{'f' * n}.fits"
+            image = fits.Card("SSFILE", str(path)).image  # longer strings: CONTINUE cards
+            length = len(image.rstrip()) if len(image) == 80 else 81
+            if length < 70 or length in tried:
+                continue
+            tried.add(length)
+            _write(path, np.zeros((5, 5), dtype=np.float32), **good)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                frame = read_frames(str(path))[0]
+                frame.meta.tostring()  # every card formats without a warning
+            assert frame.meta["SSFILE"] == str(path)
+    assert tried == set(range(70, 82))  # up to the end of one card, and beyond
+
+
 def test_errors_name_the_file(tmp_path):
     good = dict(DATE_OBS="2020-01-01T00:00:00", EXPTIME=10.0, BUNIT="adu")
     with pytest.raises(FrameError, match="no such file"):

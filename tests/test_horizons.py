@@ -120,14 +120,10 @@ def test_rates_rotated_to_icrs_are_derivatives_of_positions(shared_data):
 def test_astroquery_table_is_recognised(shared_data):
     """A table as returned by astroquery's Horizons.ephemerides() is read as a Horizons
     ephemeris: same positions, rates rotated to ICRS axes, spline interpolation."""
-    from astroquery.jplhorizons import HorizonsClass
-    from shiftstack_ccd.ephemeris.horizons import _TextResponse
+    from shiftstack_ccd.ephemeris._horizons_parser import astroquery_table
 
     text = Path(shared_data("ephemerides/sbpy/TestEphemerisCLI-2p-horizons.txt")).read_text()
-    parser = HorizonsClass()
-    parser.query_type = "ephemerides"
-    parser.id = "2P"
-    raw = parser._parse_result(_TextResponse(text))
+    raw = astroquery_table(text, "ephemerides", "2P")
     eph = Ephemeris.from_table(raw)
     ref = Ephemeris.from_table(Path(shared_data("ephemerides/sbpy/"
                                                 "TestEphemerisCLI-2p-horizons.txt")))

@@ -68,6 +68,54 @@ def test_no_private_name_from_a_public_module():
     assert offences == []
 
 
+def _is_private(dotted):
+    return any(part.startswith("_") for part in dotted.split("."))
+
+
+def _private_uses(path):
+    """Private names of the package's public modules that a test or benchmark file uses:
+    ``from shiftstack_ccd.mod import _x``, ``mod._x`` on an imported public module and
+    ``monkeypatch.setattr("shiftstack_ccd.mod._x", ...)``. Private modules
+    (``shiftstack_ccd._x``, ``shiftstack_ccd.pkg._y``) and their names are allowed."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules = {}  # local name -> public module of the package it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shiftstack_ccd"):
+            for alias in node.names:
+                if _is_private(node.module):
+                    continue
+                if alias.name.startswith("_") and alias.name != "__version__":
+                    found.append(f"{node.lineno}: {alias.name} from {node.module}")
+                else:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("shiftstack_ccd") and not _is_private(alias.name):
+                    modules[alias.asname or alias.name.split(".")[0]] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{node.lineno}: {modules[node.value.id]}.{node.attr}")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value.startswith("shiftstack_ccd.")):
+            module, _, attr = node.value.rpartition(".")
+            if attr.startswith("_") and not _is_private(module) and " " not in node.value:
+                found.append(f"{node.lineno}: {node.value}")
+    return found
+
+
+def test_tests_and_benchmarks_use_no_private_name():
+    """Tests and benchmarks use the public API, or private modules (``shiftstack_ccd._x``),
+    never a private name of a public module (which may change without notice)."""
+    root = PACKAGE.parent
+    offences = [f"{path.relative_to(root)}:{use}"
+                for folder in ("tests", "benchmarks")
+                for path in sorted((root / folder).glob("*.py")) for use in _private_uses(path)]
+    assert offences == []
+
+
 def test_no_import_cycle():
     modules = dict(_modules())
     graph = {}
@@ -149,9 +197,20 @@ def test_cli_help_and_steps_import_no_step_module():
 
 
 def test_every_public_module_is_gathered():
-    """A new public module (or subpackage) goes into ``shiftstack_ccd._PUBLIC_MODULES``
-    (the command-line modules excepted), or its names would be missing from the package."""
+    """Every public module's (or subpackage's) names are the package's names (the
+    command-line modules excepted): a new module goes into ``_PUBLIC_MODULES`` in
+    ``__init__.py``, or its names would be missing from ``shiftstack_ccd``."""
+    import importlib
+
     public = {p.stem if p.suffix == ".py" else p.name for p in PACKAGE.iterdir()
               if not p.name.startswith(("_", ".")) and
               (p.suffix == ".py" or (p / "__init__.py").is_file())}
-    assert public - {"cli", "demo"} == set(shiftstack_ccd._PUBLIC_MODULES)
+    missing = {}
+    for name in sorted(public - {"cli", "demo"}):
+        module = importlib.import_module(f"shiftstack_ccd.{name}")
+        names = getattr(module, "__all__", None)  # else its names not starting with "_"
+        if names is None:
+            names = [n for n in vars(module) if not n.startswith("_")]
+        if set(names) - set(shiftstack_ccd.__all__):
+            missing[name] = sorted(set(names) - set(shiftstack_ccd.__all__))
+    assert missing == {}

@@ -1,6 +1,7 @@
 """TOML pipeline files: validation with line numbers, ccdproc calibration, the Lowell example."""
 
 import doctest
+import re
 import hashlib
 import shutil
 import sys
@@ -281,7 +282,8 @@ def test_every_problem_reported_with_its_line_before_any_work(sim_dir, monkeypat
         24: "[motion] needs exactly one of ephemeris",
         29: "[stack]: sigma_clip must be a boolean, not the integer 1",
         30: "[stack]: orientation must be one of 'north', 'first', not 'nort'",
-        31: "[stack]: pixel_scale must be a quantity such as '1.5 arcsec', not the number 0.5",
+        31: "[stack]: pixel_scale must be a quantity such as '1.5 arcsec' or 'none' (for None), "
+            "not the number 0.5",
         32: "frames is set by [inputs], not in [stack]",
         35: "stack = 'out/stack.png' should end in .fits",
         36: "unknown key 'extra' in [output]",
@@ -343,11 +345,12 @@ def test_parameter_types_are_the_steps_annotations(sim_dir, tmp_path, monkeypatc
     problems = dict(info.value.problems)
     expected = {
         6: "tilt: axis must be one of 'x', 'y', not 'z'",
-        7: "tilt: amount must be a number, not the string 'lots'",
+        7: "tilt: amount must be a number or 'none' (for None), not the string 'lots'",
         8: "tilt: label must be a string, not the integer 3",
-        12: "clean_cosmic_rays: iterations must be an integer, not the number 2.5",
-        13: "clean_cosmic_rays: sharpness must be a number, not a boolean",
-        20: "[stack]: frame_weights must be one of 'exptime', not 'inverse-variance'",
+        12: "clean_cosmic_rays: iterations must be an integer or 'none' (for None), not the "
+            "number 2.5",
+        13: "clean_cosmic_rays: sharpness must be a number or 'none' (for None), not a boolean",
+        20: "[stack]: frame_weights must be one of 'exptime', 'none', not 'inverse-variance'",
     }
     assert sorted(problems) == sorted(expected)  # weights = "exptime" (line 19) is fine
     for line, text in expected.items():
@@ -706,3 +709,99 @@ def test_lowell_python_script_in_the_docs_gives_the_same_stack(lowell_run, tmp_p
         assert np.array_equal(mine.data, theirs.data)
         assert np.array_equal(mine.uncertainty.array, theirs.uncertainty.array)
     assert np.array_equal(script_result.stack.data, run.result.stack.data, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------------
+# A dark, and the sky kept (background = "none"), on the Lowell frames
+# ----------------------------------------------------------------------------------------
+_LOWELL_MOTION = ('linear = { ra = 124.6279549, dec = 25.3402805, epoch = '
+                  '"2019-03-26T03:40:00", ra_rate = 3.7678, dec_rate = -8.2601 }')
+
+
+def _lowell_dark(folder, path, level, exptime):
+    """The night has no dark: the bias frame plus ``level`` adu outside its overscan
+    (BIASSEC [1388:1432,1:1370]), which the dark's own overscan subtraction would remove."""
+    with fits.open(folder / "zero" / "20190326.0001.fits") as hdul:
+        data = hdul[0].data.astype(np.float32)
+        header = hdul[0].header.copy()
+    data[:, :1387] += level
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    header["EXPTIME"] = exptime
+    header["IMAGETYP"] = header["OBSTYPE"] = "DARK"
+    fits.writeto(path, data, header)
+    return path
+
+
+def _lowell_toml(tmp, folder, name, dark=None, stack_extra=""):
+    files = ", ".join(f'"{folder}/5945/20190326.{n:04d}.fits"' for n in (135, 136, 137))
+    dark_line = f'dark = "{dark}"' if dark else ""
+    return write_toml(tmp, f"""
+        [inputs]
+        files = [{files}]
+
+        [calibration]
+        overscan = "header:BIASSEC"
+        trim = "header:TRIMSEC"
+        bias = "{folder}/zero/20190326.0001.fits"
+        {dark_line}
+
+        [motion]
+        {_LOWELL_MOTION}
+
+        [stack]
+        size = 41
+        sky_stack = false
+        background = "none"
+        {stack_extra}
+
+        [output]
+        stack = "{name}.fits"
+    """, name=f"{name}.toml")
+
+
+def test_lowell_dark_scaled_by_exposure_and_sky_kept(shared_data, tmp_path):
+    """A 150 s dark of +10 adu takes 20 adu off every pixel of the 300 s frames' stack when
+    the sky is kept (background = "none"); the header names the dark."""
+    folder = Path(shared_data("lowell42-5945"))
+    dark = _lowell_dark(folder, tmp_path / "dark.fits", 10.0, 150.0)
+    with_dark = load_pipeline(_lowell_toml(tmp_path, folder, "with", dark=dark))
+    assert with_dark.stack_options["background"] is None
+    assert "dark (1 file(s), scaled by EXPTIME)" in " ".join(with_dark.describe())
+    darker = with_dark.run().result.stack
+    plain = run_pipeline(_lowell_toml(tmp_path, folder, "without")).result.stack
+    difference = plain.data - darker.data
+    covered = np.isfinite(difference)
+    assert covered.mean() > 0.9
+    assert np.allclose(difference[covered], 20.0, atol=0.01)
+    assert darker.meta["SSDARK"] == "dark.fits" and "SSDARK" not in plain.meta
+    assert darker.meta["SSBKG"] == "none"
+
+
+def test_dark_and_none_checked_before_any_work(shared_data, tmp_path):
+    """Darks of different or zero exposure times, and a background or a flux scaling that
+    shift_and_stack does not know, are refused by --check, each by name."""
+    folder = Path(shared_data("lowell42-5945"))
+    one = _lowell_dark(folder, tmp_path / "d150.fits", 10.0, 150.0)
+    other = _lowell_dark(folder, tmp_path / "d300.fits", 20.0, 300.0)
+    bias_like = _lowell_dark(folder, tmp_path / "d0.fits", 0.0, 0.0)
+    for dark, words in (([one, other], "the darks have different EXPTIME ([150.0, 300.0] s)"),
+                        (bias_like, "EXPTIME = 0 in the dark")):
+        toml = _lowell_toml(tmp_path, folder, "bad", dark=dark)
+        if isinstance(dark, list):
+            text = toml.read_text().replace(f'dark = "{dark}"',
+                                            f'dark = ["{one}", "{other}"]')
+            toml.write_text(text)
+        with pytest.raises(PipelineError, match=re.escape(words)):
+            load_pipeline(toml)
+    toml = _lowell_toml(tmp_path, folder, "bad", stack_extra='scale = "star"')
+    text = toml.read_text().replace('background = "none"', 'background = "nothing"')
+    toml.write_text(text)
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(toml)
+    message = str(info.value)
+    assert "background must be one of 'model', 'none', not 'nothing'" in message
+    assert "scale must be one of 'stars', 'none', not 'star'; did you mean 'stars'?" in message
+    toml.write_text(text.replace('"nothing"', '"model"').replace('"star"', '"stars"'))
+    options = load_pipeline(toml).stack_options
+    assert options["background"] == "model" and options["scale"] == "stars"

@@ -15,6 +15,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
+from erfa import ErfaWarning
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -25,9 +26,10 @@ from shiftstack_ccd.exceptions import EphemerisError, FrameError, ParameterError
 FAST = settings(max_examples=80, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-# A start time to the millisecond, 1995-2040 (UTC, away from leap seconds' last second).
+# A start time to the millisecond, 1995-2025: observed epochs, where UTC is defined (erfa
+# calls years beyond its leap-second table "dubious", with a warning).
 starts = st.datetimes(min_value=datetime.datetime(1995, 1, 1),
-                      max_value=datetime.datetime(2040, 12, 31)).map(
+                      max_value=datetime.datetime(2025, 12, 31)).map(
     lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
 exptimes = st.floats(min_value=0.0, max_value=4000.0, allow_nan=False).map(
     lambda x: round(x, 3))
@@ -141,7 +143,10 @@ def test_mangled_time_cards_give_the_truth_or_a_frame_error(case, data):
     except FrameError as exc:
         assert "night/f.fits" in str(exc) and "\n" not in str(exc)
         return
-    if abs((t - truth).to_value(u.ms)) < 1.0:
+    with warnings.catch_warnings():  # a garbage card may put t in a "dubious year" for erfa
+        warnings.simplefilter("ignore", ErfaWarning)
+        moved = abs((t - truth).to_value(u.ms))
+    if moved < 1.0:
         return
     # another reading is sound only if the new value itself reads as a number or a date
     assert key in header, f"{key} removed, and the time moved to {t.isot}"
@@ -158,12 +163,14 @@ def test_mangled_time_cards_give_the_truth_or_a_frame_error(case, data):
 # ----------------------------------------------------------------------------------------
 @st.composite
 def linear_tables(draw):
-    ra0 = draw(st.floats(0, 359.9))
-    dec0 = draw(st.floats(-80, 80))
+    # no subnormal numbers (1e-320 degrees): a table reader rightly warns on them
+    ra0 = draw(st.floats(0, 359.9, allow_subnormal=False))
+    dec0 = draw(st.floats(-80, 80, allow_subnormal=False))
     rates = draw(st.tuples(st.floats(-3600, 3600), st.floats(-3600, 3600)))  # arcsec/h
     n = draw(st.integers(2, 30))
     step = draw(st.floats(1.0, 600.0))  # seconds
-    t0 = Time(draw(st.floats(50000, 70000)), format="mjd", scale="utc")
+    # 1995 to 2025: observed epochs, where UTC is defined (leap seconds known)
+    t0 = Time(draw(st.floats(50000, 61000)), format="mjd", scale="utc")
     return ra0, dec0, rates, n, step, t0
 
 
@@ -191,6 +198,9 @@ def test_ephemeris_tables_round_trip(tmp_path_factory, case, fmt):
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(_garbage, _garbage, _garbage), max_size=5))
+# numbers beyond float64 (1e-320) in the garbage: astropy's reader says so, rightly; what
+# the package does next is the property
+@pytest.mark.filterwarnings("ignore:OverflowError converting to FloatType")
 def test_bad_ephemeris_tables_are_refused_by_name(tmp_path_factory, rows):
     path = tmp_path_factory.mktemp("bad") / "eph.csv"
     text = "time,ra,dec\n" + "".join(f"{a},{b},{c}\n".replace("\n,", ",")

@@ -531,33 +531,48 @@ def _watchdog(proc, seconds=180, group=False):
     return timer
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_cleans_the_work_folder(tmp_path, signum, status):
-    sim = ss.simulate_observation(n_frames=40, shape=(200, 200), n_stars=30, target_snr=10,
-                                  seed=5, cosmic_rays=False)
+def _interrupted_stack(tmp_path, n_frames, signum, *options, group=False):
+    """Run ``shiftstack-ccd stack`` on simulated frames with a work folder, send ``signum``
+    once the frames are being prepared (to the whole process group with ``group``, as a
+    terminal's Ctrl-C does), and return (exit status, stderr after the signal, work folder
+    contents at the signal, work folder)."""
+    sim = ss.simulate_observation(n_frames=n_frames, shape=(200, 200), n_stars=30,
+                                  target_snr=10, seed=5, cosmic_rays=False)
     paths = sim.write(tmp_path / "frames")
     sim.ephemeris.write(tmp_path / "eph.ecsv")
     work = tmp_path / "work"
     work.mkdir()
+    argv = ["stack", *paths, "--ephemeris", tmp_path / "eph.ecsv", *options, "--workdir", work,
+            "--clean-cosmic-rays", "-o", tmp_path / "s.fits"]
     env = {**os.environ, "MPLBACKEND": "agg"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shiftstack_ccd.cli", "stack", *map(str, paths), "--ephemeris",
-         str(tmp_path / "eph.ecsv"), "--workdir", str(work), "--clean-cosmic-rays",
-         "-o", str(tmp_path / "s.fits")], stderr=subprocess.PIPE, text=True, env=env)
-    watchdog = _watchdog(proc)
-    try:
-        for line in proc.stderr:  # wait until frames are being prepared in the work folder
-            if "preparing frames: " in line:  # the first progress line: a tenth done
-                break
-        assert any(work.iterdir())
-        proc.send_signal(signum)
-        rest = proc.stderr.read()
-        proc.wait()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == status, rest
+    # the context closes the stderr pipe and waits for the process
+    with subprocess.Popen([sys.executable, "-m", "shiftstack_ccd.cli", *map(str, argv)],
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=group) as proc:
+        watchdog = _watchdog(proc, group=group)
+        try:
+            for line in proc.stderr:  # wait until frames are being prepared in the work folder
+                if "preparing frames: " in line:  # the first progress line: a tenth done
+                    break
+            busy = list(work.iterdir())
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+            rest = proc.stderr.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+    return proc.returncode, rest, busy, work
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_cleans_the_work_folder(tmp_path, signum, status):
+    returncode, rest, busy, work = _interrupted_stack(tmp_path, 40, signum)
+    assert busy  # it was working there
+    assert returncode == status, rest
     assert "Traceback" not in rest
     assert list(work.iterdir()) == []
     assert not (tmp_path / "s.fits").exists()
@@ -742,31 +757,9 @@ def test_ephemeris_step_is_checked_before_any_request(night, transport, tmp_path
 
 def test_ctrl_c_with_processes_prints_no_worker_tracebacks(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: one line, exit 130."""
-    sim = ss.simulate_observation(n_frames=30, shape=(200, 200), n_stars=30, target_snr=10,
-                                  seed=5, cosmic_rays=False)
-    paths = sim.write(tmp_path / "frames")
-    sim.ephemeris.write(tmp_path / "eph.ecsv")
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {**os.environ, "MPLBACKEND": "agg"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shiftstack_ccd.cli", "stack", *map(str, paths), "--ephemeris",
-         str(tmp_path / "eph.ecsv"), "--scheduler", "processes", "--workdir", str(work),
-         "--clean-cosmic-rays", "-o", str(tmp_path / "s.fits")],
-        stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    watchdog = _watchdog(proc, group=True)
-    try:
-        for line in proc.stderr:
-            if "preparing frames: " in line:  # the first progress line: a tenth done
-                break
-        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process
-        rest = proc.stderr.read()
-        proc.wait()
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, rest
+    returncode, rest, busy, work = _interrupted_stack(tmp_path, 30, signal.SIGINT,
+                                                      "--scheduler", "processes", group=True)
+    assert returncode == 130, rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     assert [line for line in rest.splitlines() if "preparing" not in line] == \
         ["shiftstack-ccd: interrupted; no partial output was left"]

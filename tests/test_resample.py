@@ -26,6 +26,7 @@ def _gaussian(shape, x0, y0, flux, sigma=1.5):
     """A pixel-integrated circular Gaussian (exact subpixel centroid)."""
     from scipy.special import erf
     y, x = np.indices(shape)
+
     def integral(edges, center):
         return 0.5 * (erf((edges + 0.5 - center) / (np.sqrt(2) * sigma))
                       - erf((edges - 0.5 - center) / (np.sqrt(2) * sigma)))
@@ -200,7 +201,8 @@ def test_bicubic_keeps_an_undersampled_psf_sharp():
 
 def test_errors():
     frame = _frame(np.ones((10, 10)), _wcs(crpix=(5, 5)))
-    no_unc = CCDData(np.ones((10, 10)), unit="adu", wcs=_wcs(crpix=(5, 5)), meta={"SSFILE": "a.fits"})
+    no_unc = CCDData(np.ones((10, 10)), unit="adu", wcs=_wcs(crpix=(5, 5)),
+                     meta={"SSFILE": "a.fits"})
     with pytest.raises(FrameError, match="a.fits: has no uncertainty"):
         resample_to_target(no_unc, _wcs(), (10, 10))
     no_wcs = CCDData(np.ones((10, 10)), unit="adu", meta={"SSFILE": "b.fits"})
@@ -236,7 +238,8 @@ def test_warp_equals_reproject_with_distortion(interpolation):
     w_in = _wcs(crpix=(60, 50))
     w_in.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
     from astropy.wcs import Sip
-    a = np.zeros((4, 4)); b = np.zeros((4, 4))
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
     a[2, 0], a[0, 2], a[3, 0] = 2e-5, -1e-5, 3e-7
     b[0, 2], b[1, 1] = 1.5e-5, 1e-5
     w_in.sip = Sip(a, b, None, None, w_in.wcs.crpix)
@@ -286,13 +289,16 @@ def test_flux_convention_from_units():
 
 
 def test_unknown_unit_is_treated_as_counts_and_warned_once():
+    import uuid
+
+    from astropy import units as u
     from astropy.utils.exceptions import AstropyUserWarning
 
-    from shiftstack_ccd import resample as module
-    module._WARNED_UNITS.discard("K")
-    frame = _frame(_gaussian((60, 60), 30.2, 29.7, 1e3), _wcs(crpix=(30, 30)), unit="K")
+    # a unit this process has not met before (the warning is given once per unit)
+    unit = u.def_unit(f"tick{uuid.uuid4().hex[:8]}")
+    frame = _frame(_gaussian((60, 60), 30.2, 29.7, 1e3), _wcs(crpix=(30, 30)), unit=unit)
     coarse = _wcs(crpix=(15, 15), scale_arcsec=2.0)
-    with pytest.warns(AstropyUserWarning, match="'K' does not say.*counts per pixel"):
+    with pytest.warns(AstropyUserWarning, match=f"'{unit}' does not say.*counts per pixel"):
         out = resample_to_target(frame, coarse, (30, 30), interpolation="bilinear")
     assert out.meta["SSFLUXC"] == "per-pixel"
     assert "assumed" in out.header.comments["SSFLUXC"]

@@ -327,25 +327,27 @@ def lowell_field(tmp_path_factory):
     except FileNotFoundError as exc:
         pytest.skip(f"real example data not available: {exc}")
     frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
+    # the bias level, from the overscan that the cut below leaves out
+    bias = float(np.median([ss.overscan_level(f) for f in frames]))
     # a 420 x 420 sub-field around (5945), inside the trimmed section
     x, y = (float(v) for v in frames[0].wcs.world_to_pixel(ROACH))
     x0, y0 = int(x) - 210, int(y) - 210
-    return [f[y0:y0 + 420, x0:x0 + 420] for f in frames]
+    return [f[y0:y0 + 420, x0:x0 + 420] for f in frames], bias
 
 
-def _stack_snr(frames, row, fwhm):
+def _stack_snr(frames, bias, row, fwhm):
     """Aperture S/N of a fake in the stack on its true motion (noise measured on the stack)."""
     from shiftstack_ccd.photometry import aperture_snr
     eph = ss.Ephemeris.linear(SkyCoord(row["ra"], row["dec"]), Time(row["epoch"]),
                               row["ra_rate"], row["dec_rate"])
-    result = ss.shift_and_stack(frames, eph, size=61, sky_stack=False)
+    result = ss.shift_and_stack(frames, eph, size=61, sky_stack=False, bias=bias)
     return aperture_snr(result.stack, result.target_pixel, fwhm,
                         region=result.coverage == len(frames))["snr"]
 
 
 @pytest.fixture(scope="module")
 def lowell_fakes(lowell_field):
-    frames = lowell_field
+    frames, bias = lowell_field
     times = Time([ss.mid_exposure_time(f) for f in frames])
     epoch = Time(np.mean(times.mjd), format="mjd", scale="utc")
     rng = np.random.default_rng(2024)
@@ -370,7 +372,7 @@ def lowell_fakes(lowell_field):
     fakes["epoch"] = [epoch.isot] * n
     injected, truth = ss.inject_moving_source(frames, fakes, epoch=epoch, fwhm=2.0,
                                               psf_beta=3.0)
-    fakes["stack_snr"] = [_stack_snr(injected, row, 2.0) for row in fakes]
+    fakes["stack_snr"] = [_stack_snr(injected, bias, row, 2.0) for row in fakes]
     found = ss.search_motion(injected, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE,
                              snr_threshold=5)
     return injected, fakes, found

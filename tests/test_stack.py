@@ -1,5 +1,6 @@
 """End to end on simulated data: S/N gain, position and flux against injected truth."""
 
+import re
 import warnings
 
 import numpy as np
@@ -7,9 +8,19 @@ import pytest
 from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.photometry import aperture_snr, centroid_target
+
+
+def _stack_noiseless(frames, ephemeris, **kwargs):
+    """`shift_and_stack` of noiseless frames (exact fluxes and positions). Their uncertainty
+    is the noise they would have; the stack says, once, that their pixels show none of it."""
+    n = len(frames)
+    with pytest.warns(AstropyUserWarning, match=rf"^{n} of {n} frames .*: the measured pixel "
+                                                "noise of the sky is 0.00 times"):
+        return ss.shift_and_stack(frames, ephemeris, **kwargs)
 
 
 def _gain(method, sigma_clip, seed=0):
@@ -27,7 +38,7 @@ def _gain(method, sigma_clip, seed=0):
     radius = float(noisy.psf_fwhm)
     stack = ss.shift_and_stack(noisy.frames, noisy.ephemeris, method=method,
                                sigma_clip=sigma_clip, sky_stack=False)
-    model = ss.shift_and_stack(clean.frames, noisy.ephemeris, method=method, sky_stack=False)
+    model = _stack_noiseless(clean.frames, noisy.ephemeris, method=method, sky_stack=False)
     centre = stack.target_pixel
     assert stack.coverage[int(centre[1]), int(centre[0])] == 9
     measured = aperture_snr(stack.stack, centre, radius, region=stack.coverage == 9)
@@ -52,6 +63,38 @@ def test_mean_stack_reaches_sqrt_n_gain():
 def test_median_stack_gain():
     gain = _gain("median", sigma_clip=False)
     assert 0.75 * np.sqrt(9) <= gain <= np.sqrt(9), gain
+
+
+def test_median_with_weights_warns_once_a_call():
+    """The median ignores weights: said once for the call, not once per stack (target, sky)."""
+    sim = ss.simulate_observation(n_frames=3, shape=(64, 64), n_stars=5, seed=14)
+    with pytest.warns(AstropyUserWarning, match="median ignores weights") as record:
+        result = ss.shift_and_stack(sim.frames, sim.ephemeris, method="median",
+                                    weights="exptime", size=31)
+    assert result.sky_stack is not None
+    assert sum("median ignores weights" in str(w.message) for w in record) == 1
+
+
+def test_noise_off_the_model_is_said_once_for_the_stack():
+    """A gain card four times too high: the detector model predicts about half the measured
+    sky noise in every frame; one warning names the frames, the table holds each ratio."""
+    sim = ss.simulate_observation(n_frames=4, shape=(96, 96), n_stars=5, seed=15, gain=2.0,
+                                  with_uncertainty=False)
+    frames = [f.copy() for f in sim.frames]
+    for frame in frames:
+        frame.meta["GAIN"] = 8.0
+    with pytest.warns(AstropyUserWarning) as record:
+        result = ss.shift_and_stack(frames, sim.ephemeris, size=41)
+    said = [str(w.message) for w in record if "measured pixel noise" in str(w.message)]
+    assert len(said) == 1, said
+    assert re.match(r"4 of 4 frames \(sim_000.fits, sim_001.fits, sim_002.fits and 1 more\): "
+                    r"the measured pixel noise of the sky is 2\.\d\d to 2\.\d\d times", said[0])
+    assert "gain 8 e-/unit (GAIN)" in said[0] and "check the gain card" in said[0]
+    # sky 100 adu, read noise 5 e-: the true over the model's variance per pixel
+    sky = sim.sky / 2.0
+    expected = np.sqrt((sky / 2.0 + (5 / 2.0) ** 2) / (sky / 8.0 + (5 / 8.0) ** 2))
+    assert np.allclose(result.table["noise_ratio"], expected, rtol=0.05)
+    assert record[0].filename == __file__  # it points at the call
 
 
 def test_bright_target_position_and_flux():
@@ -164,7 +207,7 @@ def test_per_frame_steps_run_before_resampling():
     # residue of a cosmic ray: a pixel far above the noiseless, cosmic-ray-free model stack
     twin = ss.simulate_observation(n_frames=5, seed=9, shape=(128, 128), n_stars=20,
                                    noise=False, cosmic_rays=False)
-    model = ss.shift_and_stack(twin.frames, sim.ephemeris, size=101, sky_stack=False).stack
+    model = _stack_noiseless(twin.frames, sim.ephemeris, size=101, sky_stack=False).stack
 
     def outliers(result):
         chi = (result.stack.data - model.data) / result.stack.uncertainty.array
@@ -265,8 +308,8 @@ def test_target_flux_kept_at_any_output_pixel_scale(resample, factor):
     size = 2 * int(round(20 / scale.value)) + 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*larger than the input")  # the noise, not the flux
-        result = ss.shift_and_stack(sim.frames, sim.ephemeris, method="mean", size=size,
-                                    pixel_scale=scale, resample=resample, sky_stack=False)
+        result = _stack_noiseless(sim.frames, sim.ephemeris, method="mean", size=size,
+                                  pixel_scale=scale, resample=resample, sky_stack=False)
     assert set(result.table["resample"]) == {resample}
     assert np.allclose(result.table["pixel_area_ratio"], factor ** 2, rtol=1e-6)
     assert result.stack.meta["SSFLUXC"] == "per-pixel"
@@ -287,8 +330,8 @@ def test_target_flux_kept_for_mixed_scale_inputs(resample, pixel_scale):
     scale = None if pixel_scale is None else pixel_scale * u.arcsec
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*larger than the input")  # the noise, not the flux
-        result = ss.shift_and_stack(frames, fine.ephemeris, method="mean", size=None,
-                                    pixel_scale=scale, resample=resample, sky_stack=False)
+        result = _stack_noiseless(frames, fine.ephemeris, method="mean", size=None,
+                                  pixel_scale=scale, resample=resample, sky_stack=False)
     out_scale = result.stack.meta["SSPIXSC"]
     assert out_scale == pytest.approx(0.75 if pixel_scale is None else pixel_scale)
     ratios = np.asarray(result.table["pixel_area_ratio"])
@@ -299,11 +342,11 @@ def test_target_flux_kept_for_mixed_scale_inputs(resample, pixel_scale):
     for part in (frames[0::2], frames[1::2]):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*output pixels .* larger than the input")
-            alone = ss.shift_and_stack(part, fine.ephemeris, method="mean",
-                                       size=result.stack.shape[0],
-                                       pixel_scale=out_scale * u.arcsec,
-                                       reference_time=result.target_frame.reference_time,
-                                       resample=resample, sky_stack=False)
+            alone = _stack_noiseless(part, fine.ephemeris, method="mean",
+                                     size=result.stack.shape[0],
+                                     pixel_scale=out_scale * u.arcsec,
+                                     reference_time=result.target_frame.reference_time,
+                                     resample=resample, sky_stack=False)
         assert abs(_target_flux(alone) / _FLUX - 1) < 0.02
 
 

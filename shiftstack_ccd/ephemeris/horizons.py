@@ -83,6 +83,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from .._utils import atomic_output
 from ..exceptions import EphemerisError, HorizonsError
+from ._horizons_parser import astroquery_table
 from ._sphere import basis, unit_vectors
 from ._values import float_array
 
@@ -385,16 +386,6 @@ def _cache_write(folder, key, entry):
 
 
 # --------------------------------------------------------------------------- parsing
-class _TextResponse:
-    """The minimum of a `requests.Response` that astroquery's parser uses."""
-
-    def __init__(self, text):
-        self.text = text
-
-    def raise_for_status(self):
-        pass
-
-
 def _header_meta(text):
     """Provenance lines of a Horizons answer."""
     meta = {}
@@ -476,22 +467,15 @@ def parse_horizons_text(text, target=None, id_type=None):
     shiftstack_ccd.exceptions.HorizonsError
         Unknown or ambiguous target, or any answer without an ephemeris.
     """
-    from astroquery.jplhorizons import HorizonsClass
-
     _check_errors(text, target, id_type)
     if "Date_________JDUT" not in text:
         raise HorizonsError("the Horizons answer has no UTC Julian-date column "
                             "(Date_________JDUT); shiftstack_ccd asks TIME_TYPE=UT and "
                             "CAL_FORMAT=BOTH and cannot use other time columns")
-    parser = HorizonsClass()
-    parser.query_type = "ephemerides"
-    parser.id = "target" if target is None else str(target)
     try:
-        raw = parser._parse_result(_TextResponse(text))
+        raw = astroquery_table(text, "ephemerides", "target" if target is None else target)
     except ValueError as exc:
         raise HorizonsError(f"could not read the Horizons answer for {target!r}: {exc}") from exc
-    finally:
-        parser._session.close()
     table, meta = standardize_horizons_table(raw)
     hmeta = _header_meta(text)
     hmeta.pop("mu", None)
@@ -511,12 +495,8 @@ def parse_horizons_elements(text):
         Provenance, ``center`` ('sun' or 'ssb'), ``frame`` ('ecliptic' or 'icrs') and the
         Keplerian GM (``mu``, au^3/day^2) when printed.
     """
-    from astroquery.jplhorizons import HorizonsClass
-
     _check_errors(text)
-    parser = HorizonsClass()
-    parser.id = "target"
-    parser.query_type = "vectors" if re.search(r"JDTDB,.*\bX,", text) else "elements"
+    query_type = "vectors" if re.search(r"JDTDB,.*\bX,", text) else "elements"
     if "JDTDB" not in text:
         raise HorizonsError("this is not a Horizons elements or vectors answer (no JDTDB "
                             "column)")
@@ -537,12 +517,10 @@ def parse_horizons_elements(text):
         raise HorizonsError(f"unrecognised reference frame in the elements/vectors answer: "
                             f"{frame_line!r}; use REF_PLANE=ECLIPTIC or FRAME")
     try:
-        table = parser._parse_result(_TextResponse(text))
+        table = astroquery_table(text, query_type)
     except ValueError as exc:
         raise HorizonsError(f"could not read the Horizons elements/vectors answer: {exc}") \
             from exc
-    finally:
-        parser._session.close()
     meta = _header_meta(text)
     meta["target"] = str(table["targetname"][0]) if "targetname" in table.colnames else ""
     meta["center"] = center

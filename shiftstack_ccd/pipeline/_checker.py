@@ -117,10 +117,13 @@ class Checker:
         elif isinstance(value, str):
             if choices and value in choices:
                 return value
+            if value == "none" and spec.takes_none:  # TOML has no null
+                return None
             if choices and not kinds & {"path", "quantity", "time"}:
-                close = did_you_mean(value, choices)
+                words = choices + (("none",) if spec.takes_none else ())
+                close = did_you_mean(value, words)
                 raise Invalid(f"{owner}: {spec.name} must be one of "
-                              f"{', '.join(repr(c) for c in choices)}, not {value!r}{close}")
+                              f"{', '.join(repr(c) for c in words)}, not {value!r}{close}")
             if "path" in kinds:
                 path = self.existing_file(value, where, what=f"{owner}: {spec.name}:")
                 if path is None:

@@ -3,7 +3,9 @@
 
 The types are the step's annotations, the single source (``threshold: float = 3.0``,
 ``method: Literal["a", "b"] = "a"``, ``gain: float | Quantity | None = None``); a parameter
-without one accepts what its default's type is, else anything.
+without one accepts what its default's type is, else anything. TOML has no null: a parameter
+that takes None (``X | None``, or a default of None) takes the string ``"none"`` for it, unless
+it also takes free strings or file names.
 """
 
 import collections.abc
@@ -22,11 +24,17 @@ KIND_TEXT = {"bool": "a boolean", "int": "an integer", "float": "a number",
 class ParamSpec:
     """What a parameter accepts: TOML-representable kinds and string choices."""
 
-    def __init__(self, name, kinds=(), choices=None, required=False):
+    def __init__(self, name, kinds=(), choices=None, required=False, nullable=False):
         self.name = name
         self.kinds = set(kinds)
         self.choices = choices
         self.required = required
+        self.nullable = nullable
+
+    @property
+    def takes_none(self):
+        """Whether the string ``"none"`` stands for None (TOML has no null)."""
+        return self.nullable and not self.kinds & {"str", "path", "any"}
 
     def expectation(self):
         parts = [f"one of {', '.join(repr(c) for c in self.choices)}"] if self.choices else []
@@ -38,7 +46,8 @@ class ParamSpec:
                 if kind == "str" and self.choices:
                     continue
                 texts.append(KIND_TEXT[kind])
-        return " or ".join(parts + texts) or "any value"
+        none = ["'none' (for None)"] if self.takes_none else []
+        return " or ".join(parts + texts + none) or "any value"
 
 
 def _class_kinds(cls):
@@ -116,6 +125,9 @@ def param_specs(function, skip=0):
             kinds = _class_kinds(type(default))
         if not kinds and not choices:
             kinds = {"any"}
+        annotation = hints.get(parameter.name)
+        nullable = default is None or type(None) in typing.get_args(annotation)
         specs[parameter.name] = ParamSpec(parameter.name, kinds, choices,
-                                          required=default is parameter.empty)
+                                          required=default is parameter.empty,
+                                          nullable=nullable)
     return specs, var_keyword

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from astropy.time import Time
 
+from .._auto_size import RULE as AUTO_SIZE_RULE
 from .._utils import frame_label, set_card
-from ..calibration import (calibrate_frame, combine_bias, combine_flat, read_calibration_frame,
-                           subtract_overscan_and_trim)
+from ..calibration import (calibrate_frame, combine_bias, combine_dark, combine_flat,
+                           read_calibration_frame, subtract_overscan_and_trim)
 from ..exceptions import ShiftStackError
 from ..steps import run_steps
 from ._checker import header_key, is_header_ref
@@ -38,8 +39,8 @@ class Pipeline:
         The input frames.
     calibration : dict
         The resolved ``[calibration]`` settings (``overscan``, ``trim``: a FITS section or
-        ``"header:KEY"``; ``bias``, ``flat``: lists of paths; ``gain``, ``read_noise``:
-        numbers or ``"header:KEY"``; ...).
+        ``"header:KEY"``; ``bias``, ``dark``, ``flat``: lists of paths; ``gain``,
+        ``read_noise``: numbers or ``"header:KEY"``; ...).
     steps : list of (str, callable, dict)
         The per-frame steps: name, function, keyword arguments.
     motion : dict
@@ -61,6 +62,8 @@ class Pipeline:
         self.motion = motion
         self.stack_options = stack_options
         self.outputs = outputs
+        self._size = None  # (size, why), found by output_size
+        self._eph = None  # the motion model, Horizons asked once
 
     def describe(self):
         """Lines summarising what `run` will do."""
@@ -72,6 +75,8 @@ class Pipeline:
                 "uncertainty from gain and read noise" if cal.get("gain") is not None
                 else None,
                 f"bias ({len(cal['bias'])} file(s))" if cal.get("bias") else None,
+                f"dark ({len(cal['dark'])} file(s), scaled by EXPTIME)" if cal.get("dark")
+                else None,
                 f"flat ({len(cal['flat'])} file(s))" if cal.get("flat") else None]
         done = [d for d in done if d]
         lines.append("calibration: " + (", ".join(done) if done else "none"))
@@ -79,17 +84,50 @@ class Pipeline:
             args = ", ".join(f"{k}={v!r}" for k, v in params.items())
             lines.append(f"step: {name}({args})")
         if "ephemeris" in self.motion:
-            lines.append(f"motion: {self.motion['ephemeris']!r}")
+            eph = self.motion["ephemeris"]  # where it came from, else its repr
+            lines.append(f"motion: {eph.meta.get('source') or repr(eph)}")
         else:
             lines.append(f"motion: JPL Horizons {self.motion['horizons']}")
         opts = ", ".join(f"{k}={v!r}" for k, v in self.stack_options.items())
         lines.append(f"stack: shift_and_stack({opts})")
+        if "size" not in self.stack_options:
+            lines.append(f"output size (no [stack] size): {AUTO_SIZE_RULE}")
         for key in ("stack", "preview"):
             if self.outputs.get(key):
                 lines.append(f"output {key}: {self.outputs[key]}")
         return lines
 
     # ---------------------------------------------------------------------- running
+    def output_size(self):
+        """The ``size`` `run` gives `~shiftstack_ccd.shift_and_stack`, and why.
+
+        ``[stack] size = N`` (pixels, or an angle such as ``"3 arcmin"``) is used as it is;
+        ``size = "full"`` is every pixel of every frame (``size=None``); without a size, the
+        same default as ``shiftstack-ccd stack`` without ``--size``: the target's path
+        across the frames plus a margin of stellar FWHM on each side (the FWHM measured on
+        the middle frame; `describe` states the rule), the whole field when that is larger.
+        The default reads the middle frame and the frames' headers once; the answer is kept.
+
+        Returns
+        -------
+        size : int, tuple, `~astropy.units.Quantity` or None
+            As `~shiftstack_ccd.shift_and_stack` takes it (None: the whole field).
+        why : str
+            How it was chosen, in words.
+        """
+        if self._size is None:
+            size = self.stack_options.get("size")
+            if size == "full":
+                self._size = (None, '[stack] size = "full"')
+            elif "size" in self.stack_options:
+                self._size = (size, "[stack] size")
+            else:
+                from .._auto_size import default_size
+                size, why = default_size([str(p) for p in self.files], self._ephemeris(),
+                                         hdu=self.hdu, unit=self.unit, option="[stack] size")
+                self._size = (size, f"no [stack] size: {why}")
+        return self._size
+
     def run(self):
         """Run the pipeline; return a `PipelineResult`.
 
@@ -115,9 +153,12 @@ class Pipeline:
                      if card.keyword not in before
                      and card.keyword not in ("HISTORY", "COMMENT", "")]
         del first
+        size, why = self.output_size()
+        log.info("output size: %s (%s)", "the whole field" if size is None else size, why)
+        options = {**self.stack_options, "size": size}
         result = shift_and_stack([str(p) for p in self.files], self._ephemeris(),
                                  per_frame_steps=self._per_frame_steps(masters),
-                                 hdu=self.hdu, unit=self.unit, **self.stack_options)
+                                 hdu=self.hdu, unit=self.unit, **options)
         self._record(result, added, used)
 
         written = {}
@@ -147,7 +188,7 @@ class Pipeline:
 
     def _calibrates(self):
         cal = self.calibration
-        return any(cal.get(key) for key in ("overscan", "trim", "bias", "flat")) \
+        return any(cal.get(key) for key in ("overscan", "trim", "bias", "dark", "flat")) \
             or cal.get("gain") is not None
 
     def _per_frame_steps(self, masters):
@@ -205,7 +246,10 @@ class Pipeline:
         masters = {}
         if cal.get("bias"):
             masters["bias"] = combine_bias([self._calibration_frame(p) for p in cal["bias"]])
-        if cal.get("flat"):
+        if cal.get("dark"):
+            masters["dark"] = combine_dark([self._calibration_frame(p) for p in cal["dark"]],
+                                           bias=masters.get("bias"))
+        if cal.get("flat"):  # its short exposure's dark current neglected, as read_masters
             masters["flat"] = combine_flat([self._calibration_frame(p) for p in cal["flat"]],
                                            bias=masters.get("bias"))
         return masters
@@ -218,12 +262,17 @@ class Pipeline:
             gain = self._number(ccd, cal["gain"], "gain")
             read_noise = self._number(ccd, cal["read_noise"], "read noise")
         return calibrate_frame(ccd, **self._sections(ccd), gain=gain, read_noise=read_noise,
-                               bias=masters.get("bias"), flat=masters.get("flat"),
-                               flat_min=cal.get("flat_min"))
+                               bias=masters.get("bias"), dark=masters.get("dark"),
+                               flat=masters.get("flat"), flat_min=cal.get("flat_min"))
 
     def _ephemeris(self):
         if "ephemeris" in self.motion:
             return self.motion["ephemeris"]
+        if self._eph is None:
+            self._eph = self._horizons()
+        return self._eph
+
+    def _horizons(self):
         from ..ephemeris import ephemeris_for_times
         from ..frames import mid_exposure_time, read_frame
         spec = self.motion["horizons"]
@@ -251,7 +300,7 @@ class Pipeline:
                     from_header = (f" ({header_key(source)}, first frame)"
                                    if is_header_ref(source) else "")
                     set_card(header, key, used[name], comment + from_header)
-            for key, name in (("SSBIAS", "bias"), ("SSFLAT", "flat")):
+            for key, name in (("SSBIAS", "bias"), ("SSDARK", "dark"), ("SSFLAT", "flat")):
                 if cal.get(name):
                     set_card(header, key, ", ".join(p.name for p in cal[name]),
                              f"{name} frame(s)")

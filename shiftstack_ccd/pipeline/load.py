@@ -38,7 +38,8 @@ __all__ = ["load_pipeline", "run_pipeline"]
 #: Sections of a pipeline file and what each holds.
 SECTIONS = {
     "inputs": "the frames: a glob or list of files, or a folder filtered on header keys",
-    "calibration": "ccdproc calibration: overscan, trim, bias, flat, gain and read noise",
+    "calibration": "ccdproc calibration: overscan, trim, bias, dark, flat, gain and read "
+                   "noise",
     "steps": "per-frame steps, in order ([[steps]] tables, each with step = NAME)",
     "motion": "the target's motion: ephemeris table, linear rates or a Horizons target",
     "stack": "options of shift_and_stack (method, size, sigma_clip, ...)",
@@ -48,7 +49,7 @@ _REQUIRED_SECTIONS = ("inputs", "motion", "output")
 _KEYS = {
     "inputs": ("files", "directory", "filters", "glob", "hdu", "unit"),
     "calibration": ("overscan", "overscan_median", "overscan_polynomial", "trim", "bias",
-                    "flat", "flat_min", "gain", "read_noise"),
+                    "dark", "flat", "flat_min", "gain", "read_noise"),
     "motion": ("ephemeris", "linear", "horizons"),
     "output": ("stack", "preview", "overwrite"),
 }
@@ -130,7 +131,7 @@ def load_pipeline(path, overwrite=None, allow_scheduler=False):
     motion = _check_motion(check, config.get("motion"))
     stack_options = _check_stack(check, config.get("stack", {}), len(files or []),
                                  allow_scheduler)
-    inputs = list(files or []) + [p for key in ("bias", "flat")
+    inputs = list(files or []) + [p for key in ("bias", "dark", "flat")
                                   for p in calibration.get(key) or []]
     source = getattr(motion.get("ephemeris"), "meta", {}).get("source_file")
     if source:
@@ -228,7 +229,7 @@ def _collection_files(check, inputs):
 def _check_calibration(check, cal, files, headers):
     check.unknown_keys(("calibration",), cal, _KEYS["calibration"])
     out = {}
-    for key in ("bias", "flat"):
+    for key in ("bias", "dark", "flat"):
         if key in cal:
             out[key] = check.files(cal[key], ("calibration", key), key)
             for master in out[key] or []:
@@ -236,7 +237,10 @@ def _check_calibration(check, cal, files, headers):
                 if naxis != 2:
                     check.error(("calibration", key), f"{key} {master} is not a 2-D image "
                                 f"(NAXIS = {naxis}).")
-    frames_and_masters = list(files) + out.get("bias", []) + out.get("flat", [])
+    if out.get("dark"):
+        _check_dark_exposures(check, out["dark"], files, headers)
+    frames_and_masters = list(files) + [p for key in ("bias", "dark", "flat")
+                                        for p in out.get(key, [])]
     for key in ("overscan", "trim"):
         value = cal.get(key)
         if value is None or value is False:
@@ -304,6 +308,29 @@ def _check_calibration(check, cal, files, headers):
                         f"{toml_type(value)}.")
         out[key] = value
     return out
+
+
+def _check_dark_exposures(check, darks, files, headers):
+    """A dark is scaled by EXPTIME (frame's over the dark's): every dark and frame needs
+    the card, and the darks one value (`~shiftstack_ccd.calibration.combine_dark`)."""
+    where = ("calibration", "dark")
+    exptimes = {}
+    for path in list(darks) + list(files):
+        value = headers(path).get("EXPTIME")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            what = "dark" if path in darks else "frame"
+            check.error(where, f"dark: the {what} {path} has no EXPTIME card (a number of "
+                        f"seconds; found {value!r}): a dark is scaled by the exposure times.")
+            return
+        if path in darks:
+            exptimes[path] = float(value)
+    if len(set(exptimes.values())) > 1:
+        check.error(where, f"dark: the darks have different EXPTIME "
+                    f"({sorted(set(exptimes.values()))} s); combine darks of one exposure "
+                    "time.")
+    elif min(exptimes.values()) == 0:
+        check.error(where, "dark: EXPTIME = 0 in the dark (a bias?); a dark is scaled by "
+                    "its exposure time.")
 
 
 def _check_steps(check, steps):
@@ -426,8 +453,9 @@ def _check_stack(check, stack, n_frames, allow_scheduler):
     for key, elsewhere in _STACK_FROM_ELSEWHERE.items():
         if key in stack:
             check.error(("stack", key), f"{key} is set by {elsewhere}, not in [stack].")
-    options = check.params(shift_and_stack, stack, ("stack",), "[stack]", skip=0,
-                           reserved=tuple(_STACK_FROM_ELSEWHERE))
+    options = check.params(shift_and_stack,
+                           {key: value for key, value in stack.items() if key != "size"},
+                           ("stack",), "[stack]", skip=0, reserved=tuple(_STACK_FROM_ELSEWHERE))
     # the values, with the checks shift_and_stack makes on entry: one key at a time, so
     # that every problem is listed
     refused = set()
@@ -448,7 +476,28 @@ def _check_stack(check, stack, n_frames, allow_scheduler):
                     "pickled tasks would be sent there; a pipeline file may name a "
                     "dask.distributed address only when the command line allows it "
                     "(shiftstack-ccd run --allow-scheduler, or allow_scheduler=True).")
+    if "size" in stack:
+        size = _check_size(check, stack["size"])
+        if size is not None:
+            options["size"] = size
     return options
+
+
+def _check_size(check, value):
+    """``[stack] size``: "full" or "none" (every pixel of every frame: shift_and_stack's
+    size=None), or what shift_and_stack takes; None when refused. Without a size,
+    Pipeline.output_size gives the command line's default (the target's path plus a margin
+    of PSFs)."""
+    from .._validate import output_size
+    from ..exceptions import ParameterError
+    if isinstance(value, str) and value.strip().lower() in ("full", "none"):
+        return "full"  # "none": shift_and_stack's size=None, as for any parameter
+    try:
+        return output_size(value)
+    except ParameterError as exc:
+        check.error(("stack", "size"), f"[stack] {exc} Or size = \"full\" for every pixel "
+                    "of every frame; without a size, the target's path and a margin.")
+        return None
 
 
 def _check_output(check, output, overwrite, inputs=()):
