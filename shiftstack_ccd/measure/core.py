@@ -56,6 +56,9 @@ __all__ = ["measure_target", "summary_line"]
 
 log = logging.getLogger(__name__)
 
+#: Half-size (pixels) of the box around each target where its noise is measured.
+_NOISE_REACH = 60
+
 
 class _Stack(_Image):
     """The arrays and geometry of a stack that a measurement needs."""
@@ -281,27 +284,42 @@ def _stack_psf(stack, px, py, fwhm, beta):
 
 
 def _noise_model(stack, model, px, py):
-    """Normalised-residual autocovariance, measured away from the targets and sources."""
+    """Normalised-residual autocovariance, measured near the targets, away from sources.
+
+    Measured on the box within ``_NOISE_REACH`` pixels of the targets, source mask and
+    background included, so that the same pixels give the same noise whatever the stack's
+    size: on the Lowell frames the normalised residual is 30% wider (robust std 1.39 against
+    1.06) within 60 px of the asteroid than over a 601 px stack, and a stack-wide source
+    mask and background change with the stack's size (issue #10).
+    """
+    from astropy.nddata import CCDData
+
     from ..photometry import source_mask
 
-    usable = ~stack.bad
+    ny, nx = stack.data.shape
+    x0 = max(0, int(np.floor(min(px))) - _NOISE_REACH)
+    x1 = min(nx, int(np.ceil(max(px))) + _NOISE_REACH + 1)
+    y0 = max(0, int(np.floor(min(py))) - _NOISE_REACH)
+    y1 = min(ny, int(np.ceil(max(py))) + _NOISE_REACH + 1)
+    box = (slice(y0, y1), slice(x0, x1))
+    data, sigma, bad = stack.data[box], stack.sigma[box], stack.bad[box]
+    usable = ~bad
     if stack.coverage is not None:  # where as many frames overlap as at the targets
         at_targets = min(int(stack.coverage[int(round(y)), int(round(x))])
                          for x, y in zip(px, py))
-        usable &= stack.coverage >= at_targets
-    masked = np.where(stack.bad, np.nan, stack.data)
-    from astropy.nddata import CCDData
-    usable &= ~source_mask(CCDData(masked, unit=stack.unit, mask=stack.bad), dilate=3)
-    yy, xx = np.indices(stack.data.shape)
+        usable &= stack.coverage[box] >= at_targets
+    masked = np.where(bad, np.nan, data)
+    usable &= ~source_mask(CCDData(masked, unit=stack.unit, mask=bad), dilate=3)
+    yy, xx = np.indices(data.shape)
     for x, y in zip(px, py):
-        usable &= np.hypot(xx - x, yy - y) > model.r_out + 2
+        usable &= np.hypot(xx + x0 - x, yy + y0 - y) > model.r_out + 2
     if usable.sum() < 2000:
         raise FrameError(f"stack: only {int(usable.sum())} empty-sky pixels where the target "
                          "is; cannot measure the noise (make a larger stack, size=...).")
     # every pixel pair of a measurement (fit box and background annulus): the background
     # subtraction cancels the slow part of the noise only if its covariances are all counted
     max_lag = 2 * (int(np.ceil(model.r_out)) + 1)
-    return normalised_residual_covariance(stack.data, stack.sigma, usable, max_lag,
+    return normalised_residual_covariance(data, sigma, usable, max_lag,
                                           box=int(max(32, 10 * model.fwhm)))
 
 
