@@ -68,9 +68,11 @@ print(f"pixel scale: {scales[0]:.3f} x {scales[1]:.3f} arcsec; +y is {rotation:.
 # --------------------
 # Blinking the first and last frames shows one source that moved: in the first frame it is
 # near RA 124.6270, Dec 25.3412 and in the last near RA 124.6278, Dec 25.3394 (rough
-# positions, read off the images; ``tests/test_lowell.py`` finds the same source without
-# help, as the source of the first frame missing from the last and found again along a line
-# in every frame).
+# positions, read off the images with any viewer). Without them,
+# `~shiftstack_ccd.search_motion` finds it among all the field's movers (see
+# :doc:`plot_6_search_motion`); when it is known, its ephemeris comes from JPL Horizons
+# (``ss.Ephemeris.from_horizons("5945", location="688", times=times)``; Lowell is site
+# 688).
 first = SkyCoord(124.6270, 25.3412, unit="deg")
 last = SkyCoord(124.6278, 25.3394, unit="deg")
 

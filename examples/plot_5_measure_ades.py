@@ -57,6 +57,32 @@ print(f"{row['time'].isot} UTC: RA {row['ra'].to_value(u.deg):.6f} +/- {row['ra_
 print(f"S/N {row['snr']:.0f}, FWHM {row['fwhm']:.2f}, {row['offset']:.3f} from the prediction")
 
 # %%
+# `~shiftstack_ccd.summary_line` says the same in one line, as ``shiftstack-ccd stack``
+# ends:
+print(ss.summary_line(row, m.meta))
+
+# %%
+# A wrong motion
+# --------------
+# Rates with the wrong signs (a slip when copying them): the asteroid is smeared into a
+# line of faint images, one per frame, and the stack's centre falls between them. The
+# measurement may still find a blend of some of them, "detected", but off the prediction by
+# a good part of the FWHM (the asteroid on its motion is within a few hundredths of an
+# arcsecond) and with a fraction of the flux: the summary line shows both, and the
+# stack's image would show the trail. Where the prediction falls on empty sky the line
+# says "not detected" and gives the 5-sigma limit instead.
+wrong_eph = ss.Ephemeris.linear(SkyCoord(124.6279549, 25.3402805, unit="deg"),
+                                Time("2019-03-26T03:40:00", scale="utc"),
+                                -3.7678 * u.arcsec / u.hour, 8.2601 * u.arcsec / u.hour)
+wrong = ss.measure_target(ss.shift_and_stack(frames, wrong_eph, method="mean", size=201))
+print(ss.summary_line(wrong[0], wrong.meta))
+print(f"offset {(wrong[0]['offset'] / row['fwhm']).to(u.one):.1f} FWHM; flux "
+      f"{(wrong[0]['flux'] / row['flux']).to(u.one):.2f} of the asteroid's")
+north = SkyCoord(row["ra"], row["dec"]).spherical_offsets_by(0 * u.arcsec, 15 * u.arcsec)
+empty = ss.measure_target(result, position=north)
+print("15 arcsec north of the asteroid:", ss.summary_line(empty[0], empty.meta))
+
+# %%
 # The position error is dominated by the frames' astrometric solution (its ``ASTRRMS``
 # cards, taken as the WCS error), not by the centroid. The motion being measured on the
 # same frames, the offset from the prediction says nothing about the orbit; against JPL

@@ -34,6 +34,8 @@ meta = candidates.meta
 print(f"{meta['n_trajectories']:,} trajectories ({meta['n_motions']} motions, rate step "
       f"{u.Quantity(meta['rate_step'], u.arcsec / u.hour):.2f}): {len(candidates)} "
       "candidate(s)")
+print(f"robust scatter of the S/N of empty-sky trajectories: {meta['snr_scatter']:.3f} "
+      "(1 when the noise model is right)")
 for name in ("ra", "dec"):
     candidates[name].info.format = ".5f"
 for name in ("ra_rate", "dec_rate", "snr", "snr_median"):

@@ -1,10 +1,11 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
-"""The command line's default output size: the target's path plus a margin of PSFs.
+"""The default output size of the command line and of pipeline files: the target's path plus
+a margin of PSFs.
 
-``shift_and_stack(size=None)`` keeps its meaning (every pixel of every frame); the command line
-asks for a cut-out around the target instead when ``--size`` is not given, because the whole
-field of a CCD is tens of MB, takes most of the run and makes a preview where the target is
-one pixel in a thousand.
+``shift_and_stack(size=None)`` keeps its meaning (every pixel of every frame); ``shiftstack-ccd
+stack`` without ``--size`` and a pipeline file without ``[stack] size`` ask for a cut-out
+around the target instead, because the whole field of a CCD is tens of MB, takes most of the
+run and makes a preview where the target is one pixel in a thousand.
 """
 
 import logging
@@ -25,8 +26,11 @@ RULE = (f"the target's path across the frames plus {MARGIN_FWHM} stellar FWHM (m
         "field")
 
 
-def default_size(files, ephemeris):
+def default_size(files, ephemeris, hdu=None, unit=None, option="--size"):
     """Output size (pixels, odd) for frames ``files`` and a motion model, by `RULE`.
+
+    ``hdu`` and ``unit`` are passed to `~shiftstack_ccd.read_frame`; ``option`` names the
+    setting in the message of a frame without a celestial WCS.
 
     Returns
     -------
@@ -40,13 +44,14 @@ def default_size(files, ephemeris):
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     from ._utils import require_celestial_wcs
-    from .frames import mid_exposure_time, read_frame
+    from .frames import read_frame
     from .stars import stellar_fwhm
 
-    middle = read_frame(files[len(files) // 2])
-    wcs = require_celestial_wcs(middle, "--size", len(files) // 2)
+    middle = read_frame(files[len(files) // 2], hdu=hdu, unit=unit)
+    wcs = require_celestial_wcs(middle, option, len(files) // 2)
     scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600  # arcsec per pixel
-    times = Time([_mid_time(path, mid_exposure_time, read_frame) for path in files])
+    times = Time([_mid_time(path, lambda p: read_frame(p, hdu=hdu, unit=unit))
+                  for path in files])
     ends = ephemeris.at(Time([times.min(), times.max()]))
     path_px = float(ends[0].separation(ends[1]).arcsec) / scale
     fwhm = stellar_fwhm(middle)
@@ -61,13 +66,14 @@ def default_size(files, ephemeris):
     return n, why
 
 
-def _mid_time(path, mid_exposure_time, read_frame):
-    """Mid-exposure time from the primary header, else from the frame as read_frame makes it
+def _mid_time(path, read):
+    """Mid-exposure time from the primary header, else from the frame as ``read`` makes it
     (time cards in a science extension)."""
     from astropy.io import fits
 
     from .exceptions import FrameError
+    from .frames import mid_exposure_time
     try:
         return mid_exposure_time(fits.getheader(path, 0))
     except (FrameError, OSError, KeyError, ValueError):
-        return mid_exposure_time(read_frame(path))
+        return mid_exposure_time(read(path))

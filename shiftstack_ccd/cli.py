@@ -90,6 +90,15 @@ def _size_option(text):
     return value
 
 
+def _size_text(size):
+    """A size as shift_and_stack takes it, in words."""
+    if isinstance(size, int):
+        return f"{size} x {size} px"
+    if isinstance(size, tuple):
+        return f"{size[1]} x {size[0]} px"
+    return str(size)
+
+
 def _add_motion_options(parser):
     group = parser.add_argument_group("motion model (one of)")
     group.add_argument("--ephemeris", metavar="TABLE",
@@ -198,7 +207,7 @@ def _cmd_stack(args):
     if args.size is None:
         from ._auto_size import default_size
         size, why = default_size(frames, eph)
-        print(f"output size: {'the whole field' if size is None else f'{size} x {size} px'} "
+        print(f"output size: {'the whole field' if size is None else _size_text(size)} "
               f"({why}; --size N or --size full to choose)")
     steps = [clean_cosmic_rays] if args.clean_cosmic_rays else []
     if args.bias or args.dark or args.flat:  # the pipeline files' calibration functions
@@ -388,12 +397,16 @@ def _cmd_run(args):
         for line in pipeline.describe():
             print(f"  {line}")
         return 0
+    size, why = pipeline.output_size()
+    print(f"output size: {'the whole field' if size is None else _size_text(size)} ({why})")
     run = pipeline.run()
     result = run.result
+    x, y = result.target_pixel
     print(f"{args.pipeline}: {len(result.table)} frames stacked, target at pixel "
-          f"({result.target_pixel[0]:.1f}, {result.target_pixel[1]:.1f})")
+          f"({x:.1f}, {y:.1f}) (0-based; ({x + 1:.1f}, {y + 1:.1f}) in FITS/ds9 1-based)")
     for path in run.outputs.values():
         print(f"wrote {path}")
+    _print_summary(result)  # the target's verdict, as stack gives it
     print(run_summary(result, len(pipeline.files), time.perf_counter() - start,
                       list(run.outputs.values())))
     return 0
@@ -422,7 +435,9 @@ def build_parser():
     parser = _Parser(
         prog="shiftstack-ccd",
         description="Shift-and-stack CCD frames on the motion of a solar-system body. "
-                    "Pixel coordinates printed are 0-based (numpy); add 1 for FITS/ds9.")
+                    "Pixel coordinates printed are 0-based (numpy); add 1 for FITS/ds9.",
+        epilog="New here? 'shiftstack-ccd demo' runs the whole chain offline on simulated "
+               "frames; 'shiftstack-ccd COMMAND --help' lists a command's options.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -581,7 +596,11 @@ def build_parser():
                        default=None, help="only steps of this kind")
     steps.set_defaults(func=_cmd_steps)
 
-    run = sub.add_parser("run", help="run a TOML pipeline file (validated first)")
+    run = sub.add_parser("run", help="run a TOML pipeline file (validated first)",
+                         description="Run a TOML pipeline file (docs: 'Steps and pipeline "
+                                     "files'), validated completely first. Without [stack] "
+                                     f"size the output is {AUTO_SIZE_RULE}; size = \"full\" "
+                                     "for every pixel of every frame.")
     run.add_argument("pipeline", help="the pipeline file (.toml)")
     run.add_argument("--check", action="store_true",
                      help="only validate the file and say what it would do")

@@ -1,7 +1,12 @@
 """The Lowell frames of (5945) calibrated and its motion found, for the tests and benchmarks.
 
-Shared by ``tests/test_measure_lowell.py`` and ``benchmarks/bench_measure.py`` (which puts
-this folder on ``sys.path``), so that both measure the same chain.
+Shared by ``tests/test_lowell.py`` (raw frames), ``tests/test_measure_lowell.py`` and
+``benchmarks/bench_measure.py`` (calibrated frames; the benchmark puts this folder on
+``sys.path``), so that all find the asteroid the same way. The gallery's Lowell example
+starts from two rough positions instead, read off the first and last frames (a reader's
+path); `shiftstack_ccd.search_motion` is the package's general way to find movers. The
+blink search here is a test's way to find the one bright mover without being told where
+it is, not a general tool: it needs the mover detected in every single frame.
 """
 
 import glob
@@ -37,19 +42,30 @@ def calibrated(folder):
     return raw, frames
 
 
-def detections(frame):
+def detections(frame, section=None):
+    """Sky positions of the sources above 8 sigma (DAOStarFinder, FWHM 3.5 px).
+
+    ``section`` (FITS convention, e.g. `TRIM`) limits the search to the exposed pixels of a
+    raw frame, whose prescan and overscan would inflate the noise estimate several times.
+    """
     from astropy.stats import sigma_clipped_stats
+    from ccdproc.utils.slices import slice_from_string
     from photutils.detection import DAOStarFinder
-    _, median, std = sigma_clipped_stats(frame.data[::3, ::3])
-    found = DAOStarFinder(fwhm=3.5, threshold=8 * std)(frame.data - median)
-    return frame.wcs.pixel_to_world(found["x_centroid"], found["y_centroid"])
+    rows, cols = (slice(None), slice(None)) if section is None else \
+        slice_from_string(section, fits_convention=True)
+    data = frame.data[rows, cols]
+    _, median, std = sigma_clipped_stats(data[::3, ::3])
+    found = DAOStarFinder(fwhm=3.5, threshold=8 * std)(data - median)
+    return frame.wcs.pixel_to_world(np.asarray(found["x_centroid"]) + (cols.start or 0),
+                                    np.asarray(found["y_centroid"]) + (rows.start or 0))
 
 
-def find_asteroid(frames, pointing):
+def find_asteroid(frames, pointing, section=None):
     """The moving source nearest the pointing: in the first frame, not in the last, and
-    found again on the line between (as tests/test_lowell.py finds it)."""
+    found again on the line between in every frame. Returns its rough positions in the
+    first and last frames (SkyCoord), for `track_target`."""
     times = Time([ss.mid_exposure_time(f) for f in frames])
-    catalogs = [detections(f) for f in frames]
+    catalogs = [detections(f, section) for f in frames]
     first, last = catalogs[0], catalogs[-1]
     _, sep_first, _ = first.match_to_catalog_sky(last)
     _, sep_last, _ = last.match_to_catalog_sky(first)
@@ -63,13 +79,16 @@ def find_asteroid(frames, pointing):
             if all(np.min(c.separation(first[i].spherical_offsets_by(dra * f, ddec * f)))
                    < 1 * u.arcsec for c, f in zip(catalogs, fractions)):
                 movers.append((first[i], last[j]))
+    assert movers, "no moving source found in the Lowell frames"
     return min(movers, key=lambda m: m[0].separation(pointing))
 
 
-def asteroid_motion(raw, frames):
-    """The asteroid tracked in ``frames`` and its fitted linear motion: ``(track, eph)``."""
+def asteroid_motion(raw, frames, section=None):
+    """The asteroid (the mover nearest the telescope's pointing, from the raw headers)
+    tracked in ``frames`` and its fitted linear motion: ``(track, eph)``. ``section``: see
+    `detections` (`TRIM` when ``frames`` are raw)."""
     pointing = SkyCoord(raw[0].meta["TELRA"], raw[0].meta["TELDEC"],
                         unit=(u.hourangle, u.deg))
-    track = track_target(frames, *find_asteroid(frames, pointing))
+    track = track_target(frames, *find_asteroid(frames, pointing, section))
     eph = fit_linear_motion(track["time"], SkyCoord(track["ra"], track["dec"], unit="deg"))
     return track, eph

@@ -13,6 +13,7 @@ import shiftstack_ccd as ss
 from shiftstack_ccd._auto_size import MARGIN_FWHM, MIN_SIZE
 from shiftstack_ccd._cutout import zoom_cut
 from shiftstack_ccd.cli import main
+from shiftstack_ccd.pipeline import PipelineError, load_pipeline
 from shiftstack_ccd.stars import stellar_fwhm
 from shiftstack_ccd.visualization import write_preview
 
@@ -99,3 +100,112 @@ def test_preview_gets_a_zoom_panel(tmp_path):
     write_preview(two, [image, image], marks=[(50, 50), None], zoom=20)
     # panels are 4 inches wide each: a third panel, the zoom
     assert imread(two).shape[1] == pytest.approx(imread(one).shape[1] * 3 / 2, abs=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Pipeline files: the same default when [stack] has no size, size = "full" for the field
+# ---------------------------------------------------------------------------------------
+def _pipeline(folder, paths, eph, size_line=""):
+    files = ", ".join(repr(str(p)) for p in paths)
+    path = folder / "pipeline.toml"
+    path.write_text(f'[inputs]\nfiles = [{files}]\n\n[motion]\nephemeris = {str(eph)!r}\n\n'
+                    f'[stack]\nmethod = "mean"\n{size_line}\n\n'
+                    f'[output]\nstack = "out/stack.fits"\n')
+    return path
+
+
+def _cli_default_size(paths, eph, folder, capsys):
+    """The size `shiftstack-ccd stack` chooses without --size (and checks it made it)."""
+    out = folder / "cli.fits"
+    assert main(["stack", *paths, "--ephemeris", str(eph), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    n = int(re.search(r"output size: (\d+) x \1 px", text).group(1))
+    assert ss.StackResult.read(out).stack.shape == (n, n)
+    return n, _verdict(text)
+
+
+def _verdict(text):
+    """The command's last word on the target ('target: detected at ...', or why not)."""
+    return [line for line in text.splitlines() if line.startswith("target")]
+
+
+def test_run_without_size_uses_the_stack_default(field, tmp_path, capsys):
+    sim, paths, eph = field
+    n, verdict = _cli_default_size(paths, eph, tmp_path, capsys)
+    toml = _pipeline(tmp_path, paths, eph)
+    assert main(["run", str(toml), "--check"]) == 0
+    checked = " ".join(capsys.readouterr().out.split())
+    assert f"output size (no [stack] size): the target's path across the frames plus " \
+           f"{MARGIN_FWHM} stellar FWHM" in checked
+    assert main(["run", str(toml)]) == 0
+    text = capsys.readouterr().out
+    assert f"output size: {n} x {n} px (no [stack] size: path " in text
+    assert len(verdict) == 1 and _verdict(text) == verdict  # the same stack, the same line
+    stack = ss.StackResult.read(tmp_path / "out" / "stack.fits").stack
+    assert stack.shape == (n, n) and n < 300  # a cut-out, not the 300 x 300+ field
+    # on the target, as the command line's stack: the centroid on the centre pixel
+    x, y = ss.centroid_target(stack, ((n - 1) / 2, (n - 1) / 2))
+    assert abs(x - (n - 1) / 2) < 0.1 and abs(y - (n - 1) / 2) < 0.1
+    # and from Python the same (run_pipeline is what the command runs)
+    pipeline = load_pipeline(toml, overwrite=True)
+    size, why = pipeline.output_size()
+    assert size == n and why.startswith("no [stack] size: path ")
+
+
+def test_run_size_full_is_every_pixel_of_every_frame(field, tmp_path, capsys):
+    sim, paths, eph = field
+    toml = _pipeline(tmp_path, paths, eph, 'size = "Full"')
+    assert main(["run", str(toml)]) == 0
+    assert 'output size: the whole field ([stack] size = "full")' in capsys.readouterr().out
+    full = ss.shift_and_stack(paths, sim.ephemeris, size=None, sky_stack=False)
+    stack = ss.StackResult.read(tmp_path / "out" / "stack.fits").stack
+    assert stack.shape == full.stack.shape and stack.shape[0] > 300
+    # the same stack, to float32 rounding (the file's data are float32)
+    np.testing.assert_allclose(stack.data, full.stack.data, rtol=0, atol=1e-5)
+
+
+def test_run_size_given_is_used_as_it_is(field, tmp_path, capsys):
+    _, paths, eph = field
+    toml = _pipeline(tmp_path, paths, eph, "size = 51")
+    assert main(["run", str(toml)]) == 0
+    assert "output size: 51 x 51 px ([stack] size)" in capsys.readouterr().out
+    assert ss.StackResult.read(tmp_path / "out" / "stack.fits").stack.shape == (51, 51)
+
+
+@pytest.mark.parametrize("line", ['size = "fulll"', "size = 0", 'size = "3 m"'])
+def test_run_bad_size_is_refused_before_any_work(field, tmp_path, capsys, line):
+    _, paths, eph = field
+    toml = _pipeline(tmp_path, paths, eph, line)
+    with pytest.raises(PipelineError, match=r"line 9: \[stack\] size: .*size = \"full\""):
+        load_pipeline(toml)
+    assert main(["run", str(toml)]) == 1
+    err = capsys.readouterr().err
+    assert "[stack] size" in err and '"full"' in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_of_run_states_the_size_rule_and_main_help_points_to_the_demo(capsys):
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{MARGIN_FWHM} stellar FWHM" in text and 'size = "full"' in text
+    assert main(["--help"]) == 0
+    assert "'shiftstack-ccd demo' runs the whole chain offline" in \
+        " ".join(capsys.readouterr().out.split())
+
+
+def test_run_size_none_is_the_whole_field_too(field, tmp_path):
+    """"none" gives any parameter of a pipeline file its None; shift_and_stack's size=None
+    is the whole field, so it means "full"."""
+    _, paths, eph = field
+    size, why = load_pipeline(_pipeline(tmp_path, paths, eph, 'size = "none"')).output_size()
+    assert size is None and why == '[stack] size = "full"'
+
+
+def test_check_says_where_the_motion_comes_from(field, tmp_path):
+    _, paths, _ = field
+    files = ", ".join(repr(str(p)) for p in paths)
+    toml = tmp_path / "linear.toml"
+    toml.write_text(f'[inputs]\nfiles = [{files}]\n\n[motion]\nlinear = {{ ra = 150.0, '
+                    'dec = 20.0, epoch = "2026-03-01T04:00:00", ra_rate = 60.0, '
+                    'dec_rate = -40.0 }\n\n[output]\nstack = "out/stack.fits"\n')
+    assert "motion: linear motion from linear.toml" in load_pipeline(toml).describe()

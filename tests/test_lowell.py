@@ -11,45 +11,16 @@ import glob
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.coordinates import SkyCoord
 from astropy.stats import sigma_clipped_stats
-from astropy.time import Time
 from photutils.detection import DAOStarFinder
 from astropy.modeling.fitting import TRFLSQFitter
 from astropy.modeling.models import Const2D, Gaussian2D
 
 import shiftstack_ccd as ss
-from shiftstack_ccd.ephemeris.motion import fit_linear_motion, track_target
 from shiftstack_ccd.photometry import aperture_flux, source_mask
 from shiftstack_ccd.stars import measure_fwhm
 
-
-def _detections(frame):
-    data = frame.data[:, 17:1382]  # TRIMSEC: leave the prescan and overscan out
-    _, median, std = sigma_clipped_stats(data)
-    found = DAOStarFinder(fwhm=3.5, threshold=8 * std)(data - median)
-    return frame.wcs.pixel_to_world(np.asarray(found["x_centroid"]) + 17,
-                                    np.asarray(found["y_centroid"]))
-
-
-def _find_mover(frames, times):
-    """Sources of the first frame absent from the last, found again along a straight line."""
-    catalogs = [_detections(f) for f in frames]
-    first, last = catalogs[0], catalogs[-1]
-    _, sep_first, _ = first.match_to_catalog_sky(last)
-    _, sep_last, _ = last.match_to_catalog_sky(first)
-    movers = []
-    for i in np.where(sep_first > 2 * u.arcsec)[0]:
-        close = last.separation(first[i])
-        for j in np.where((close > 2 * u.arcsec) & (close < 20 * u.arcsec)
-                          & (sep_last > 2 * u.arcsec))[0]:
-            dra, ddec = first[i].spherical_offsets_to(last[j])
-            fractions = ((times - times[0]) / (times[-1] - times[0])).value
-            hits = sum(np.min(c.separation(first[i].spherical_offsets_by(dra * f, ddec * f)))
-                       < 1 * u.arcsec for c, f in zip(catalogs, fractions))
-            if hits == len(frames):
-                movers.append((first[i], last[j]))
-    return movers
+from lowell_helpers import TRIM, asteroid_motion
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +30,8 @@ def lowell():
     except FileNotFoundError as exc:
         pytest.skip(f"real example data not available: {exc}")
     frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
-    times = Time([ss.mid_exposure_time(f) for f in frames])
-    pointing = SkyCoord(frames[0].meta["TELRA"], frames[0].meta["TELDEC"],
-                        unit=(u.hourangle, u.deg))
-    movers = _find_mover(frames, times)
-    assert movers, "no moving source found in the Lowell frames"
-    first, last = min(movers, key=lambda m: m[0].separation(pointing))
-    track = track_target(frames, first, last)
-    eph = fit_linear_motion(track["time"], SkyCoord(track["ra"], track["dec"], unit="deg"))
+    # raw frames: the sources are found on the exposed pixels (TRIMSEC) only
+    track, eph = asteroid_motion(frames, frames, section=TRIM)
     result = ss.shift_and_stack(frames, eph, method="mean", size=201)
     return frames, track, eph, result
 

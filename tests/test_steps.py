@@ -288,3 +288,19 @@ def test_provenance_header_keys_and_plain_dict_meta():
     out = ss.provenance_header(meta, [("CRNFLAG", 3, "pixels")], "step: done")
     assert isinstance(out, dict) and out["CRNFLAG"] == 3
     assert out["HISTORY"] == ["read", "step: done"] and meta["HISTORY"] == "read"
+
+
+def test_run_step_says_nothing_of_a_card_it_cannot_format():
+    """The runner's before/after checksum formats the header; a long value and comment (an
+    input file's path) must not make astropy warn "Card is too long" to the user."""
+    from astropy.io import fits
+
+    from shiftstack_ccd.steps import run_step
+
+    header = fits.Header()
+    header["SSF001"] = ("/work/shared/data/lowell42-5945/5945/20190326.0135.fits", "input frame")
+    ccd = CCDData(np.ones((4, 4)), unit="adu", meta=header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = run_step(lambda frame: frame.multiply(2.0), ccd)
+    assert out.data[0, 0] == 2.0 and ccd.data[0, 0] == 1.0

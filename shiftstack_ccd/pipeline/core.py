@@ -12,6 +12,7 @@ from pathlib import Path
 
 from astropy.time import Time
 
+from .._auto_size import RULE as AUTO_SIZE_RULE
 from .._utils import frame_label, set_card
 from ..calibration import (calibrate_frame, combine_bias, combine_dark, combine_flat,
                            read_calibration_frame, subtract_overscan_and_trim)
@@ -61,6 +62,8 @@ class Pipeline:
         self.motion = motion
         self.stack_options = stack_options
         self.outputs = outputs
+        self._size = None  # (size, why), found by output_size
+        self._eph = None  # the motion model, Horizons asked once
 
     def describe(self):
         """Lines summarising what `run` will do."""
@@ -81,17 +84,50 @@ class Pipeline:
             args = ", ".join(f"{k}={v!r}" for k, v in params.items())
             lines.append(f"step: {name}({args})")
         if "ephemeris" in self.motion:
-            lines.append(f"motion: {self.motion['ephemeris']!r}")
+            eph = self.motion["ephemeris"]  # where it came from, else its repr
+            lines.append(f"motion: {eph.meta.get('source') or repr(eph)}")
         else:
             lines.append(f"motion: JPL Horizons {self.motion['horizons']}")
         opts = ", ".join(f"{k}={v!r}" for k, v in self.stack_options.items())
         lines.append(f"stack: shift_and_stack({opts})")
+        if "size" not in self.stack_options:
+            lines.append(f"output size (no [stack] size): {AUTO_SIZE_RULE}")
         for key in ("stack", "preview"):
             if self.outputs.get(key):
                 lines.append(f"output {key}: {self.outputs[key]}")
         return lines
 
     # ---------------------------------------------------------------------- running
+    def output_size(self):
+        """The ``size`` `run` gives `~shiftstack_ccd.shift_and_stack`, and why.
+
+        ``[stack] size = N`` (pixels, or an angle such as ``"3 arcmin"``) is used as it is;
+        ``size = "full"`` is every pixel of every frame (``size=None``); without a size, the
+        same default as ``shiftstack-ccd stack`` without ``--size``: the target's path
+        across the frames plus a margin of stellar FWHM on each side (the FWHM measured on
+        the middle frame; `describe` states the rule), the whole field when that is larger.
+        The default reads the middle frame and the frames' headers once; the answer is kept.
+
+        Returns
+        -------
+        size : int, tuple, `~astropy.units.Quantity` or None
+            As `~shiftstack_ccd.shift_and_stack` takes it (None: the whole field).
+        why : str
+            How it was chosen, in words.
+        """
+        if self._size is None:
+            size = self.stack_options.get("size")
+            if size == "full":
+                self._size = (None, '[stack] size = "full"')
+            elif "size" in self.stack_options:
+                self._size = (size, "[stack] size")
+            else:
+                from .._auto_size import default_size
+                size, why = default_size([str(p) for p in self.files], self._ephemeris(),
+                                         hdu=self.hdu, unit=self.unit, option="[stack] size")
+                self._size = (size, f"no [stack] size: {why}")
+        return self._size
+
     def run(self):
         """Run the pipeline; return a `PipelineResult`.
 
@@ -117,9 +153,12 @@ class Pipeline:
                      if card.keyword not in before
                      and card.keyword not in ("HISTORY", "COMMENT", "")]
         del first
+        size, why = self.output_size()
+        log.info("output size: %s (%s)", "the whole field" if size is None else size, why)
+        options = {**self.stack_options, "size": size}
         result = shift_and_stack([str(p) for p in self.files], self._ephemeris(),
                                  per_frame_steps=self._per_frame_steps(masters),
-                                 hdu=self.hdu, unit=self.unit, **self.stack_options)
+                                 hdu=self.hdu, unit=self.unit, **options)
         self._record(result, added, used)
 
         written = {}
@@ -229,6 +268,11 @@ class Pipeline:
     def _ephemeris(self):
         if "ephemeris" in self.motion:
             return self.motion["ephemeris"]
+        if self._eph is None:
+            self._eph = self._horizons()
+        return self._eph
+
+    def _horizons(self):
         from ..ephemeris import ephemeris_for_times
         from ..frames import mid_exposure_time, read_frame
         spec = self.motion["horizons"]

@@ -453,8 +453,9 @@ def _check_stack(check, stack, n_frames, allow_scheduler):
     for key, elsewhere in _STACK_FROM_ELSEWHERE.items():
         if key in stack:
             check.error(("stack", key), f"{key} is set by {elsewhere}, not in [stack].")
-    options = check.params(shift_and_stack, stack, ("stack",), "[stack]", skip=0,
-                           reserved=tuple(_STACK_FROM_ELSEWHERE))
+    options = check.params(shift_and_stack,
+                           {key: value for key, value in stack.items() if key != "size"},
+                           ("stack",), "[stack]", skip=0, reserved=tuple(_STACK_FROM_ELSEWHERE))
     # the values, with the checks shift_and_stack makes on entry: one key at a time, so
     # that every problem is listed
     refused = set()
@@ -475,7 +476,28 @@ def _check_stack(check, stack, n_frames, allow_scheduler):
                     "pickled tasks would be sent there; a pipeline file may name a "
                     "dask.distributed address only when the command line allows it "
                     "(shiftstack-ccd run --allow-scheduler, or allow_scheduler=True).")
+    if "size" in stack:
+        size = _check_size(check, stack["size"])
+        if size is not None:
+            options["size"] = size
     return options
+
+
+def _check_size(check, value):
+    """``[stack] size``: "full" or "none" (every pixel of every frame: shift_and_stack's
+    size=None), or what shift_and_stack takes; None when refused. Without a size,
+    Pipeline.output_size gives the command line's default (the target's path plus a margin
+    of PSFs)."""
+    from .._validate import output_size
+    from ..exceptions import ParameterError
+    if isinstance(value, str) and value.strip().lower() in ("full", "none"):
+        return "full"  # "none": shift_and_stack's size=None, as for any parameter
+    try:
+        return output_size(value)
+    except ParameterError as exc:
+        check.error(("stack", "size"), f"[stack] {exc} Or size = \"full\" for every pixel "
+                    "of every frame; without a size, the target's path and a margin.")
+        return None
 
 
 def _check_output(check, output, overwrite, inputs=()):
