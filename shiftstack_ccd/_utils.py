@@ -197,9 +197,23 @@ def as_header(meta):
     return header
 
 
+def _fits_in_one_card(key, value, comment):
+    """Whether ``key = value / comment`` surely fits one 80-character card as it is: a
+    number (at most 20 characters in FITS) or a short plain string ends at column 30, and
+    the comment starts at column 34, leaving 47 characters."""
+    if len(key) > 8 or len(comment) > 47 or not comment.isascii():
+        return False
+    if isinstance(value, str):
+        return len(value) <= 18 and "'" not in value and value.isascii()
+    return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating))
+
+
 def set_card(header, key, value, comment=""):
     """Set a header card, shortening the comment (never the value) to fit one 80-char card."""
     from astropy.io import fits
+    if _fits_in_one_card(key, value, comment):  # the usual case, without building cards
+        header[key] = (value, comment) if comment else value
+        return
     bare = fits.Card(key, value).image
     if len(bare) <= 80 and comment:  # a long string continues on CONTINUE cards: leave it
         if len(bare.rstrip()) + 4 > 80:  # no room for " / " and one character

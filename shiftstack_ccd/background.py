@@ -27,9 +27,10 @@ import numpy as np
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ._utils import as_header, frame_label
+from ._zoom import zoom_grid
 from .exceptions import FrameError
 
-__all__ = ["background_box_size", "subtract_background"]
+__all__ = ["background_box_size", "background_model", "subtract_background"]
 
 log = logging.getLogger(__name__)
 
@@ -45,46 +46,31 @@ def background_box_size(shape):
     return int(np.clip(min(shape) // 4, 32, 64))
 
 
-def subtract_background(ccd, mask=None, box_size=None, filter_size=1, label=None):
-    """Model the frame's sky with sources masked and subtract it.
+def background_model(ccd, mask=None, box_size=None, filter_size=1, label=None):
+    """The frame's sky model (sources masked), and the header cards that describe it.
 
-    Parameters
-    ----------
-    ccd : `~astropy.nddata.CCDData`
-        The frame.
-    mask : ndarray of bool, optional
-        Pixels to leave out of the model besides the frame's mask and non-finite pixels
-        (sources, e.g. from `~shiftstack_ccd.photometry.source_mask`, and the target).
-    box_size : int, optional
-        Box side, pixels (default `background_box_size`).
-    filter_size : int
-        Median filter of the box values, in boxes (default none: see the module notes).
-    label : str, optional
-        Name of the frame in messages.
+    What `subtract_background` subtracts; parameters as there.
 
     Returns
     -------
-    subtracted : `~astropy.nddata.CCDData`
-        A new frame, data minus the model, the uncertainty, mask, WCS and unit carried over.
-        Header: ``SSBKG`` ('Background2D'), ``SSBKGBOX`` (box, pixels), ``SSBKGLEV``
-        (median of the model, data units) and ``SSBKGRNG`` (its range, max - min).
+    model : `~numpy.ndarray`
+        The sky, float64, the frame's shape.
+    cards : list of (key, value, comment)
+        ``SSBKG``, ``SSBKGBOX``, ``SSBKGLEV`` and ``SSBKGRNG`` (see `subtract_background`).
 
     Raises
     ------
     FrameError
-        When no box has enough unmasked pixels to measure the sky (e.g. everything is
-        masked); the message names the frame.
+        As `subtract_background`.
 
     Examples
     --------
     >>> import numpy as np
     >>> from astropy.nddata import CCDData
-    >>> rng = np.random.default_rng(0)
-    >>> sky = 100.0 + np.add.outer(np.arange(128.0), np.zeros(128))  # a gradient in y
-    >>> frame = CCDData(sky + rng.normal(0, 1, sky.shape), unit="adu")
-    >>> flat = subtract_background(frame)
-    >>> abs(float(np.median(flat.data))) < 0.1, flat.meta["SSBKGBOX"]
-    (True, 32)
+    >>> frame = CCDData(np.full((64, 64), 250.0), unit="adu")
+    >>> model, cards = background_model(frame)
+    >>> float(model[10, 10]), [key for key, value, comment in cards]
+    (250.0, ['SSBKG', 'SSBKGBOX', 'SSBKGLEV', 'SSBKGRNG'])
     """
     from astropy.stats import SigmaClip
     from photutils.background import Background2D, MedianBackground
@@ -109,16 +95,67 @@ def subtract_background(ccd, mask=None, box_size=None, filter_size=1, label=None
     except ValueError as exc:
         raise FrameError(f"{label}: no usable background: no {box}x{box} box has half of its "
                          f"pixels unmasked ({exc}).") from None
-    model = np.asarray(bkg.background, dtype=float)
+    # photutils' own interpolation of the mesh (cubic spline zoom, 'reflect', grid mode,
+    # clipped to the mesh's range), done axis by axis: 40 times faster (see _zoom)
+    mesh = np.asarray(bkg.background_mesh, dtype=float)
+    model = zoom_grid(mesh, bkg.box_size, data.shape, order=3, mode="reflect")
+    np.clip(model, mesh.min(), mesh.max(), out=model)
     level = float(np.median(model))
-    dtype = ccd.data.dtype if ccd.data.dtype.kind == "f" else np.float32
+    spread = float(model.max() - model.min())
+    log.debug("%s: background %.6g (range %.4g), box %d", label, level, spread, box)
+    return model, [("SSBKG", "Background2D", "sky model subtracted (sources masked)"),
+                   ("SSBKGBOX", box, "[pix] background box"),
+                   ("SSBKGLEV", level, "median sky level subtracted"),
+                   ("SSBKGRNG", spread, "range of the sky model")]
+
+
+def subtract_background(ccd, mask=None, box_size=None, filter_size=1, label=None):
+    """Model the frame's sky with sources masked and subtract it.
+
+    Parameters
+    ----------
+    ccd : `~astropy.nddata.CCDData`
+        The frame.
+    mask : ndarray of bool, optional
+        Pixels to leave out of the model besides the frame's mask and non-finite pixels
+        (sources, e.g. from `~shiftstack_ccd.photometry.source_mask`, and the target).
+    box_size : int, optional
+        Box side, pixels (default `background_box_size`).
+    filter_size : int
+        Median filter of the box values, in boxes (default none: see the module notes).
+    label : str, optional
+        Name of the frame in messages.
+
+    Returns
+    -------
+    subtracted : `~astropy.nddata.CCDData`
+        A new frame, data minus the model (`background_model`), the uncertainty, mask, WCS
+        and unit carried over. Header: ``SSBKG`` ('Background2D'), ``SSBKGBOX`` (box,
+        pixels), ``SSBKGLEV`` (median of the model, data units) and ``SSBKGRNG`` (its range,
+        max - min).
+
+    Raises
+    ------
+    FrameError
+        When no box has enough unmasked pixels to measure the sky (e.g. everything is
+        masked); the message names the frame.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> rng = np.random.default_rng(0)
+    >>> sky = 100.0 + np.add.outer(np.arange(128.0), np.zeros(128))  # a gradient in y
+    >>> frame = CCDData(sky + rng.normal(0, 1, sky.shape), unit="adu")
+    >>> flat = subtract_background(frame)
+    >>> abs(float(np.median(flat.data))) < 0.1, flat.meta["SSBKGBOX"]
+    (True, 32)
+    """
+    model, cards = background_model(ccd, mask=mask, box_size=box_size,
+                                    filter_size=filter_size, label=label)
     meta = as_header(ccd.meta)
-    meta["SSBKG"] = ("Background2D", "sky model subtracted (sources masked)")
-    meta["SSBKGBOX"] = (box, "[pix] background box")
-    meta["SSBKGLEV"] = (level, "median sky level subtracted")
-    meta["SSBKGRNG"] = (float(model.max() - model.min()), "range of the sky model")
-    log.debug("%s: background %.6g (range %.4g) subtracted, box %d", label, level,
-              meta["SSBKGRNG"], box)
-    out = type(ccd)((data - model).astype(dtype), unit=ccd.unit, wcs=ccd.wcs, meta=meta,
-                    mask=ccd.mask, uncertainty=ccd.uncertainty)
-    return out
+    for key, value, comment in cards:
+        meta[key] = (value, comment)
+    dtype = ccd.data.dtype if ccd.data.dtype.kind == "f" else np.float32
+    return type(ccd)((np.asarray(ccd.data, dtype=float) - model).astype(dtype), unit=ccd.unit,
+                     wcs=ccd.wcs, meta=meta, mask=ccd.mask, uncertainty=ccd.uncertainty)

@@ -114,6 +114,7 @@ from ._utils import as_header, frame_label
 from .config import conf
 from .exceptions import FrameError
 from .frames import exposure_time, mid_exposure_time
+from .steps import provenance_header
 
 __all__ = ["CombineResult", "RunningStack", "combine_frames", "exposure_header_cards",
            "exposure_weighted_mid_time"]
@@ -387,23 +388,21 @@ class CombineResult:
 
 def _combine_header(n, method, sigma_clip, sigma_low, sigma_high, clip_gradient, weighting,
                     metas, labels):
-    meta = fits.Header()
-    meta["NCOMBINE"] = (n, "number of frames combined")
-    meta["SSCOMB"] = (method, "combine method")
-    meta["SSWEIGHT"] = (weighting, "combine weights")
-    meta["SSCLIP"] = (bool(sigma_clip), "sigma clipping applied")
+    """The combined image's header: its cards written the steps' one way
+    (`~shiftstack_ccd.steps.provenance_header`)."""
+    cards = [("NCOMBINE", n, "number of frames combined"),
+             ("SSCOMB", method, "combine method"),
+             ("SSWEIGHT", weighting, "combine weights"),
+             ("SSCLIP", bool(sigma_clip), "sigma clipping applied")]
     if sigma_clip:
-        meta["SSCLIPLO"] = (float(sigma_low), "low clipping threshold (sigma)")
-        meta["SSCLIPHI"] = (float(sigma_high), "high clipping threshold (sigma)")
-        meta["SSCLIPG"] = (float(clip_gradient), "clipping allowance x median gradient")
+        cards += [("SSCLIPLO", float(sigma_low), "low clipping threshold (sigma)"),
+                  ("SSCLIPHI", float(sigma_high), "high clipping threshold (sigma)"),
+                  ("SSCLIPG", float(clip_gradient), "clipping allowance x median gradient")]
     try:
-        cards = exposure_header_cards(metas)
+        cards += exposure_header_cards(metas)
     except FrameError as exc:
         log.debug("no exposure cards in the combined header: %s", exc)
-    else:
-        for key, value, comment in cards:
-            meta[key] = (value, comment)
-    return meta
+    return provenance_header(fits.Header(), cards)
 
 
 def _weighting_label(weights, frame_weights):

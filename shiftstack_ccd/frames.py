@@ -215,6 +215,42 @@ def _mid_time_and_source(header):
     return start + TimeDelta(exptime / 2, format="sec"), f"{source} + {exp_key}/2"
 
 
+#: The cards the mid-exposure time is read from, and ``SSFILE`` (the frame's name in the
+#: messages): `mid_exposure_time` remembers its answer for each set of their values.
+_TIME_CARDS = (("SSFILE", "TIMESYS", "EXPSTART", "EXPEND", "DATE-BEG", "DATE-END", "DATE-AVG",
+                "MJD-AVG", "DATE-OBS", "MJD-OBS", "MIDTIMJD") + _EXPTIME_KEYS
+               + _START_TIME_KEYS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mid_time_of_cards(cards):
+    return _mid_time(dict(cards))
+
+
+def _mid_time(header):
+    """``(jd1, jd2, format, source, warning)`` of the UTC mid-exposure time of a header;
+    ``warning`` is the text of a MIDTIMJD disagreement, or None."""
+    try:
+        time, source = _mid_time_and_source(header)
+        time = time.utc
+    except FrameError:
+        raise
+    except (ValueError, ArithmeticError) as exc:  # e.g. erfa: a date it cannot convert
+        raise FrameError(f"{_label(header)}: the time cards give an impossible date "
+                         f"({exc}).") from None
+    warning = None
+    if "MIDTIMJD" in header:
+        try:
+            check = Time(float(header["MIDTIMJD"]), format="jd", scale="utc")
+            difference = abs((check - time).to_value(u.s))
+        except (TypeError, ValueError, ArithmeticError):  # not a JD: no check to make
+            check, difference = None, 0.0
+        if check is not None and not difference <= 1.0:
+            warning = (f"{_label(header)}: mid-exposure from {source} is {time.isot} but "
+                       f"MIDTIMJD (a JD) says {check.isot}; using {source}.")
+    return float(time.jd1), float(time.jd2), time.format, source, warning
+
+
 def mid_exposure_time(frame):
     """Return the UTC mid-exposure time of a frame.
 
@@ -258,26 +294,21 @@ def mid_exposure_time(frame):
     'DATE-OBS+UTCSTART + EXPTIME/2'
     """
     header = getattr(frame, "meta", frame)
+    # Answered from the time cards alone, and remembered: a stack asks for each frame's time
+    # five times (plan, read, two combines, provenance), and astropy's Time makes each
+    # answer cost a millisecond.
+    cards = tuple((key, header[key]) for key in _TIME_CARDS if key in header)
     try:
-        time, source = _mid_time_and_source(header)
-        time = time.utc
-    except FrameError:
-        raise
-    except (ValueError, ArithmeticError) as exc:  # e.g. erfa: a date it cannot convert
-        raise FrameError(f"{_label(header)}: the time cards give an impossible date "
-                         f"({exc}).") from None
-    if "MIDTIMJD" in header:
-        try:
-            check = Time(float(header["MIDTIMJD"]), format="jd", scale="utc")
-            difference = abs((check - time).to_value(u.s))
-        except (TypeError, ValueError, ArithmeticError):  # not a JD: no check to make
-            check, difference = None, 0.0
-        if check is not None and not difference <= 1.0:
-            warnings.warn(f"{_label(header)}: mid-exposure from {source} is {time.isot} but "
-                          f"MIDTIMJD (a JD) says {check.isot}; using {source}.",
-                          AstropyUserWarning)
+        jd1, jd2, form, source, warning = _mid_time_of_cards(cards)
+    except TypeError:  # a value that cannot be a dictionary key (from a dict meta): no cache
+        jd1, jd2, form, source, warning = _mid_time(header)
+    if warning is not None:
+        warnings.warn(warning, AstropyUserWarning)
+    time = Time(jd1, jd2, format="jd", scale="utc")
+    time.format = form
     time.info.description = source
-    log.debug("%s: mid-exposure %s UTC from %s", _label(header), time.isot, source)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: mid-exposure %s UTC from %s", _label(header), time.isot, source)
     return time
 
 

@@ -45,8 +45,8 @@ from ._utils import frame_label
 from .exceptions import FrameError
 
 __all__ = ["GAIN_KEYS", "NOISE_TOLERANCE", "READ_NOISE_KEYS", "NoiseModel", "add_uncertainty",
-           "header_number", "mask_outside_trimsec", "noise_model", "overscan_level",
-           "pixel_noise"]
+           "header_number", "mask_outside_trimsec", "model_uncertainty", "noise_model",
+           "overscan_level", "pixel_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,76 @@ def _local_sigma(data, good, label):
     return np.asarray(bkg.background_rms, dtype=float)
 
 
+def model_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
+    """The standard deviation `add_uncertainty` gives ``ccd``, and what was measured,
+    without making a new frame.
+
+    Parameters (``warn`` too) and ``info`` as for `add_uncertainty`.
+
+    Returns
+    -------
+    sigma : `~numpy.ndarray` or None
+        Standard deviation per pixel (the data's float type); None for a ``'given'`` model
+        (the frame keeps its own uncertainty).
+    info : dict
+        As for `add_uncertainty`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> rng = np.random.default_rng(0)
+    >>> frame = CCDData(rng.poisson(400.0, (50, 50)).astype(float), unit="adu",
+    ...                 meta={"GAIN": 1.0})
+    >>> sigma, info = model_uncertainty(frame, noise_model(frame))
+    >>> round(float(np.median(sigma))), info["noise_model"]
+    (20, 'detector')
+    """
+    label = label or frame_label(ccd)
+    model = model or noise_model(ccd, label=label)
+    data = np.asarray(ccd.data)
+    bad = ~np.isfinite(data)
+    if ccd.mask is not None:
+        bad |= np.asarray(ccd.mask, dtype=bool)
+    good = ~bad if sky is None else (~bad & sky)
+    if not good.any():
+        raise FrameError(f"{label}: every pixel is masked or not finite; no noise can be "
+                         "measured.")
+    measured = pixel_noise(data, good)
+    info = {"noise_model": model.kind, "gain": model.gain or np.nan,
+            "read_noise": np.nan if model.read_noise is None else model.read_noise,
+            "bias": model.bias, "bias_source": model.bias_source, "pixel_noise": measured,
+            "noise_scale": 1.0}
+    dtype = data.dtype if data.dtype.kind == "f" else np.float32
+    if model.kind == "given":
+        variance = np.asarray(ccd.uncertainty.represent_as(StdDevUncertainty).array,
+                              dtype=float) ** 2
+    elif model.kind == "detector":
+        g, rn = model.gain, model.read_noise
+        variance = np.maximum(data - model.bias, 0) / g + (rn / g) ** 2
+    else:
+        sigma = _local_sigma(data, good, label)
+        variance = sigma ** 2
+    with np.errstate(invalid="ignore"):
+        predicted = float(np.sqrt(np.median(variance[good])))
+    info["model_noise"] = predicted
+    info["noise_ratio"] = ratio = measured / predicted if predicted > 0 else np.nan
+    if model.kind == "detector" and np.isfinite(ratio) and ratio > 0:
+        info["noise_scale"] = ratio
+        variance = variance * ratio ** 2
+    if warn and np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
+        warnings.warn(f"{label}: the measured pixel noise of the sky is {ratio:.2f} times what "
+                      f"the noise model predicts ({model.describe()}); "
+                      + ("the model is scaled to the data (check the gain card)"
+                         if model.kind == "detector" else "check the frame's uncertainty"),
+                      AstropyUserWarning)
+    log.info("%s: noise: %s; measured pixel noise %.4g, model %.4g (ratio %.3f)", label,
+             model.describe(), measured, predicted, ratio)
+    if model.kind == "given":
+        return None, info
+    return np.sqrt(variance).astype(dtype), info
+
+
 def add_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
     """A copy of ``ccd`` with an uncertainty from ``model``, and what was measured.
 
@@ -351,48 +421,8 @@ def add_uncertainty(ccd, model=None, sky=None, label=None, warn=True):
     >>> round(float(np.median(noisy.uncertainty.array))), round(info["noise_ratio"], 1)
     (10, 1.0)
     """
-    label = label or frame_label(ccd)
-    model = model or noise_model(ccd, label=label)
-    data = np.asarray(ccd.data)
-    bad = ~np.isfinite(data)
-    if ccd.mask is not None:
-        bad |= np.asarray(ccd.mask, dtype=bool)
-    good = ~bad if sky is None else (~bad & sky)
-    if not good.any():
-        raise FrameError(f"{label}: every pixel is masked or not finite; no noise can be "
-                         "measured.")
-    measured = pixel_noise(data, good)
-    info = {"noise_model": model.kind, "gain": model.gain or np.nan,
-            "read_noise": np.nan if model.read_noise is None else model.read_noise,
-            "bias": model.bias, "bias_source": model.bias_source, "pixel_noise": measured,
-            "noise_scale": 1.0}
-    dtype = data.dtype if data.dtype.kind == "f" else np.float32
-    if model.kind == "given":
-        sigma = None
-        variance = np.asarray(ccd.uncertainty.represent_as(StdDevUncertainty).array,
-                              dtype=float) ** 2
-    elif model.kind == "detector":
-        g, rn = model.gain, model.read_noise
-        variance = np.maximum(data - model.bias, 0) / g + (rn / g) ** 2
-    else:
-        sigma = _local_sigma(data, good, label)
-        variance = sigma ** 2
-    with np.errstate(invalid="ignore"):
-        predicted = float(np.sqrt(np.median(variance[good])))
-    info["model_noise"] = predicted
-    info["noise_ratio"] = ratio = measured / predicted if predicted > 0 else np.nan
-    if model.kind == "detector" and np.isfinite(ratio) and ratio > 0:
-        info["noise_scale"] = ratio
-        variance = variance * ratio ** 2
-    if warn and np.isfinite(ratio) and not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
-        warnings.warn(f"{label}: the measured pixel noise of the sky is {ratio:.2f} times what "
-                      f"the noise model predicts ({model.describe()}); "
-                      + ("the model is scaled to the data (check the gain card)"
-                         if model.kind == "detector" else "check the frame's uncertainty"),
-                      AstropyUserWarning)
-    log.info("%s: noise: %s; measured pixel noise %.4g, model %.4g (ratio %.3f)", label,
-             model.describe(), measured, predicted, ratio)
+    sigma, info = model_uncertainty(ccd, model, sky, label, warn)
     out = ccd.copy()
-    if model.kind != "given":
-        out.uncertainty = StdDevUncertainty(np.sqrt(variance).astype(dtype))
+    if sigma is not None:
+        out.uncertainty = StdDevUncertainty(sigma)
     return out, info

@@ -20,14 +20,15 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._frame_noise import add_noise_columns, noise_and_background, noise_cards, warn_noise_ratios
+from ._frame_noise import (MIN_CUTOUT, add_noise_columns, noise_and_background, noise_cards,
+                           warn_noise_ratios)
 from ._parallel import map_frames
 from ._crop import crop_to_grids
 from ._photometric import divided, frame_scales, snr_factors, star_photometry
-from ._utils import (as_header, atomic_output, check_output_path, frames_wcs_error,
-                     require_celestial_wcs, set_card)
+from ._utils import as_header, atomic_output, check_output_path, require_celestial_wcs, set_card
+from ._stack_header import stack_header, target_cards
 from ._validate import check_stack_memory, per_frame_weights, stack_parameters
-from .combine import RunningStack, combine_frames, exposure_header_cards, frame_factors
+from .combine import RunningStack, combine_frames, frame_factors
 from .config import conf
 from .ephemeris import Ephemeris
 from .exceptions import FrameError, ParameterError
@@ -37,7 +38,7 @@ from .resample import DRIZZLE_KERNELS, resample_to_target
 from .stars import stellar_fwhm
 from .static_sky import (static_sky_template, static_sky_variance_factor,
                          subtract_static_sky)
-from .steps import provenance_header, run_steps
+from .steps import run_steps
 from .target_frame import TargetFrame, check_target_on_frame
 
 __all__ = ["StackResult", "shift_and_stack"]
@@ -258,7 +259,8 @@ def _prepare_task(job, ctx):
     step_cards = {key: frame.meta.get(key) for key in _STEP_COLUMNS if key in frame.meta}
     # Cropped first, so that nothing below works on pixels the output cannot show.
     frame, (cx, cy) = crop_to_grids(frame, (x, y),
-                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape)
+                                    [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape,
+                                    min_size=MIN_CUTOUT)
     frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
     sky = None
     if ctx.need_sky:
@@ -489,7 +491,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     for name, value in (("weights", weights), ("frame_weights", frame_weights)):
         per_frame_weights(value, name, len(sources))
     footprints = [_footprint(source, hdu) for source in sources]  # headers: no pixels read
-    headers = [as_header(f.meta) for f in footprints]
+    headers = [f.meta for f in footprints]
     shapes = [f.shape for f in footprints]
     wcses = [require_celestial_wcs(f, "shift_and_stack", i) for i, f in enumerate(footprints)]
     labels = [str(h.get("SSFILE", f"frame #{i}")) for i, h in enumerate(headers)]
@@ -514,7 +516,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                 tempfile.TemporaryDirectory(prefix="shiftstack-", dir=workdir))
         ctx = _Context(steps=per_frame_steps, resample=resample, interpolation=interpolation,
                        shape=grid.shape, grid_wcs=_ExactWCS(grid.wcs),
-                       target_wcs=[_ExactWCS(grid.wcs_at(t)) for t in times],
+                       target_wcs=[_ExactWCS(grid.wcs_at_offset(dx, dy))
+                                   for dx, dy in zip(*offsets)],
                        need_sky=(sky_stack or subtract_static or _named(weights, "snr")
                                  or (isinstance(scale, str) and scale == "stars")),
                        workdir=folder, template=None, track_radius=track_radius,
@@ -596,23 +599,15 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
     table = _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
                          weights, frame_weights, refinement)
     add_noise_columns(table, [p["noise"] for p in prepared], photometry, ctx.scales)
-    header = _provenance_header(stack.meta, grid, ephemeris, table, method, resample, headers)
+    header = stack_header(stack.meta, grid, ephemeris, table, method, resample, headers)
     noise_cards(header, table, background, scale)
     stack.meta = header
     if sky is not None:
         sky.meta = header.copy()
         sky.meta["SSKIND"] = ("sky", "stacked on the stars (fixed plane)")
-    stack.meta["SSKIND"] = ("target", "stacked on the target's motion")
-    stack.meta["SSSTATIC"] = (bool(subtract_static), "static-sky template subtracted")
-    if subtract_static:
-        stack.meta["SSTRACKR"] = (float(ctx.track_radius), "[pix] target track masked in template")
-        stack.meta["SSSTVARF"] = (round(static_factor, 4), "variance x this: template shares noise")
-        stack.meta["SSSTAPR"] = (round(static_radius, 2), "[pix] aperture radius of SSSTVARF")
-    stack.meta["SSREFINE"] = (bool(refine), "per-frame offsets refined on the target")
-    if refine:  # what the refined track does to the target's position (register notes)
-        from .register import refinement_cards
-        for key, value, comment in refinement_cards(table, grid.reference_time):
-            stack.meta[key] = (value, comment)
+    static = (ctx.track_radius, static_factor, static_radius) if subtract_static else None
+    for key, value, comment in target_cards(static, refine, table, grid.reference_time):
+        stack.meta[key] = (value, comment)
     return StackResult(stack, sky, combined.coverage, table, grid)
 
 
@@ -664,9 +659,10 @@ class _Footprint:
 
 
 def _footprint(source, hdu=None):
-    """A frame's footprint; a file's is read from its headers alone (`read_footprint`)."""
+    """A frame's footprint, with a header of its own; a file's is read from its headers
+    alone (`read_footprint`)."""
     if isinstance(source, CCDData):
-        return _Footprint(source.meta, source.wcs, source.shape)
+        return _Footprint(as_header(source.meta), source.wcs, source.shape)
     header, shape, wcs = read_footprint(source, hdu=hdu)
     return _Footprint(header, wcs, shape)
 
@@ -765,36 +761,3 @@ def _frame_table(labels, times, prepared, on_target, offsets, combined, headers,
 _STEP_COLUMNS = {"CRNFLAG": "cr_flagged", "WCSDX": "wcs_dx", "WCSDY": "wcs_dy",
                  "WCSNSTAR": "wcs_nstars", "WCSRMSPX": "wcs_rms_pix", "WCSERR": "wcs_err",
                  "SSSKYOFF": "static_sky_offset", "SSNSTMSK": "static_masked"}
-
-
-def _provenance_header(meta, grid, ephemeris, table, method, resample, headers):
-    """The stack's header: the combine's cards, then the plane, the ephemeris, the mean time
-    and one card per frame (`~shiftstack_ccd.steps.provenance_header`)."""
-    cards = list(grid.header_cards())
-    cards.append(("SSRESMP", resample, "requested resampling path"))
-    conventions = sorted(set(table["flux_convention"]))
-    if conventions:
-        cards.append(("SSFLUXC", "+".join(conventions), "flux convention: per-pixel or surface"))
-    if hasattr(ephemeris, "header_cards"):
-        cards += ephemeris.header_cards()
-    times = Time(table["mid_time"])
-    try:  # exposure-weighted, when every frame has an exposure time
-        cards += exposure_header_cards(headers, weights=np.asarray(table["weight"]))
-    except FrameError:
-        mean = Time(np.mean(times.mjd), format="mjd", scale="utc")
-        cards += [("MJD-AVG", float(mean.mjd), "[d] mean mid-exposure time (UTC)"),
-                  ("DATE-AVG", mean.isot, "mean mid-exposure time (UTC)"),
-                  ("TIMESYS", "UTC", "time scale of the time cards")]
-    wcs_error = frames_wcs_error(headers, table)
-    if wcs_error is not None:
-        cards.append(("SSWCSRMS", round(wcs_error, 4), "[arcsec] 1-sigma WCS error per axis"))
-    if len(table) > 999:
-        warnings.warn("more than 999 frames: per-frame header cards are written for the first "
-                      "999 only; the FRAMES table has them all.", AstropyUserWarning)
-    for i, row in enumerate(table[:999], start=1):
-        cards += [(f"SSF{i:03d}", str(row["file"])[-60:], "input frame"),
-                  (f"SST{i:03d}", float(row["mjd_mid"]), "[d] mid-exposure MJD (UTC)"),
-                  (f"SSX{i:03d}", round(float(row["dx"]), 4), "[pix] target offset x"),
-                  (f"SSY{i:03d}", round(float(row["dy"]), 4), "[pix] target offset y")]
-    return provenance_header(as_header(meta), cards, f"shiftstack_ccd: {len(table)} frames "
-                             f"stacked by {method} on the target's motion")

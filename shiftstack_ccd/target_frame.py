@@ -171,7 +171,12 @@ class TargetFrame:
         It is this plane with ``CRPIX`` moved by minus the target's offset, so that the target's
         position at ``time`` falls on `center_pixel`.
         """
-        dx, dy = self.offset(time)
+        return self.wcs_at_offset(*self.offset(time))
+
+    def wcs_at_offset(self, dx, dy):
+        """The WCS of the target-centred grid for the target at offset ``(dx, dy)`` (pixels,
+        as `offset` gives them): for many epochs, `offset` of all the times at once and
+        this for each costs a tenth of `wcs_at` for each."""
         wcs = copy.deepcopy(self.wcs)
         wcs.wcs.crpix = wcs.wcs.crpix - np.array([float(dx), float(dy)])
         wcs.wcs.set()

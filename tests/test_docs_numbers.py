@@ -44,6 +44,8 @@ ALLOWED = {
     ("searching.rst", "420 x", " 420 sub"): "the sub-field of tests/test_search.py",
     ("searching.rst", "S/N 8", " or more"): "the fakes tests/test_search.py checks",
     ("searching.rst", "1.5", "\" and 4"): "the tolerance tests/test_search.py asserts",
+    ("searching.rst", "0.01", " pixel (checked thro"): "search/_resample.translations' "
+                                                       "tolerance parameter",
 }
 
 

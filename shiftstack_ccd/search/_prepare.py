@@ -1,13 +1,14 @@
 # Licensed under a 3-clause BSD style license - see LICENSE
 """Frames -> psi/phi planes on one fixed sky grid, for the motion search.
 
-Each frame, in its own pixels: a local background (`photutils.background.Background2D`) is
-subtracted and, if the frame has no uncertainty, its local robust rms becomes one (a raw
-frame's global scatter is several times its pixel noise: overscan, vignetting, dust);
-cosmic rays and hot pixels are masked (`clean_cosmic_rays`). Then it is resampled once onto
-the fixed grid (`resample_to_target`). The static sky, the median of the frames on that grid
-(`combine_frames`), is subtracted from each; the cores of bright stars, which never subtract
-cleanly, are masked. Each difference image D with variance V and mask M gives, as in KBMOD,
+Each frame, in its own pixels: a local background (`box_statistics`) is subtracted and, if
+the frame has no uncertainty, its local robust rms becomes one (a raw frame's global scatter
+is several times its pixel noise: overscan, vignetting, dust); cosmic rays and hot pixels
+are masked (`clean_cosmic_rays`). Then it is resampled once onto the fixed grid (by block
+translations, see `_resample`, or `resample_to_target`). The static sky, the clipped mean of
+the frames on that grid (`combine_frames`), is subtracted from each; the cores of bright
+stars, which never subtract cleanly, are masked. Each difference image D with variance V
+and mask M gives, as in KBMOD,
 
     psi = PSF * (D / V),     phi = PSF^2 * (1 / V)     (masked pixels: 1/V = 0)
 
@@ -111,13 +112,16 @@ def _local_background(data, bad, box):
 def prepare_frame(job):
     """One frame in its own pixels: background removed, noise attached, cosmic rays masked.
 
-    ``job`` is ``(index, frame, options)``; returns the frame resampled onto the grid.
+    ``job`` is ``(index, frame, options)``; returns the frame resampled onto the grid: by
+    block translations (`_resample`) when the frame maps onto the grid as one to within
+    0.01 pixel, else through `resample_to_target`'s warp path.
     """
     from ..cosmicray import clean_cosmic_rays
-    from ..resample import resample_to_target
+    from ..resample import flux_convention
+    from ._resample import resample_blocks, translations
     index, frame, opts = job
     label = frame_label(frame, index)
-    frame = crop_to_grid(_trim(frame), opts["wcs"], opts["shape"])
+    frame = crop_to_grid(trim(frame), opts["wcs"], opts["shape"])
     data = np.asarray(frame.data, dtype=np.float32)
     good = check_finite_fraction(frame, label)
     bad = ~good | _saturated(frame, data, opts["saturation_grow"])
@@ -133,32 +137,57 @@ def prepare_frame(job):
         std = rms
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
-    work = CCDData(np.where(bad, 0, data - background), unit=frame.unit, wcs=frame.wcs,
-                   uncertainty=StdDevUncertainty(np.where(std > 0, std, np.inf)),
-                   meta=frame.meta)
+    bad |= ~(std > 0) | ~np.isfinite(std)
+    sky = np.where(bad, 0, data - background)
     n_cr = 0
     if opts["cosmic_rays"]:
         # without the mask (the bad pixels are at the sky level, 0): the detector's
         # masked-neighbour path is many times slower and the bad pixels stay masked anyway
+        work = CCDData(sky, unit=frame.unit, wcs=frame.wcs,
+                       uncertainty=StdDevUncertainty(np.where(std > 0, std, np.inf)),
+                       meta=frame.meta)
         cleaned = clean_cosmic_rays(work, method="median")
         n_cr = int(cleaned.meta.get("CRNFLAG", 0))
-        bad = bad | np.asarray(cleaned.mask, bool)
-    # Bad pixels go through the resampling as sky (0) with a huge variance rather than as a
-    # mask: the output pixels they touch get a weight of ~0, as masked ones would, without
-    # the slow filling of masked pixels that a spline needs.
-    work.uncertainty = StdDevUncertainty(np.where(bad | ~(std > 0), _HUGE, std)
-                                         .astype(np.float32))
+        hits = np.asarray(cleaned.mask, bool)
+        bad |= hits
+        sky[hits] = 0  # a cosmic ray's ringing through the cubic spline is not sky either
+    found = translations(frame.wcs.celestial, opts["wcs"], frame.shape, opts["shape"])
+    if found is not None:
+        blocks, ratio = found
+        out, variance, mask = resample_blocks(sky, np.where(bad, 0, std * std), bad, blocks,
+                                              opts["shape"])
+        if flux_convention(frame.unit) != "surface":  # counts per pixel (or unknown)
+            out *= np.float32(ratio)
+            variance *= np.float32(ratio * ratio)
+        out_std = np.sqrt(variance)
+        path = "block translations"
+    else:
+        out, out_std, mask = _warp(frame, sky, std, bad, opts)
+        path = "warp"
+    log.debug("%s: prepared (%s), %d cosmic-ray pixels masked", label, path, n_cr)
+    return {"data": out, "std": out_std, "mask": mask, "n_cr": n_cr}
+
+
+def _warp(frame, sky, std, bad, opts):
+    """`resample_to_target`'s bicubic warp: data, std and mask on the grid (NaN if masked).
+
+    Bad pixels go through the resampling as sky (0) with a huge variance rather than as a
+    mask: the output pixels they touch get a weight of ~0, as masked ones would, without
+    the slow filling of masked pixels that a spline needs.
+    """
+    from ..resample import resample_to_target
+    work = CCDData(sky, unit=frame.unit, wcs=frame.wcs, meta=frame.meta,
+                   uncertainty=StdDevUncertainty(np.where(bad, _HUGE, std)
+                                                 .astype(np.float32)))
     resampled = resample_to_target(work, opts["wcs"], opts["shape"],
                                    interpolation="bicubic")
     out_std = resampled.uncertainty.array
     mask = np.asarray(resampled.mask, bool) | ~(out_std < _HUGE * 1e-9)
-    log.debug("%s: prepared, %d cosmic-ray pixels masked", label, n_cr)
-    return {"data": np.where(mask, np.nan, resampled.data).astype(np.float32),
-            "std": np.where(mask, np.nan, out_std).astype(np.float32), "mask": mask,
-            "n_cr": n_cr}
+    return (np.where(mask, np.nan, resampled.data).astype(np.float32),
+            np.where(mask, np.nan, out_std).astype(np.float32), mask)
 
 
-def _trim(frame):
+def trim(frame):
     """The frame cut to its header's ``TRIMSEC`` (overscan and prescan are not sky)."""
     section = str(frame.meta.get("TRIMSEC", "") or "").strip()
     try:
