@@ -193,3 +193,30 @@ def test_zero_point_from_gaia(lowell):
     assert m.meta["band"] == "G" and m.meta["catalog_n_stars"] >= 20
     # S/N 300 in 10 x 300 s on a 1-m telescope: between G 14 and 19, measured to 0.05 mag
     assert 14 < m["mag"][0].value < 19 and m["mag_err"][0].value < 0.05
+
+
+@pytest.mark.slow
+def test_noise_does_not_depend_on_stack_size(lowell):
+    """The asteroid's flux noise is measured near it: the same pixels at the default (auto)
+    size and at 301 px give the same error (it was 112 against 73 ADU, issue #10).
+
+    Only the noise part is compared: the aperture-correction term comes from the stars of
+    the sky stack, as few as 5 on a small one (see the issue), and is added apart."""
+    frames, track, eph, plain = lowell
+    noise = {}
+    for size in (None, 301):
+        result = ss.shift_and_stack(frames, eph, size=size, sigma_clip=True)
+        m = ss.measure_target(result)
+        meta = m.meta
+        flux, err = m["flux"][0].value, m["flux_err"][0].value
+        apcor = flux * meta["aperture_correction_err"] / meta["aperture_correction"]
+        noise[size] = np.sqrt(err ** 2 - apcor ** 2)
+        assert m["detected"][0]
+    assert abs(noise[None] / noise[301] - 1) < 0.10, noise
+
+
+def test_too_small_stack_refused(lowell):
+    frames, track, eph, plain = lowell
+    result = ss.shift_and_stack(frames, eph, size=41)
+    with pytest.raises(ss.FrameError, match="make a larger stack"):
+        ss.measure_target(result, fwhm=1.7)  # a PSF given: the noise is what is missing

@@ -56,6 +56,9 @@ __all__ = ["measure_target", "summary_line"]
 
 log = logging.getLogger(__name__)
 
+#: Half-size (pixels) of the box around each target where its noise is measured.
+_NOISE_REACH = 60
+
 
 class _Stack(_Image):
     """The arrays and geometry of a stack that a measurement needs."""
@@ -216,7 +219,6 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     psf = _stack_psf(stack, px, py, fwhm, psf_beta)
     model = _Model(psf["fwhm"], psf["beta"], _trail_vector(stack))
     star_model = _Model(psf["fwhm"], psf["beta"])
-    cov, n_noise = _noise_model(stack, model, px, py)
     apcor = _aperture_corrections(stack, star_model, psf, model.aperture)
 
     zp, zp_err, zp_meta = None, 0.0, {}
@@ -236,8 +238,10 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     for k, (x0, y0) in enumerate(zip(px, py)):
         jac = stack.pixel_scale(x0, y0)
         region = _search_region(jac, eph_sigma, search_radius, model.fwhm)
+        cov, row_noise = _noise_model(stack, model, x0, y0, px, py)
         row = _measure_one(stack, model, cov, x0, y0, region, snr_threshold, apcor)
         row["predicted"] = predicted[k]
+        row["noise_pixels"] = row_noise
         row["refine_cov"] = np.zeros((2, 2))
         if not row["forced"]:  # the refined track's position at the reference epoch
             row["x"] += refine_shift[0]
@@ -251,7 +255,8 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
         "psf_fwhm_pix": model.fwhm, "psf_beta": model.beta, "psf_stars": psf.get("n_stars"),
         "trail_pix": float(np.hypot(*model.trail)),
         "aperture_correction": apcor["psf"], "aperture_correction_err": apcor["psf_err"],
-        "noise_ratio": [r["noise_ratio"] for r in rows], "noise_pixels": n_noise,
+        "noise_ratio": [r["noise_ratio"] for r in rows],
+        "noise_pixels": [r["noise_pixels"] for r in rows],
         "n_frames": stack.n_frames, "wcs_error_arcsec": wcs_sigma,
         "refine_shift_pix": [float(v) for v in refine_shift],
         "refine_error_pix": [float(v) for v in refine_err],
@@ -280,28 +285,40 @@ def _stack_psf(stack, px, py, fwhm, beta):
     return psf
 
 
-def _noise_model(stack, model, px, py):
-    """Normalised-residual autocovariance, measured away from the targets and sources."""
+def _noise_model(stack, model, x, y, px, py):
+    """Normalised-residual autocovariance near the target at (x, y), away from sources.
+
+    Measured on the box within ``_NOISE_REACH`` pixels of the target (all targets ``px``,
+    ``py`` left out of it), source mask and background included, so that the same pixels
+    give the same noise whatever the stack's size and the other targets: on the Lowell
+    frames the normalised residual is 30% wider (robust std 1.39 against 1.06) within 60 px
+    of the asteroid than over a 601 px stack, and a stack-wide source mask and background
+    change with the stack's size (issue #10).
+    """
+    from astropy.nddata import CCDData
+
     from ..photometry import source_mask
 
-    usable = ~stack.bad
-    if stack.coverage is not None:  # where as many frames overlap as at the targets
-        at_targets = min(int(stack.coverage[int(round(y)), int(round(x))])
-                         for x, y in zip(px, py))
-        usable &= stack.coverage >= at_targets
-    masked = np.where(stack.bad, np.nan, stack.data)
-    from astropy.nddata import CCDData
-    usable &= ~source_mask(CCDData(masked, unit=stack.unit, mask=stack.bad), dilate=3)
-    yy, xx = np.indices(stack.data.shape)
-    for x, y in zip(px, py):
-        usable &= np.hypot(xx - x, yy - y) > model.r_out + 2
+    ny, nx = stack.data.shape
+    x0, x1 = max(0, int(round(x)) - _NOISE_REACH), min(nx, int(round(x)) + _NOISE_REACH + 1)
+    y0, y1 = max(0, int(round(y)) - _NOISE_REACH), min(ny, int(round(y)) + _NOISE_REACH + 1)
+    box = (slice(y0, y1), slice(x0, x1))
+    data, sigma, bad = stack.data[box], stack.sigma[box], stack.bad[box]
+    usable = ~bad
+    if stack.coverage is not None:  # where as many frames overlap as at the target
+        usable &= stack.coverage[box] >= int(stack.coverage[int(round(y)), int(round(x))])
+    masked = np.where(bad, np.nan, data)
+    usable &= ~source_mask(CCDData(masked, unit=stack.unit, mask=bad), dilate=3)
+    yy, xx = np.indices(data.shape)
+    for a, b in zip(px, py):
+        usable &= np.hypot(xx + x0 - a, yy + y0 - b) > model.r_out + 2
     if usable.sum() < 2000:
         raise FrameError(f"stack: only {int(usable.sum())} empty-sky pixels where the target "
                          "is; cannot measure the noise (make a larger stack, size=...).")
     # every pixel pair of a measurement (fit box and background annulus): the background
     # subtraction cancels the slow part of the noise only if its covariances are all counted
     max_lag = 2 * (int(np.ceil(model.r_out)) + 1)
-    return normalised_residual_covariance(stack.data, stack.sigma, usable, max_lag,
+    return normalised_residual_covariance(data, sigma, usable, max_lag,
                                           box=int(max(32, 10 * model.fwhm)))
 
 
