@@ -49,6 +49,7 @@ RUNS = {
     "bench_scale": [["--frames", "12", "--size", "1024"]],
     "bench_search": [["--rate", "40"], ["--rate", "80"]],
     "bench_measure": [["--seeds", "2"]],
+    "bench_noise_size": [[]],
     "search_recall": [[]],
 }
 # Scripts that are not benchmarks/<name>.py (they also make a figure of the docs).

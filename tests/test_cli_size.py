@@ -10,11 +10,12 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from matplotlib.image import imread
 
 import shiftstack_ccd as ss
-from shiftstack_ccd._auto_size import MARGIN_FWHM, MIN_SIZE
+from shiftstack_ccd._auto_size import (MARGIN_FWHM, MIN_NSIGMA, MIN_SIZE, PSF_STAR_NSIGMA,
+                                       PSF_STARS)
 from shiftstack_ccd._cutout import zoom_cut
 from shiftstack_ccd.cli import main
 from shiftstack_ccd.pipeline import PipelineError, load_pipeline
-from shiftstack_ccd.stars import stellar_fwhm
+from shiftstack_ccd.stars import detect_stars, stellar_fwhm
 from shiftstack_ccd.visualization import write_preview
 
 
@@ -43,11 +44,21 @@ def test_default_size_follows_the_path_and_the_psf(field, tmp_path, capsys):
     ends = sim.ephemeris.at(Time([times.min(), times.max()]))
     scale = np.mean(proj_plane_pixel_scales(frames[len(frames) // 2].wcs)) * 3600
     path_px = ends[0].separation(ends[1]).arcsec / scale
-    fwhm = stellar_fwhm(frames[len(frames) // 2])
-    expected = max(MIN_SIZE, int(np.ceil(path_px + 2 * MARGIN_FWHM * fwhm)))
+    middle = frames[len(frames) // 2]
+    fwhm = stellar_fwhm(middle)
+    by_path = int(np.ceil(path_px + 2 * MARGIN_FWHM * fwhm))
+    # grown to hold PSF_STARS stars bright enough in the stack for the PSF fit, with their
+    # fit boxes: the PSF_STARS-th nearest (square distance) from the target on the middle frame
+    stars = detect_stars(middle, threshold=max(MIN_NSIGMA, PSF_STAR_NSIGMA / np.sqrt(6)),
+                         fwhm=fwhm, max_stars=10 ** 6)
+    cx, cy = middle.wcs.world_to_pixel(sim.ephemeris.at(ss.mid_exposure_time(middle)))
+    reach = np.sort(np.maximum(np.abs(stars["x"] - cx), np.abs(stars["y"] - cy)))
+    by_stars = int(np.ceil(2 * (reach[PSF_STARS - 1] + 3 * fwhm))) + 1
+    expected = max(MIN_SIZE, by_path, by_stars)
     expected += 1 - expected % 2
     assert path_px > 20  # the path counts: a moving target, not a fixed margin
     assert n == expected and n < 300
+    assert f"grown to hold {PSF_STARS} PSF stars" in text
     result = ss.StackResult.read(out)
     assert result.stack.shape == (n, n)
     x, y = ss.centroid_target(result.stack, ((n - 1) / 2, (n - 1) / 2))
