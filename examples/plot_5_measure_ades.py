@@ -49,7 +49,7 @@ frames = ss.read_frames(ss.datasets.fetch_example_data("lowell42-5945"))
 eph = ss.Ephemeris.linear(SkyCoord(124.6279549, 25.3402805, unit="deg"),
                           Time("2019-03-26T03:40:00", scale="utc"),
                           3.7678 * u.arcsec / u.hour, -8.2601 * u.arcsec / u.hour)
-result = ss.shift_and_stack(frames, eph, method="mean", size=201)
+result = ss.shift_and_stack(frames, eph, method="mean", size=301)
 m = ss.measure_target(result)
 row = m[0]
 print(f"{row['time'].isot} UTC: RA {row['ra'].to_value(u.deg):.6f} +/- {row['ra_err']:.3f}, "
@@ -74,7 +74,7 @@ print(ss.summary_line(row, m.meta))
 wrong_eph = ss.Ephemeris.linear(SkyCoord(124.6279549, 25.3402805, unit="deg"),
                                 Time("2019-03-26T03:40:00", scale="utc"),
                                 -3.7678 * u.arcsec / u.hour, 8.2601 * u.arcsec / u.hour)
-wrong = ss.measure_target(ss.shift_and_stack(frames, wrong_eph, method="mean", size=201))
+wrong = ss.measure_target(ss.shift_and_stack(frames, wrong_eph, method="mean", size=301))
 print(ss.summary_line(wrong[0], wrong.meta))
 print(f"offset {(wrong[0]['offset'] / row['fwhm']).to(u.one):.1f} FWHM; flux "
       f"{(wrong[0]['flux'] / row['flux']).to(u.one):.2f} of the asteroid's")

@@ -280,9 +280,7 @@ def _aperture_corrections(stack, model, psf, aperture):
 
     Each star of the PSF fit gives the ratios (large aperture / PSF flux) and (large
     aperture / aperture of radius ``aperture``, the target's) with an error from the sky
-    stack's uncertainty; stars more
-    than 5 sigma from the median (a neighbour in the large aperture) are left out and the
-    rest averaged with inverse-variance weights.
+    stack's uncertainty; `_robust_ratio` averages them with the stars' own scatter.
     """
     neutral = {"psf": 1.0, "psf_err": 0.0, "aperture": 1.0, "aperture_err": 0.0, "n_stars": 0,
                "radius": np.nan}
@@ -322,20 +320,40 @@ def _aperture_corrections(stack, model, psf, aperture):
     ratios = np.array(ratios)
     out = {"n_stars": len(ratios), "radius": radius}
     for key, (value, error) in (("psf", ratios[:, :2].T), ("aperture", ratios[:, 2:].T)):
-        error = np.maximum(error, 1e-3 * value)  # a floor: the PSF varies a little anyway
-        keep = np.abs(value - np.median(value)) <= 5.0 * error
-        if keep.sum() < 3:
-            keep = np.ones(len(value), dtype=bool)
-        weight = 1.0 / error[keep] ** 2
-        mean = float(np.sum(weight * value[keep]) / weight.sum())
-        # the scatter beyond the errors (PSF variations) enlarges the error of the mean
-        chi2 = float(np.sum(weight * (value[keep] - mean) ** 2)) / max(keep.sum() - 1, 1)
-        out[key] = mean
-        out[f"{key}_err"] = float(np.sqrt(max(chi2, 1.0) / weight.sum()))
+        out[key], out[f"{key}_err"] = _robust_ratio(value, error)
     log.info("aperture corrections from %d stars (radius %.1f px): PSF x%.4f +- %.4f, "
              "aperture x%.4f +- %.4f", out["n_stars"], radius, out["psf"], out["psf_err"],
              out["aperture"], out["aperture_err"])
     return out
+
+
+def _robust_ratio(value, error, nsigma=3.0):
+    """Weighted mean of the stars' ratios and its error, with the stars' own scatter.
+
+    Faint stars' ratios scatter far beyond their errors (a neighbour or a sky gradient in
+    the large aperture: on a 301-px Lowell stack half of its 30 PSF stars gave 1.1 to 1.8
+    where the bright ones and the target itself gave 1.01), and bright stars' tiny errors
+    ignore that the PSF varies. So the centre and an intrinsic scatter are taken from the
+    better-measured half of the stars (median, and their robust scatter beyond their
+    errors), the scatter is added to every star's error, stars beyond ``nsigma`` of that
+    total are left out, and the rest averaged with inverse-variance weights; the error of
+    the mean is scaled up when the kept stars still scatter more.
+    """
+    from astropy.stats import mad_std
+
+    error = np.maximum(error, 1e-3 * value)  # a floor: the PSF varies a little anyway
+    best = np.argsort(error)[:max(3, len(value) // 2)]
+    centre = float(np.median(value[best]))
+    excess = float(mad_std(value[best]) ** 2 - np.median(error[best] ** 2))
+    total = np.sqrt(error ** 2 + max(excess, 0.0))
+    for _ in range(2):
+        keep = np.abs(value - centre) <= nsigma * total
+        if keep.sum() < 3:
+            keep = np.ones(len(value), dtype=bool)
+        weight = 1.0 / total[keep] ** 2
+        centre = float(np.sum(weight * value[keep]) / weight.sum())
+    chi2 = float(np.sum(weight * (value[keep] - centre) ** 2)) / max(keep.sum() - 1, 1)
+    return centre, float(np.sqrt(max(chi2, 1.0) / weight.sum()))
 
 
 def _aperture_image(x, y, radius, shape):
