@@ -38,32 +38,10 @@ from astropy.coordinates import SkyCoord
 import shiftstack_ccd as ss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from lowell_helpers import asteroid_motion, calibrated  # noqa: E402 (the tests' chain)
+from lowell_helpers import asteroid_motion, calibrated, empty_spots  # noqa: E402 (the tests' chain)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "_static"
 ZERO_POINT = 25.0  # instrumental: a flux of 1 electron per frame is magnitude 25
-
-
-def empty_spots(plain, n, rng, n_frames):
-    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
-        | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
-        | (plain.coverage < n_frames)
-    ny, nx = busy.shape
-    cx, cy = plain.target_pixel
-    spots = []
-    for _ in range(50000):  # random places, each free of sources within 6 px
-        x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
-        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
-                np.hypot(x - cx, y - cy) < 30 or \
-                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
-            continue
-        spots.append((x, y))
-        if len(spots) == n:
-            break
-    if len(spots) < n:
-        raise RuntimeError(f"only {len(spots)} empty places found for {n} fakes")
-    spots = np.array(spots)
-    return plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
 
 
 def inject_and_measure(frames, eph, plain, snr, seed, refine=False, psf="moffat"):

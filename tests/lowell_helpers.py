@@ -92,3 +92,28 @@ def asteroid_motion(raw, frames, section=None):
     track = track_target(frames, *find_asteroid(frames, pointing, section))
     eph = fit_linear_motion(track["time"], SkyCoord(track["ra"], track["dec"], unit="deg"))
     return track, eph
+
+
+def empty_spots(plain, n, rng, n_frames):
+    """``n`` random places of the stack ``plain`` on empty sky, as a SkyCoord: away from the
+    stars (sky stack) and their trails (target stack), from the asteroid and from each
+    other, where all ``n_frames`` frames overlap."""
+    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
+        | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
+        | (plain.coverage < n_frames)
+    ny, nx = busy.shape
+    cx, cy = plain.target_pixel
+    spots = []
+    for _ in range(50000):  # random places, each free of sources within 6 px
+        x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
+        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
+                np.hypot(x - cx, y - cy) < 30 or \
+                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
+            continue
+        spots.append((x, y))
+        if len(spots) == n:
+            break
+    if len(spots) < n:
+        raise RuntimeError(f"only {len(spots)} empty places found for {n} fakes")
+    spots = np.array(spots)
+    return plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])

@@ -20,7 +20,7 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 import shiftstack_ccd as ss
-from lowell_helpers import asteroid_motion, calibrated
+from lowell_helpers import asteroid_motion, calibrated, empty_spots
 
 N_FAKES = 20
 
@@ -43,25 +43,8 @@ def fakes(lowell):
     frames, track, eph, plain = lowell
     tref = plain.target_frame.reference_time
     rng = np.random.default_rng(2)
-    # empty sky: away from the stars' trails in the target stack and from the asteroid
-    busy = ss.source_mask(plain.sky_stack, nsigma=2.0, npixels=5, dilate=10) \
-        | ss.source_mask(plain.stack, nsigma=2.0, npixels=5, dilate=6) \
-        | (plain.coverage < len(frames))
-    ny, nx = busy.shape
-    cx, cy = plain.target_pixel
-    spots = []
-    for _ in range(50000):  # random places, each free of sources within 6 px
-        x, y = rng.uniform(40, nx - 40), rng.uniform(40, ny - 40)
-        if busy[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7].any() or \
-                np.hypot(x - cx, y - cy) < 30 or \
-                any(np.hypot(x - a, y - b) < 25 for a, b in spots):
-            continue
-        spots.append((x, y))
-        if len(spots) == N_FAKES:
-            break
-    assert len(spots) == N_FAKES
-    spots = np.array(spots)
-    positions = plain.stack.wcs.pixel_to_world(spots[:, 0], spots[:, 1])
+    positions = empty_spots(plain, N_FAKES, rng, len(frames))
+    assert len(positions) == N_FAKES
     noise = ss.measure_target(plain, position=positions, snr_threshold=np.inf)["flux_err"]
     snr = np.geomspace(5, 50, N_FAKES)
     fluxes = snr * np.median(noise.value)  # electrons per frame = in the mean stack
