@@ -55,7 +55,7 @@ def default_size(files, ephemeris, hdu=None, unit=None, option="--size"):
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     from ._utils import require_celestial_wcs
-    from .frames import mid_exposure_time, read_frame
+    from .frames import read_frame
     from .stars import stellar_fwhm
 
     middle = read_frame(files[len(files) // 2], hdu=hdu, unit=unit)
@@ -69,8 +69,7 @@ def default_size(files, ephemeris, hdu=None, unit=None, option="--size"):
     measured = fwhm is not None
     fwhm = float(fwhm) if measured else FALLBACK_FWHM
     n = max(MIN_SIZE, int(np.ceil(path_px + 2 * MARGIN_FWHM * fwhm)))
-    middle_time = mid_exposure_time(middle)
-    centre = wcs.world_to_pixel(ephemeris.at(middle_time))
+    centre = wcs.world_to_pixel(ephemeris.at(times[len(files) // 2]))
     for_stars, n_stars = stars_size(middle, centre, fwhm, len(files))
     why = (f"path {path_px:.1f} px + 2 x {MARGIN_FWHM} x FWHM {fwhm:.2f} px"
            f"{'' if measured else ' (assumed: too few stars to measure)'}")
