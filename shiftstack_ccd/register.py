@@ -445,7 +445,10 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
     min_significance : float
         Frames whose correlation peak is less significant are refused.
     weights : array-like, optional
-        Per-frame weights of the gauge condition (below) and of the template mean.
+        Per-frame weights of the gauge condition (below) and of the template mean: give the
+        combine's weights at the target (`~shiftstack_ccd.shift_and_stack` passes them, the
+        inverse variance of each frame there for an inverse-variance combine), so that
+        frames the stack weighs down weigh as little in the template and the gauge.
     template : {'mean', 'median'}
         How the other frames are combined into the template ('median' resists stars and
         cosmic rays left in the cutouts, at ~25% more noise).
@@ -477,7 +480,9 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
         ``measured_dx``, ``measured_dy`` (the last raw measurement against the others'
         template, also for refused frames),
         ``refine_snr`` (peak significance), ``refine_ok``, ``refine_note`` (the reason a frame
-        was refused) and ``max_shift`` (the radius or larger semi-axis, NaN if none). Its
+        was refused), ``max_shift`` (the radius or larger semi-axis, NaN if none),
+        ``refine_weight`` (``weights``, sum 1) and ``refine_noise`` (each cutout's robust
+        standard deviation: a measured correction's error scales with it). Its
         ``meta`` holds ``iterations``, ``converged`` and ``last_update``.
 
     Notes
@@ -522,6 +527,7 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
     >>> np.round(dx, 2), np.round(dy, 2)   # true x minus its mean: 0.300, -0.400, 0.100
     (array([ 0.3, -0.4,  0.1]), array([-0.2,  0.5, -0.3]))
     """
+    from astropy.stats import mad_std
     from scipy.ndimage import shift as ndi_shift
 
     if template not in ("mean", "median"):
@@ -619,6 +625,9 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
     table["refine_note"] = [r.reason for r in results]
     table["max_shift"] = np.array([np.nan if b is None else float(np.max(b))
                                    for b in bounds]) * u.pix
+    table["refine_weight"] = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
+    table["refine_noise"] = [float(mad_std(d[~b])) if (~b).any() else np.nan
+                             for d, b in zip(datas, bads)]
     table.meta.update(iterations=passes, converged=converged, last_update=update,
                       upsample=upsample, template=template,
                       gauge="weighted mean correction of accepted frames is zero")
@@ -628,11 +637,11 @@ def refine_offsets(cutouts, masks=None, max_shift=None, iterations=10, tol=0.01,
 def refinement_shift(table, reference_time, weights=None):
     """What the refinement does to the stacked target's position at the reference epoch.
 
-    The corrections of `refine_offsets` are relative (their mean over the accepted frames is
-    zero: the gauge), so the refinement adds no common shift of its own, but the stacked
-    target then sits where it was, on average, over the accepted frames, which is its
-    position at the reference epoch only if the ephemeris' error does not change over the
-    sequence or the reference epoch is the accepted frames' mean time. This gives the
+    The corrections of `refine_offsets` are relative (their weighted mean over the accepted
+    frames is zero: the gauge), so the refinement adds no common shift of its own, but the
+    stacked target then sits where it was, on average, over the accepted frames, which is
+    its position at the reference epoch only if the ephemeris' error does not change over
+    the sequence or the reference epoch is the accepted frames' mean time. This gives the
     shift from the stacked target to its position at the reference epoch (from the slope of
     the corrections in time) and the 1-sigma error that the refinement adds there.
 
@@ -640,12 +649,15 @@ def refinement_shift(table, reference_time, weights=None):
     ----------
     table : `~astropy.table.Table`
         The stack's per-frame table: ``mjd_mid``, ``refine_dx``, ``refine_dy`` (pixels),
-        ``refine_ok`` and, unless ``weights`` is given, ``weight``.
+        ``refine_ok``, and as `refine_offsets` gives them ``refine_weight`` (the gauge's
+        weights; equal without) and ``refine_noise`` (the frames' relative noise; equal
+        without).
     reference_time : `~astropy.time.Time` or float
         The stack's reference epoch (a Time, or an MJD in UTC).
     weights : array-like, optional
-        Per-frame weights of the combine (default: the table's ``weight``; uniform
-        without one).
+        Per-frame weights of the combine at the target. Default: the table's
+        ``refine_weight`` (`~shiftstack_ccd.shift_and_stack` refines with the combine's
+        weights at the target), else its ``weight``, else uniform.
 
     Returns
     -------
@@ -654,44 +666,45 @@ def refinement_shift(table, reference_time, weights=None):
         target's position at the reference epoch; ``shift_err`` (per axis, pixels, 1
         sigma): the error the refinement adds; ``scatter`` (per axis, pixels): the
         corrections' scatter about a straight line in time, the per-frame error of one
-        correction; ``rate`` (pixels per day, per axis): that line's slope;
-        ``n_accepted``; ``epoch_mjd``: the mean time of the accepted frames.
+        correction (of a frame of the accepted frames' mean noise); ``rate`` (pixels per
+        day, per axis): that line's slope; ``n_accepted``; ``epoch_mjd``: the gauge's
+        (weighted) mean time of the accepted frames.
 
     Notes
     -----
     Let ``A(t)`` be the target's true offset from the ephemeris on the target plane
-    (pixels). Accepted frames (set ``a``, ``n_a`` of them, gauge weights ``u_i = 1/n_a``)
-    are corrected by ``d_i = A(t_i) - mean_a(A) + e_i - mean_a(e)``, ``e_i`` the error of
-    each measurement; refused frames (set ``r``) are not corrected. With the combine's
-    per-frame weights ``v_i`` (sum 1, ``V_a`` over the accepted frames) the stacked target
-    sits at::
+    (pixels). Accepted frames (set ``a``, ``n_a`` of them, gauge weights ``u_i``, sum 1 over
+    them) are corrected by ``d_i = A(t_i) - sum_a u_j A(t_j) + e_i - sum_a u_j e_j``,
+    ``e_i`` the error of each measurement (variance ``k n_i**2``, ``n_i`` the frame's
+    noise); refused frames (set ``r``) are not corrected. With the combine's per-frame
+    weights ``v_i`` (sum 1, ``V_a`` over the accepted frames) the stacked target sits at::
 
-        P = V_a (mean_a(A) + mean_a(e)) - sum_a v_i e_i + sum_r v_i A(t_i)
+        P = V_a sum_a u_i (A(t_i) + e_i) - sum_a v_i e_i + sum_r v_i A(t_i)
 
-    For a track error linear over the sequence, ``A(t) = mean_a(A) + b (t - t_a)`` (``t_a``
-    the accepted frames' mean time), the target at the reference epoch ``t_ref`` is at::
+    For a track error linear over the sequence, ``A(t) = A(t_a) + b (t - t_a)`` (``t_a =
+    sum_a u_i t_i``), the target at the reference epoch ``t_ref`` is at::
 
         A(t_ref) - P = b tau - sum_a (V_a u_i - v_i) e_i,
         tau = (t_ref - t_a) - sum_r v_i (t_i - t_a)
 
-    ``b`` is estimated by the least-squares slope of the corrections in time (their
-    intercept at ``t_a`` is 0 by the gauge), so ``shift = b_hat tau``, whose error
-    relative to the truth is ``sum_a c_i e_i`` with
-    ``c_i = tau (t_i - t_a) / S_tt + (V_a u_i - v_i)``, ``S_tt = sum_a (t_i - t_a)**2``:
-    ``shift_err = s sqrt(sum c_i**2)``, ``s`` the corrections' scatter about the line
+    ``b`` is estimated by the straight line through the corrections in time, weighted by
+    ``p_i = 1 / n_i**2`` (``t_p`` their weighted mean time, ``S = sum_a p_i (t_i -
+    t_p)**2``), so ``shift = b_hat tau``, whose error relative to the truth is ``sum_a c_i
+    e_i`` with ``c_i = tau p_i (t_i - t_p) / S + (V_a u_i - v_i)``: ``shift_err =
+    sqrt(k sum c_i**2 n_i**2)``, ``k`` from the weighted residuals about the line
     (``n_a - 2`` degrees of freedom; with fewer than 3 accepted frames the slope is taken
-    as 0 and ``s`` is the corrections' rms). ``s`` also contains any real per-frame jitter
-    (a frame's WCS), which makes it conservative.
+    as 0 and ``k`` comes from the corrections themselves). ``k`` also contains any real
+    per-frame jitter (a frame's WCS), which makes it conservative.
 
     So it is a common-mode error of the stacked position, zero when the combine weighs the
-    frames as the gauge does (equal weights), every frame is accepted and the reference
-    epoch is the frames' mean time (the defaults of `~shiftstack_ccd.shift_and_stack`).
-    The per-frame errors also blur the stacked target by about ``s`` per axis (the PSF
-    model does not include it: a small loss of flux, ``s**2 / (2 sigma_psf**2)`` for a
-    Gaussian PSF of width ``sigma_psf``; not corrected). The part of ``e_i`` that is the
-    target's own noise is also in the fit's error of the stacked position; adding
-    ``shift_err`` in quadrature is exact for inverse-variance weights ``v`` and equal
-    weights, close otherwise.
+    frames as the gauge does (`~shiftstack_ccd.shift_and_stack` gives the refinement the
+    combine's weights), every frame is accepted and the reference epoch is the frames' mean
+    time (the defaults). The per-frame errors also blur the stacked target by about
+    ``scatter`` per axis (the PSF model does not include it: a small loss of flux, ``s**2 /
+    (2 sigma_psf**2)`` for a Gaussian PSF of width ``sigma_psf``; not corrected). The part
+    of ``e_i`` that is the target's own noise is also in the fit's error of the stacked
+    position; adding ``shift_err`` in quadrature is exact for inverse-variance weights
+    ``v`` and equal weights, close otherwise.
 
     Examples
     --------
@@ -712,35 +725,50 @@ def refinement_shift(table, reference_time, weights=None):
     ok = np.asarray(table["refine_ok"], dtype=bool)
     # plain numbers (pixels) from a Column with a unit or a Quantity alike
     d = np.array([np.asarray(table[c], dtype=float) for c in ("refine_dx", "refine_dy")])
+    names = table.colnames
     if weights is None:
-        weights = table["weight"] if "weight" in table.colnames else np.ones(n)
-    v = np.asarray(weights, dtype=float)
-    v = v / v.sum() if v.sum() > 0 else np.full(n, 1.0 / n)
+        weights = next((table[c] for c in ("refine_weight", "weight") if c in names),
+                       np.ones(n))
+    v = _unit_sum(weights, n)
+    u_gauge = _unit_sum(table["refine_weight"] if "refine_weight" in names else np.ones(n), n)
+    noise = np.asarray(table["refine_noise"], dtype=float) if "refine_noise" in names \
+        else np.ones(n)
     info = {"shift": np.zeros(2), "shift_err": np.zeros(2), "scatter": np.zeros(2),
             "rate": np.zeros(2), "n_accepted": int(ok.sum()), "epoch_mjd": np.nan}
     n_a = int(ok.sum())
     if n_a == 0:  # nothing was corrected: the stack is the unrefined one
         return info
-    t = mjd[ok]
-    t_a = float(t.mean())
+    t, u_a, noise_a = mjd[ok], u_gauge[ok] / u_gauge[ok].sum(), noise[ok]
+    if not np.all(np.isfinite(noise_a) & (noise_a > 0)):
+        noise_a = np.ones(n_a)
+    noise_a = noise_a / noise_a.mean()  # the scatter is that of a frame of mean noise
+    p = 1.0 / noise_a ** 2
+    t_a = float(np.sum(u_a * t))
     info["epoch_mjd"] = t_a
-    dt = t - t_a
-    s_tt = float(np.sum(dt ** 2))
     refused = ~ok
     tau = (t_ref - t_a) - float(np.sum(v[refused] * (mjd[refused] - t_a)))
-    mismatch = v[ok].sum() / n_a - v[ok]  # V_a u_i - v_i
+    mismatch = v[ok].sum() * u_a - v[ok]  # V_a u_i - v_i
+    dt = t - float(np.sum(p * t) / p.sum())
+    s_tt = float(np.sum(p * dt ** 2))
     if n_a >= 3 and s_tt > 0:
-        rate = d[:, ok] @ dt / s_tt
-        residual = d[:, ok] - rate[:, None] * dt
-        scatter = np.sqrt(np.sum(residual ** 2, axis=1) / (n_a - 2))
-        c = tau * dt / s_tt + mismatch
+        rate = d[:, ok] @ (p * dt) / s_tt
+        line = np.sum(p * d[:, ok], axis=1) / p.sum()
+        residual = d[:, ok] - line[:, None] - rate[:, None] * dt
+        scatter = np.sqrt(np.sum(p * residual ** 2, axis=1) / (n_a - 2))
+        c = tau * p * dt / s_tt + mismatch
     else:
         rate = np.zeros(2)
-        scatter = np.sqrt(np.mean(d[:, ok] ** 2, axis=1))
+        scatter = np.sqrt(np.sum(p * d[:, ok] ** 2, axis=1) / n_a)
         c = mismatch
     info.update(shift=rate * tau + 0.0, rate=rate, scatter=scatter,
-                shift_err=scatter * float(np.sqrt(np.sum(c ** 2))))
+                shift_err=scatter * float(np.sqrt(np.sum((c * noise_a) ** 2))))
     return info
+
+
+def _unit_sum(weights, n):
+    """Per-frame weights as floats summing to 1 (uniform if they sum to 0)."""
+    w = np.asarray(weights, dtype=float)
+    return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
 
 
 def refinement_cards(table, reference_time, weights=None):

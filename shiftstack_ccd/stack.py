@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
@@ -578,7 +578,9 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         refinement = None
         if refine:
             refinement = _refine(on_target, prepared, ctx, ephemeris, times, grid,
-                                 refine_max_shift, refine_size, scheduler)
+                                 refine_max_shift, refine_size, scheduler,
+                                 (_per_frame_factors(headers, weights, frame_weights),
+                                  _named(weights, "inverse-variance")))
         targets_out = _combinable([r["target"] for r in on_target])
         combined = combine_frames(targets_out, **combine_options)
         if intermediate is not None:
@@ -679,9 +681,13 @@ def _sources(frames):
     return paths
 
 
-def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, scheduler):
-    """Measure per-frame offsets on the target, then resample the corrected frames again."""
-    from .register import refine_offsets, shift_bound, shifted_wcs
+def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, scheduler,
+            weights):
+    """Measure per-frame offsets on the target, then resample the corrected frames again.
+
+    ``weights``: the combine's per-frame factors and whether it weighs by inverse variance;
+    the refinement weighs each frame as the combine does at the target."""
+    from .register import center_cutout, refine_offsets, shift_bound, shifted_wcs
     if max_shift is None:
         sigmas = ephemeris.uncertainty_at(times)
         if sigmas is not None:
@@ -692,7 +698,12 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
                      "at %.1f pixels (give refine_max_shift to change it)", max_shift)
     cutouts = [_load(r["target"]) for r in on_target]  # cropped to `size` by refine_offsets
     size = min(int(size), *grid.shape)
-    dx, dy, accepted, table = refine_offsets(cutouts, max_shift=max_shift, size=size)
+    factors, inverse_variance = weights
+    if inverse_variance:  # the combine's weight at the target: 1 / the variance there
+        factors = factors / np.array([np.nanmedian(center_cutout(
+            c.uncertainty.represent_as(VarianceUncertainty).array, size)) for c in cutouts])
+    dx, dy, accepted, table = refine_offsets(cutouts, max_shift=max_shift, size=size,
+                                             weights=factors)
     redo = [i for i in range(len(on_target)) if accepted[i] and (dx[i] or dy[i])]
     jobs = [(i, prepared[i], _ExactWCS(shifted_wcs(ctx.target_wcs[i].wcs, dx[i], dy[i])))
             for i in redo]
