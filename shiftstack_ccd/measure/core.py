@@ -39,18 +39,23 @@ How, for each target:
 """
 
 import logging
+import os
+import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import QTable
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .._noise import normalised_residual_covariance
 from .._psf import fit_psf
 from ..exceptions import FrameError, MeasurementError
 from ..register import refinement_shift
-from ._fit import _aperture_corrections, _Image, _measure_one, _Model, _search_region
+from ._fit import (DISAGREE_FACTOR, DISAGREE_FLOOR, _aperture_corrections, _Image,
+                   _measure_one, _Model, _search_region)
+from ._shape import shape_test, stars_anisotropy
 
 __all__ = ["measure_target", "summary_line"]
 
@@ -198,7 +203,9 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     """
     from ..stack import StackResult
 
+    label = "stack"
     if isinstance(result, (str, bytes)) or hasattr(result, "__fspath__"):
+        label = os.fsdecode(result)
         result = StackResult.read(result)
     if zero_point is not None and not band:
         raise MeasurementError("a zero point needs its band (band='V', 'r', 'G', ...): a magnitude "
@@ -220,6 +227,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     model = _Model(psf["fwhm"], psf["beta"], _trail_vector(stack))
     star_model = _Model(psf["fwhm"], psf["beta"])
     apcor = _aperture_corrections(stack, star_model, psf, model.aperture)
+    _warn_disagreeing_stars(apcor, label)
 
     zp, zp_err, zp_meta = None, 0.0, {}
     if catalog is not None:
@@ -234,6 +242,8 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
     wcs_sigma = _wcs_error(stack, wcs_error)
     eph_sigma = _ephemeris_sigma(result, stack.time)
     refine_shift, refine_err = _refinement(stack)
+    stars = stars_anisotropy(result.sky_stack, star_model, psf) if psf.get("stars") \
+        else None
     rows = []
     for k, (x0, y0) in enumerate(zip(px, py)):
         jac = stack.pixel_scale(x0, y0)
@@ -248,6 +258,7 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
             row["y"] += refine_shift[1]
             row["refine_cov"] = np.diag(refine_err ** 2)
         row["jac"] = stack.pixel_scale(row["x"], row["y"])
+        row["shape"] = shape_test(stack, model, cov, row, stars, row["snr"])
         rows.append(row)
     table = _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model)
     table.meta.update({
@@ -255,16 +266,58 @@ def measure_target(result, position=None, *, catalog=None, band=None, zero_point
         "psf_fwhm_pix": model.fwhm, "psf_beta": model.beta, "psf_stars": psf.get("n_stars"),
         "trail_pix": float(np.hypot(*model.trail)),
         "aperture_correction": apcor["psf"], "aperture_correction_err": apcor["psf_err"],
+        "aperture_correction_err_formal": apcor["psf_err_formal"],
+        "aperture_stars": apcor["n_stars"], "aperture_stars_crowded": apcor["n_crowded"],
         "noise_ratio": [r["noise_ratio"] for r in rows],
         "noise_pixels": [r["noise_pixels"] for r in rows],
         "n_frames": stack.n_frames, "wcs_error_arcsec": wcs_sigma,
         "refine_shift_pix": [float(v) for v in refine_shift],
         "refine_error_pix": [float(v) for v in refine_err],
         "exptime": float(stack.meta.get("EXPTOTAL", np.nan)) / max(stack.n_frames, 1),
+        "time_span_h": _time_span(stack),
+        "shape_stars": stars["n_stars"] if stars else 0,
         **{f"catalog_{k}": v for k, v in zp_meta.items() if k not in ("matches",)}})
+    _warn_elongated(table, label)
     for row in table:
         log.info("%s", summary_line(row, table.meta))
     return table
+
+
+def _warn_disagreeing_stars(apcor, label):
+    """A warning when the stars' aperture corrections disagree beyond their errors."""
+    boot, formal, value = apcor["psf_err"], apcor["psf_err_formal"], apcor["psf"]
+    if boot > DISAGREE_FACTOR * formal and boot > DISAGREE_FLOOR * value:
+        warnings.warn(
+            f"{label}: the {apcor['n_stars']} stars of the aperture correction disagree "
+            f"beyond their errors: their scatter makes its error {100 * boot / value:.1f}%, "
+            f"{boot / formal:.1f} times what their own errors give. The flux errors include "
+            "that; a larger stack (size=) holds more and brighter stars.", AstropyUserWarning)
+
+
+def _warn_elongated(table, label):
+    """One warning per target whose shape says that the stack's motion is wrong."""
+    span = table.meta["time_span_h"]
+    for k, row in enumerate(table):
+        if not row["elongated"]:
+            continue
+        dra, ddec = row["rate_error_ra"].value, row["rate_error_dec"].value
+        target = f"target {k}" if len(table) > 1 else "the target"
+        warnings.warn(
+            f"{label}: {target} is elongated beyond the stars' PSF (elongation "
+            f"{row['elongation']:.2f}, chi2 {row['shape_chi2']:.0f} for 2 degrees of "
+            f"freedom): the motion it was stacked on is likely wrong by +-({dra:.2f}, "
+            f"{ddec:.2f}) arcsec/h in (dRA cos(Dec)/dt, dDec/dt) over the stack's {span:.2f} h "
+            "(a stack cannot tell the sign). Its flux and position describe a trail, not the "
+            "target: stack again with the corrected rates (try both signs) or search the "
+            "motions (search_motion).", AstropyUserWarning)
+
+
+def _time_span(stack):
+    """Hours from the first frame's mid-exposure to the last's (NaN without the table)."""
+    table = stack.table
+    if table is None or "mjd_mid" not in table.colnames or len(table) == 0:
+        return np.nan
+    return float(np.ptp(np.asarray(table["mjd_mid"], dtype=float)) * 24.0)
 
 
 def _stack_psf(stack, px, py, fwhm, beta):
@@ -408,7 +461,24 @@ def _output_table(stack, rows, zp, zp_err, band, wcs_sigma, model):
     table["predicted_ra"] = predicted.ra.to(u.deg)
     table["predicted_dec"] = predicted.dec.to(u.deg)
     table["flags"] = np.array([r["flags"] for r in rows])
+    table["elongation"] = np.array([r["shape"]["elongation"] for r in rows])
+    table["shape_chi2"] = np.array([r["shape"]["shape_chi2"] for r in rows])
+    table["elongated"] = np.array([r["shape"]["elongated"] for r in rows], dtype=bool)
+    rates = np.array([_rate_error(r) for r in rows]).reshape(n, 2)
+    table["rate_error_ra"] = rates[:, 0] * u.arcsec / u.hour
+    table["rate_error_dec"] = rates[:, 1] * u.arcsec / u.hour
     return table
+
+
+def _rate_error(row):
+    """The motion error a trailed target implies, (dRA cos(Dec)/dt, dDec/dt) arcsec/h, the
+    sign chosen with dRA cos(Dec)/dt >= 0 (a stack cannot tell it); NaN if not elongated."""
+    delta = row["shape"]["delta"]
+    if delta is None:
+        return np.nan, np.nan
+    east, north = row["jac"] @ np.asarray(delta) / 24.0  # pixels/day -> arcsec/h
+    sign = -1.0 if east < 0 or (east == 0 and north < 0) else 1.0
+    return sign * east, sign * north
 
 
 def summary_line(row, meta):
@@ -435,4 +505,8 @@ def summary_line(row, meta):
     else:
         text += f"; flux {row['flux'].value:.4g} +- {row['flux_err'].value:.2g} " \
                 f"{row['flux'].unit}"
+    if "elongated" in row.colnames and row["elongated"]:
+        text += (f"; ELONGATED (x{row['elongation']:.2f}): the motion is likely off by "
+                 f"+-({row['rate_error_ra'].value:.1f}, {row['rate_error_dec'].value:.1f}) "
+                 "arcsec/h")
     return text
