@@ -19,9 +19,13 @@ header's gain and read noise, flat, gain), the asteroid's motion is measured fro
    with the refinement's term (`shiftstack_ccd.register.refinement_shift`) and without it,
    once at the frames' mean time (the default reference epoch) and once at the first
    frame's.
+6. the shape test (`measure_target`'s ``elongated``): on the fakes of 2. (the right
+   motion) how the chi-square is distributed and how many are flagged; then fakes moving
+   2-6 "/h off the stack's motion: how many are flagged, and the implied rate error
+   against the truth.
 
 Run: ``SHIFTSTACK_CCD_DATA=... python benchmarks/bench_measure.py [--seeds 3] [--no-docs]
-[--refine] [--only-refine] [--psf empirical] [--only-honesty]``
+[--refine] [--only-refine] [--psf empirical] [--only-honesty] [--only-shape]``
 """
 
 import argparse
@@ -141,7 +145,8 @@ def honesty(positions, fluxes, m, snr):
             "chi2_flux": np.mean(pull_flux ** 2), "bias_flux": np.mean(pull_flux),
             "detected": int(found.sum()), "n": len(found),
             "detected_8": int(found[snr >= 8].sum()), "n_8": int((snr >= 8).sum()),
-            "elongated": int(np.sum(m["elongated"])), "n_10": int(np.sum(snr >= 10))}
+            "elongated": int(np.sum(m["elongated"])), "n_10": int(np.sum(snr >= 10)),
+            "shape_chi2": np.asarray(m["shape_chi2"])[np.asarray(m["snr"]) >= 10]}
 
 
 def timings(plain, positions):
@@ -306,16 +311,25 @@ def main():
     print(f"{'seed':>4} {'chi2 RA':>8} {'chi2 Dec':>8} {'chi2 flux':>9} {'flux bias':>9} "
           f"{'detected':>9} {'S/N>=8':>7} {'elongated S/N>=10':>18}")
     snr = np.geomspace(5, 50, 30)
+    shape_chi2 = []
     for seed in range(args.seeds):
         positions, fluxes, measured = inject_and_measure(frames, eph, plain, snr, seed,
                                                          psf=args.psf)
         h = honesty(positions, fluxes, measured, snr)
+        shape_chi2.append(h["shape_chi2"])
         print(f"{seed:>4} {h['chi2_ra']:8.2f} {h['chi2_dec']:8.2f} {h['chi2_flux']:9.2f} "
               f"{h['bias_flux']:+9.2f} {h['detected']:>4}/{h['n']:<4} "
               f"{h['detected_8']:>3}/{h['n_8']} {h['elongated']:>14}/{h['n_10']}")
 
-    if args.only_shape:
-        wrong_rates(frames, eph, plain, range(args.seeds))
+    chi2 = np.concatenate(shape_chi2)
+    chi2 = chi2[np.isfinite(chi2)]
+    print(f"  shape test of the fakes measured at S/N >= 10 ({len(chi2)}): chi2 mean "
+          f"{np.mean(chi2):.2f} (2 expected), beyond the 5% point (5.99) "
+          f"{np.sum(chi2 > 5.99)}, beyond the 1% point (9.21) {np.sum(chi2 > 9.21)}, "
+          f"beyond 13.8 (0.1%) {np.sum(chi2 > 13.8)}, flagged (18.4) {np.sum(chi2 > 18.4)}")
+    if args.only_honesty and not args.only_shape:
+        return
+    wrong_rates(frames, eph, plain, range(args.seeds))
     if args.only_honesty:
         return
     print("\nCompleteness (fakes at S/N 1.5-12, 2 x 30):")

@@ -66,18 +66,22 @@ print(ss.summary_line(row, m.meta))
 # --------------
 # Rates with the wrong signs (a slip when copying them): the asteroid is smeared into a
 # line of faint images, one per frame, and the stack's centre falls between them. The
-# measurement may still find a blend of some of them, "detected", but off the prediction by
+# measurement still finds a blend of some of them, "detected", but off the prediction by
 # a good part of the FWHM (the asteroid on its motion is within a few hundredths of an
-# arcsecond) and with a fraction of the flux: the summary line shows both, and the
-# stack's image would show the trail. Where the prediction falls on empty sky the line
-# says "not detected" and gives the 5-sigma limit instead.
+# arcsecond) and with a fraction of the flux. Its shape gives it away: elongated far
+# beyond the stars' PSF, so the summary line says "ELONGATED" with the rate error that
+# such a trail implies over the stack's time span (here twice the true rates, up to the
+# sign, which a stack cannot tell), and a warning names the stack. Where the prediction
+# falls on empty sky the line says "not detected" and gives the 5-sigma limit instead.
 wrong_eph = ss.Ephemeris.linear(SkyCoord(124.6279549, 25.3402805, unit="deg"),
                                 Time("2019-03-26T03:40:00", scale="utc"),
                                 -3.7678 * u.arcsec / u.hour, 8.2601 * u.arcsec / u.hour)
 wrong = ss.measure_target(ss.shift_and_stack(frames, wrong_eph, method="mean", size=301))
 print(ss.summary_line(wrong[0], wrong.meta))
 print(f"offset {(wrong[0]['offset'] / row['fwhm']).to(u.one):.1f} FWHM; flux "
-      f"{(wrong[0]['flux'] / row['flux']).to(u.one):.2f} of the asteroid's")
+      f"{(wrong[0]['flux'] / row['flux']).to(u.one):.2f} of the asteroid's; elongated: "
+      f"{wrong[0]['elongated']}; rate error +-({wrong[0]['rate_error_ra']:.1f}, "
+      f"{wrong[0]['rate_error_dec']:.1f}), the true one +-(7.5, -16.5) arcsec / h")
 north = SkyCoord(row["ra"], row["dec"]).spherical_offsets_by(0 * u.arcsec, 15 * u.arcsec)
 empty = ss.measure_target(result, position=north)
 print("15 arcsec north of the asteroid:", ss.summary_line(empty[0], empty.meta))

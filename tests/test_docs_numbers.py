@@ -38,6 +38,10 @@ ALLOWED = {
     ("measuring.rst", "S/N 5", " to 50"): "bench_measure.py's fakes (np.geomspace(5, 50, 30))",
     ("measuring.rst", "S/N 8", " or more"): "the column bench_measure.py prints (S/N>=8)",
     ("measuring.rst", "S/N 1.5", " to 12"): "bench_measure.py's faint fakes",
+    ("measuring.rst", "S/N 10", " or more"): "the shape test's rule (measure/_shape.py "
+                                            "ELONGATION_MIN_SNR)",
+    ("measuring.rst", "18.4", " is"): "the shape test's threshold (measure/_shape.py "
+                                      "ELONGATION_CHI2)",
     ("searching.rst", "0.9", " to 1.1"): "the range tests/test_search.py asserts",
     ("searching.rst", "1.1", " on the"): "the range tests/test_search.py asserts",
     ("searching.rst", "90 %", " of its"): "max_loss=0.1, the parameter's default",

@@ -352,7 +352,7 @@ _CROWDED = 0.01
 #: The stars disagree when their scatter makes the correction's error this many times its
 #: formal error, and more than `DISAGREE_FLOOR` of itself.
 DISAGREE_FACTOR = 2.0
-DISAGREE_FLOOR = 0.01
+DISAGREE_FLOOR = 0.02
 
 
 def _disagreement_error(value):
