@@ -216,3 +216,17 @@ def test_zero_point_from_gaia_offline(field, tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTSTACK_CCD_CACHE", str(tmp_path / "cold"))
     with pytest.raises(FrameError, match="Give the catalogue as a table"):
         ss.measure_target(result, position=positions[-2:], catalog="gaia")
+
+
+def test_honest_stacks_do_not_warn(field):
+    """The simulated stacks (stars from one Moffat, fakes on the right motion): neither the
+    aperture correction's stars disagree nor is any target elongated, so no warning."""
+    import warnings
+    sim, result, positions, fluxes = field
+    for stack in (result, ss.shift_and_stack(sim.frames, sim.ephemeris, size=241)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = ss.measure_target(stack, position=positions)
+        assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        assert not np.any(m["elongated"])
+        assert m.meta["aperture_correction_err"] < 2 * m.meta["aperture_correction_err_formal"]
