@@ -36,6 +36,7 @@ RUNS = {
     "bench_cli_startup": [["7"]],
     "bench_ephemeris_interpolation": [[]],
     "bench_register": [[]],
+    "bench_refine_weights": [[]],
     "bench_cosmicray": [["3"]],
     "bench_correct_wcs": [[]],
     "bench_stellar_fwhm": [[]],

@@ -417,7 +417,7 @@ def test_refinement_shift_error_matches_monte_carlo():
     assert abs(np.mean(shifts)) > 3 * np.std(errors), (np.mean(shifts), np.std(errors))
 
 
-def _refined_epoch_errors(rng, gauge, v, sigma, ok, t, t_ref, rate, trials):
+def refined_epoch_errors(rng, gauge, v, sigma, ok, t, t_ref, rate, trials):
     """Monte Carlo of refinement_shift: corrections with the weighted gauge ``gauge``
     (zero weighted mean over the accepted frames, as refine_offsets makes them) for a track
     error linear in time and per-frame errors ``sigma``; the combine weighs by ``v``.
@@ -458,8 +458,8 @@ def test_refinement_with_the_combines_weights_unequal_noise():
     ok[4] = False
     spread = {}
     for name, gauge in (("equal", np.ones(n)), ("combine", v)):
-        errors, reported = _refined_epoch_errors(rng, gauge, v, sigma, ok, t, t[0], rate,
-                                                 3000)
+        errors, reported = refined_epoch_errors(rng, gauge, v, sigma, ok, t, t[0], rate,
+                                                3000)
         assert abs(errors.mean()) < 3 * errors.std() / np.sqrt(len(errors)), name
         assert np.std(errors) == pytest.approx(np.sqrt(np.mean(reported ** 2)), rel=0.05), name
         spread[name] = np.std(errors)
@@ -468,7 +468,7 @@ def test_refinement_with_the_combines_weights_unequal_noise():
     # at the combine's mean epoch, all frames accepted, the refinement adds no error at all
     ok[:] = True
     t_mean = np.sum(v * t)
-    errors, reported = _refined_epoch_errors(rng, v, v, sigma, ok, t, t_mean, rate, 200)
+    errors, reported = refined_epoch_errors(rng, v, v, sigma, ok, t, t_mean, rate, 200)
     assert np.max(np.abs(errors)) < 1e-9 and np.max(reported) < 1e-9
 
 
