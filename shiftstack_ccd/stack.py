@@ -702,8 +702,10 @@ def _refine(on_target, prepared, ctx, ephemeris, times, grid, max_shift, size, s
     size = min(int(size), *grid.shape)
     factors, inverse_variance = weights
     if inverse_variance:  # the combine's weight at the target: 1 / the variance there
-        factors = factors / np.array([np.nanmedian(center_cutout(
+        var = np.array([np.nanmedian(center_cutout(
             c.uncertainty.represent_as(VarianceUncertainty).array, size)) for c in cutouts])
+        good = np.isfinite(var) & (var > 0)  # no data at the target: no weight
+        factors = np.where(good, factors / np.where(good, var, 1.0), 0.0)
     dx, dy, accepted, table = refine_offsets(cutouts, max_shift=max_shift, size=size,
                                              weights=factors)
     redo = [i for i in range(len(on_target)) if accepted[i] and (dx[i] or dy[i])]

@@ -41,7 +41,7 @@ How, for each target:
    against the sky stack's stars, `zero_point_from_catalog`) gives magnitudes.
 8. **Shape.** A wrong motion stacks the target into a trail, which the round PSF still
    "detects". The target's second moments beyond the model are compared with the sky
-   stack's stars' (`shiftstack_ccd.measure._shape`); an elongated target is flagged,
+   stack's stars' (``shiftstack_ccd.measure._shape``); an elongated target is flagged,
    warned about, and the rate error the trail implies is fitted.
 """
 
