@@ -118,8 +118,8 @@ def shape_test(stack, model, cov, row, stars, snr, refined=False):
     Returns a dict: ``elongation`` (the axis ratio the excess anisotropic moments give a
     Gaussian of the PSF's FWHM: ``sqrt(1 + 2 |e| / sigma**2)``), ``shape_chi2``,
     ``elongated`` and, when elongated, ``delta`` (the motion error implied, pixels per day,
-    one of its two signs; None when the segment model finds no trail longer than half the
-    FWHM: then the shape is not a wrong linear motion's) and ``excess`` (e1, e2).
+    one of its two signs; None when the segment model finds no trail longer than a tenth
+    of the FWHM: then the shape is not a wrong linear motion's) and ``excess`` (e1, e2).
 
     A stack refined on the target (``refined``) follows it frame by frame, so its shape
     says nothing of the motion: it is measured, not flagged. (With an ephemeris 3 "/h off,
@@ -144,7 +144,7 @@ def shape_test(stack, model, cov, row, stars, snr, refined=False):
                             and not refined)
     if out["elongated"]:
         out["delta"], span = _segment_fit(stack, model, x, y, flux, excess)
-        if out["delta"] is not None and np.hypot(*out["delta"]) * span < 0.5 * model.fwhm:
+        if out["delta"] is not None and np.hypot(*out["delta"]) * span < 0.1 * model.fwhm:
             out["delta"] = None
     return out
 
