@@ -246,9 +246,11 @@ def wrong_rates(frames, eph, plain, seeds, n_fakes=30):
         print(f"{f'{lo}-{hi}':>10} " + " ".join(f"{c:>10}" for c in cells))
     flagged = rows[:, 2] > 0
     miss = rows[flagged, 4]
+    none = int(np.sum(np.isnan(miss)))
+    miss = miss[np.isfinite(miss)]
     print(f"  implied rate error against the truth (up to sign), {flagged.sum()} flagged: "
           f"median {np.median(miss):.2f}, 90th percentile {np.percentile(miss, 90):.2f}, "
-          f"largest {miss.max():.2f} of the true error")
+          f"largest {miss.max():.2f} of the true error; {none} elongated along no trail")
 
 
 def main():
