@@ -314,3 +314,15 @@ def test_small_stacks_flux_error_covers_the_large_stack(lowell):
             formal = np.hypot(np.sqrt(noise2), flux * meta["aperture_correction_err_formal"]
                               / meta["aperture_correction"])
             assert abs(flux - large["flux"].value) > 3 * formal
+
+
+@pytest.mark.remote_data
+def test_asteroid_on_its_horizons_ephemeris_is_not_flagged(lowell):
+    """(5945) stacked on JPL Horizons' ephemeris for Lowell (site 688): round, not flagged
+    (offline, the motion fitted to its ten centroids stands in: test above)."""
+    frames, track, eph, plain = lowell
+    times = Time([ss.mid_exposure_time(f) for f in frames])
+    horizons = ss.Ephemeris.from_horizons("5945", location="688", times=times)
+    m = ss.measure_target(ss.shift_and_stack(frames, horizons, size=301, sigma_clip=True),
+                          search_radius=3 * u.arcsec)
+    assert m["detected"][0] and not m["elongated"][0], m["shape_chi2"][0]
