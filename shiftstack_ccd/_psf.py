@@ -89,7 +89,7 @@ def _fit_one(cut, weights, x0, y0, fwhm0):
     return fit
 
 
-def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
+def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None, near=None):
     """Fit a pixel-integrated Moffat to the bright isolated stars of an image.
 
     Parameters
@@ -97,7 +97,8 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
     ccd : `~astropy.nddata.CCDData`
         The image (its mask is honoured).
     n_stars : int
-        Largest number of stars fitted (the brightest that qualify).
+        Largest number of stars fitted (the brightest that qualify, or the nearest to
+        ``near``).
     nsigma : float
         Detection threshold over the sky noise.
     exclude : list of (x, y, radius), optional
@@ -107,6 +108,12 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         90 % of the image's maximum; besides, flat-topped stars (whose brightest pixel holds
         less than 0.8 times the typical fraction of the light of the central 5 x 5 pixels)
         are left out as saturated.
+    near : (float, float), optional
+        A pixel (x, y): the brightest stars among the ``3 * n_stars`` that qualify nearest
+        to it are fitted, rather than the brightest anywhere. The PSF varies over a field:
+        on the whole 1505-pixel Lowell stack the thirty brightest stars gave (5945) a flux
+        2 % (4 sigma) above the one of the 601-pixel stack around it and of its own large
+        aperture.
 
     Returns
     -------
@@ -176,6 +183,10 @@ def fit_psf(ccd, n_stars=30, nsigma=20.0, exclude=None, saturation=None):
         sharpness = np.array([c[-1] for c in candidates])
         typical = np.median(sharpness[len(sharpness) // 2:])  # the fainter half
         candidates = [c for c, f in zip(candidates, sharpness) if f >= 0.8 * typical]
+    if near is not None:  # the brightest of the 3 n_stars nearest (still in flux order)
+        distance = [np.hypot(c[0] - near[0], c[1] - near[1]) for c in candidates]
+        nearest = set(np.argsort(distance)[:3 * n_stars].tolist())
+        candidates = [c for i, c in enumerate(candidates) if i in nearest]
     rows = []
     for x, y, xi, yi, box, _ in candidates:
         cut, cmask = data[box], mask[box]

@@ -8,8 +8,9 @@ bright (flux, magnitude with a zero point), how sure (S/N, detected or not, 5-si
 How, for each target:
 
 1. **PSF.** A pixel-integrated Moffat is fitted to the bright isolated stars of the sky
-   stack (where the stars are round); the target's model is that PSF trailed by the
-   target's motion during one exposure (known from the stack's per-frame table).
+   stack (where the stars are round) nearest the target(s); the target's model is that PSF
+   trailed by the target's motion during one exposure (known from the stack's per-frame
+   table).
 2. **Noise.** The autocovariance of the stack's normalised empty-sky residual gives the
    variance of any linear measurement, correlations from resampling included, and whatever
    the scale of the stack's reported uncertainty (`shiftstack_ccd._noise`).
@@ -366,8 +367,8 @@ def _stack_psf(stack, px, py, fwhm, beta):
         raise FrameError("stack: no sky stack to measure the stars' PSF on; give fwhm= (and "
                          "psf_beta=), or stack with sky_stack=True.")
     exclude = [(x, y, 10.0) for x, y in zip(px, py)]
-    try:
-        psf = fit_psf(image, exclude=exclude)
+    try:  # the stars nearest the targets: the PSF varies over a field
+        psf = fit_psf(image, exclude=exclude, near=(float(np.mean(px)), float(np.mean(py))))
     except FrameError as exc:
         raise FrameError(f"sky stack: {exc}".replace("image: ", "")) from None
     if beta is not None:
