@@ -397,7 +397,8 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         Measure each frame's residual offset of the target by FFT cross-correlation against
         the stack of the others (`~shiftstack_ccd.register.refine_offsets`, after static-sky
         subtraction when asked) and resample the frames again with the corrections. For
-        targets visible in single frames.
+        targets visible in single frames. The frames weigh in it as in the combine at the
+        target.
     refine_max_shift : float, optional
         Largest accepted correction, pixels. Default: three times the ephemeris' 1-sigma
         uncertainty (``RA_3sigma``/``DEC_3sigma`` from Horizons), else 2 pixels. Larger
