@@ -25,7 +25,7 @@ from astropy.time import Time, TimeDelta
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._utils import set_card
+from ._utils import primary_has_card, set_card
 from .exceptions import FrameError
 
 __all__ = ["Footprint", "mid_exposure_time", "read_footprint", "read_frame", "read_frames"]
@@ -656,32 +656,10 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None, footprint=None):
 def _is_stack_product(path):
     """Whether a file was written by `shift_and_stack` (its ``SSKIND`` provenance card)."""
     try:
-        found = _primary_has_card(path, b"SSKIND  ")
+        found = primary_has_card(path, b"SSKIND  ")
         return "SSKIND" in fits.getheader(path, 0) if found is None else found
     except (OSError, ValueError, TypeError):
         return False  # not readable as FITS: read_frame says so, by name
-
-
-def _primary_has_card(path, keyword):
-    """Whether a plain FITS file's primary header has the card ``keyword`` (8 bytes, padded),
-    found by its keyword alone; None when the file is not plain FITS (e.g. gzipped).
-
-    Read here rather than by `astropy.io.fits.getheader`, which parses every card (a
-    millisecond for a 200-card camera header, for a yes or no on every frame of a stack).
-    """
-    with open(path, "rb") as file:
-        block = file.read(2880)
-        if not block.startswith(b"SIMPLE  ="):
-            return None
-        while len(block) == 2880:
-            for start in range(0, 2880, 80):
-                card = block[start:start + 8]
-                if card == keyword:
-                    return True
-                if card == b"END     ":
-                    return False
-            block = file.read(2880)
-    return None  # a truncated header: astropy says what is wrong
 
 
 def expand_files(files):
