@@ -308,7 +308,8 @@ def _biweight_scale(values, c=9.0):
     denominator = np.sum(w * (1.0 - 5.0 * u2))
     w *= w
     w *= d  # d (1 - u**2)**2: its sum of squares is astropy's sum of d**2 (1 - u**2)**4
-    return float(np.sqrt(values.size * np.dot(w, w)) / abs(denominator))
+    w *= w  # (not np.dot: the BLAS's threads would spin on, costing CPU time after the call)
+    return float(np.sqrt(values.size * np.sum(w)) / abs(denominator))
 
 
 def _local_sigma(data, good, label):
