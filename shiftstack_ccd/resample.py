@@ -718,8 +718,9 @@ def _resample(frame, wcs_out, shape_out, method, interpolation, convention, pixf
         raise FrameError(f"{label}: no part of the frame falls on the output grid.")
     cards["SSFLUXC"] = (convention, f"flux convention ({why}): per-pixel or surface")
     cards["SSPIXAR"] = (round(pixar, 8), "median output/input pixel area ratio")
-    log.debug("%s: resampled by %s, %.1f%% of the output covered", label,
-              cards["SSRESAMP"][0], 100 * (1 - mask.mean()))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: resampled by %s, %.1f%% of the output covered", label,
+                  cards["SSRESAMP"][0], 100 * (1 - mask.mean()))
     # Masked pixels hold NaN: a masked value is never silently a number.
     out_data = out_data.astype(dtype, copy=False)
     out_data[mask] = np.nan
