@@ -711,7 +711,12 @@ def _resample(frame, wcs_out, shape_out, method, interpolation, convention, pixf
         out_data *= ratio
         out_var *= ratio
         out_var *= ratio
-    pixar = 1.0 if ratio is None or mask.all() else float(np.nanmedian(ratio[~mask]))
+    if ratio is None or mask.all():
+        pixar = 1.0
+    elif not mask.any():  # every pixel counts: the median already taken (a millisecond)
+        pixar = typical_ratio
+    else:
+        pixar = float(np.nanmedian(ratio[~mask]))
     mask |= ~np.isfinite(out_data)
     mask |= ~np.isfinite(out_var)
     if mask.all():
