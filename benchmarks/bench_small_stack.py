@@ -38,9 +38,10 @@ headers 2); target check, crop, trimsec and the detector model 3 ms. Then the tw
 combines 27 ms in all (a sorting network for the median of few frames) and the plan, the
 per-frame table and the header about 35 ms. Against ~90 ms a frame for the naive script.
 Most of what is left is the output's own work (interpolation, the noise and the sky of each
-frame); the rest is astropy's header and WCS parsing, paid by the naive script too. A BLAS call in the per-frame path costs more than it
-says: OpenBLAS's threads spin on after it, in the process's CPU time (a ``numpy.dot`` in
-the pixel noise doubled the whole stack's CPU time). Before/after: ``--compare`` on the
+frame); the rest is astropy's header and WCS parsing, paid by the naive script too. A BLAS
+call in the per-frame path costs more than it says: OpenBLAS's threads spin on after it,
+in the process's CPU time (a ``numpy.dot`` in the pixel noise doubled the whole stack's
+CPU time). Before/after: ``--compare`` on the
 previous version's stack: target and sky stacks identical (max difference 0.000 sigma,
 uncertainty ratio 1.0000), mask and coverage identical.
 
