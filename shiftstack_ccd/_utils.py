@@ -289,7 +289,7 @@ def primary_has_card(path, keyword):
             return None
         while len(block) == 2880:
             for start in range(0, 2880, 80):
-                card = block[start:start + 8]
+                card = block[start:start + 8].upper()  # as astropy matches keywords
                 if card == keyword:
                     return True
                 if card == b"END     ":
