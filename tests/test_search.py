@@ -204,7 +204,9 @@ def test_first_pass_by_pairs_is_the_plain_shift_and_add(n_frames, motions_per_ta
     index = np.full((h, w), -1)
     for first in range(0, len(motions), per_task):
         sl = slice(first, first + per_task)
-        r = search_tile({"planes": planes, "shape": (h, w), "ox": ox[sl] + pad,
+        r = search_tile({"z": planes, "at": (0, 0), "size": planes.shape[1:],
+                         "cap": np.float32(np.inf), "weights": np.ones(n_frames),
+                         "shape": (h, w), "ox": ox[sl] + pad,
                          "oy": oy[sl] + pad, "first": first,
                          "indices": np.arange(len(motions))[sl], "origin": (0, 0)})
         won = r["best"] >= best

@@ -10,6 +10,8 @@ that is what makes it as fast as a plain shift-and-add that streams whole frames
 
 import numpy as np
 
+from .._combine_block import median_of_valid
+
 __all__ = []
 
 
@@ -55,12 +57,34 @@ def offsets_for(motions, dt):
     return ox, oy
 
 
+def first_pass_slab(task):
+    """The capped, weighted S/N planes a first-pass task reads, ``(n_frames, *size)``.
+
+    ``task['z']`` (the calibrated per-frame S/N, ``psi / sqrt(phi)``, on the part of the
+    slab inside the grid: one plane per frame) goes at ``task['at']`` of a slab of
+    ``task['size']`` that is 0
+    elsewhere (beyond the grid's edges), capped at +-``task['cap']`` and multiplied by each
+    frame's ``task['weights']``. Made per task rather than once for the field: the first
+    pass then needs no plane of the field beyond the S/N itself.
+    """
+    z = task["z"]
+    h, w = z[0].shape
+    slab = np.zeros((len(z),) + tuple(task["size"]), np.float32)
+    y, x = task["at"]
+    for i, plane in enumerate(z):
+        view = slab[i, y:y + h, x:x + w]
+        np.clip(plane, -task["cap"], task["cap"], out=view)
+        view *= np.float32(task["weights"][i])
+    return slab
+
+
 def search_tile(task):
     """Best first-pass score per starting pixel of one tile over a range of motions.
 
-    ``task`` holds the slab of the per-frame score planes (``(n_frames, h + 2 * my,
-    w + 2 * mx)``: the tile's starting pixels plus the largest offsets), the tile size and
-    the motions' integer offsets (already relative to the slab). Frames are taken in pairs
+    ``task`` holds what makes the slab of the per-frame score planes (`first_pass_slab`:
+    ``(n_frames, h + 2 * my, w + 2 * mx)``, the tile's starting pixels plus the largest
+    offsets), the tile size and the motions' integer offsets (already relative to the
+    slab). Frames are taken in pairs
     (0 and 1, 2 and 3...): a pair's sum along a motion is the sum of the first frame and the
     second shifted by their relative offset, which few values cover for all the motions
     (7 x 7 over +-40 arcsec/h in 5-minute steps), so those sums are made once per tile
@@ -70,7 +94,7 @@ def search_tile(task):
     motions gives the same answer as one task: a motion's sum does not depend on the
     others) and the motion that gave it (the last of equal ones).
     """
-    planes = task["planes"]
+    planes = first_pass_slab(task)
     h, w = task["shape"]
     ox, oy = task["ox"], task["oy"]
     terms = pair_planes(planes, ox, oy)
@@ -135,15 +159,24 @@ def pair_planes(planes, ox, oy, budget=32 * 2**20):
     return out
 
 
+def sample_psi_phi(z, phi, x, y):
+    """psi and phi at whole-pixel per-frame positions (`sample`), from z and phi:
+    ``psi = z * sqrt(phi)``."""
+    phi_v = sample(phi, x, y)
+    return sample(z, x, y) * np.sqrt(np.maximum(phi_v, 0)), phi_v
+
+
 def sample(planes, x, y):
-    """Values of ``planes`` (n, ny, nx) at whole-pixel per-frame positions ``x``, ``y`` (n, k).
+    """Values of ``planes`` (n planes of (ny, nx)) at whole-pixel per-frame positions ``x``,
+    ``y`` (n, k).
 
     Outside the planes the value is 0 (no data, no weight).
     """
-    n, ny, nx = planes.shape
+    ny, nx = planes[0].shape
     xi, yi = np.asarray(x, np.int64), np.asarray(y, np.int64)
     inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
-    values = planes[np.arange(n)[:, None], np.clip(yi, 0, ny - 1), np.clip(xi, 0, nx - 1)]
+    xi, yi = np.clip(xi, 0, nx - 1), np.clip(yi, 0, ny - 1)
+    values = np.stack([plane[yi[i], xi[i]] for i, plane in enumerate(planes)])
     return np.where(inside, values, 0).astype(np.float64)
 
 
@@ -166,7 +199,9 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = np.where(valid, psi_v / np.where(valid, phi_v, 1), np.nan)
         sigma = np.where(valid, 1 / np.sqrt(np.where(valid, phi_v, 1)), np.nan)
-        med = np.nanmedian(flux, axis=0)
+        # the median of the valid frames by one sort (`numpy.nanmedian` over a short axis
+        # goes through `numpy.ma`, ten times slower: it was most of the refinement's time)
+        med = median_of_valid(flux, valid.sum(axis=0))
         used = valid & (np.abs(flux - med) <= clip * sigma + tolerance * np.abs(med))
     s = np.where(used, psi_v, 0).sum(axis=0)
     f = np.where(used, phi_v, 0).sum(axis=0)
@@ -180,21 +215,17 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     return snr, flux_out, err, n_used, used, np.nan_to_num(snr_median, nan=-np.inf)
 
 
-def spline_patches(planes, dt, start, half, margin=8):
-    """Cubic-spline coefficients of the planes about each trajectory, for `refine`.
+def cut_patches(planes, dt, start, half, margin=8):
+    """Squares of the planes about each trajectory, for `spline_patches`.
 
-    ``start``: ``(x, y, vx, vy)`` arrays (k trajectories). Per frame and trajectory, a
-    square of ``2 * (half + margin) + 1`` pixels centred on the trajectory's whole pixel
-    there (0 outside the planes, as `scipy.ndimage`'s ``grid-constant`` mode) is filtered
-    into cubic B-spline coefficients. A spline's prefilter is global but decays by 0.27 a
-    pixel, so ``margin`` pixels beyond the ``half`` that `refine` samples the coefficients are
-    those of the whole plane to 3e-5 of the values: filtering patches instead of whole planes
-    costs what the candidates need, not what the field holds. Returns the coefficients
-    ``(n_frames, k, m, m)`` and each patch's origin, ``x0, y0`` ``(n_frames, k)``.
+    ``planes``: one (ny, nx) plane per frame; ``start``: ``(x, y, vx, vy)`` arrays (k
+    trajectories). Per frame and trajectory, a square of ``2 * (half + margin) + 1``
+    pixels centred on the trajectory's whole pixel
+    there (0 outside the planes, as `scipy.ndimage`'s ``grid-constant`` mode). Returns the
+    squares ``(n_frames, k, m, m)`` and each one's origin, ``x0, y0`` ``(n_frames, k)``.
     """
-    from scipy.ndimage import spline_filter1d
     x, y, vx, vy = start
-    n, ny, nx = planes.shape
+    n, (ny, nx) = len(planes), planes[0].shape
     r = half + margin
     x0 = np.rint(x[None, :] + vx[None, :] * dt[:, None]).astype(np.int64) - r
     y0 = np.rint(y[None, :] + vy[None, :] * dt[:, None]).astype(np.int64) - r
@@ -210,11 +241,28 @@ def spline_patches(planes, dt, start, half, margin=8):
         xx = x0[fi, ki][:, None, None] + grid[None, None, :]
         yy = y0[fi, ki][:, None, None] + grid[None, :, None]
         inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
-        values = planes[fi[:, None, None], np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-        cut[fi, ki] = np.where(inside, values, 0)
-    for axis in (-1, -2):
-        cut = spline_filter1d(cut, order=3, axis=axis, output=np.float32, mode="mirror")
+        yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+        for i in np.unique(fi):
+            j = fi == i
+            cut[i, ki[j]] = np.where(inside[j], planes[i][yy[j], xx[j]], 0)
     return cut, x0, y0
+
+
+def spline_patches(cut):
+    """Cubic-spline coefficients of squares from `cut_patches`, for `refine`.
+
+    A spline's prefilter is global but decays by 0.27 a pixel, so ``margin`` pixels beyond
+    the ``half`` that `refine` samples the coefficients are those of the whole plane to
+    3e-5 of the values: filtering patches instead of whole planes costs what the
+    candidates need, not what the field holds. Returns the coefficients
+    ``(n_frames, k, m, m)`` and the origins, as `cut_patches`.
+    """
+    from scipy.ndimage import spline_filter1d
+    squares, x0, y0 = cut
+    for axis in (-1, -2):
+        squares = spline_filter1d(squares, order=3, axis=axis, output=np.float32,
+                                  mode="mirror")
+    return squares, x0, y0
 
 
 def _bspline(t):
@@ -264,17 +312,18 @@ def trial_values(patches, dt, p, h):
     return out.reshape(n, k, 81)
 
 
-def refine(psi, phi, dt, start, step, levels=4, trail=None):
+def refine(z, phi, dt, start, step, levels=4, trail=None):
     """Sub-pixel positions and sub-grid rates that maximise the robust S/N, all at once.
 
-    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi``, ``phi`` the planes, which
+    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``z``, ``phi`` the planes (the
+    per-frame S/N and phi: ``psi = z * sqrt(phi)``, see ``_prepare.psi_phi``), which
     are sampled by cubic splines (`spline_patches`; linear interpolation would pin the
     optimum to pixel edges). Each level tries the 81 combinations of -h, 0, +h on the four
     parameters (h: half a pixel and half a grid step, halved at each level) and keeps the
     best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
     itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
-    step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and phi
-    values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm)`` (hours per
+    step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and
+    phi values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm)`` (hours per
     frame, pixels), those of the trailed PSF (`trailed_values`).
     """
     p = np.array(start, float)  # (4, k)
@@ -286,7 +335,10 @@ def refine(psi, phi, dt, start, step, levels=4, trail=None):
         speed = np.hypot(np.abs(p[2]) + step, np.abs(p[3]) + step).max()
         reach += speed * np.max(trail[0]) / 2
     half = int(np.ceil(reach)) + 3  # the cubic taps reach two pixels beyond
-    psi_c, phi_c = (spline_patches(planes, dt, p, half) for planes in (psi, phi))
+    z_cut, x0, y0 = cut_patches(z, dt, p, half)
+    phi_cut = cut_patches(phi, dt, p, half)[0]
+    psi_c = spline_patches((z_cut * np.sqrt(np.maximum(phi_cut, 0)), x0, y0))
+    phi_c = spline_patches((phi_cut, x0, y0))
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
     scale = np.array([0.5, 0.5, step / 2, step / 2])
     best = None

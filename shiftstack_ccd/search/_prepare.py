@@ -45,12 +45,13 @@ def sigma_g(values):
 
 
 def box_statistics(image, good, box, min_fraction=0.3):
-    """Median and sigma-G of an image in boxes, interpolated bilinearly to every pixel.
+    """Median and sigma-G of an image in boxes: two small arrays, one value per box.
 
     Written here rather than through `photutils.background.Background2D` (which does the same
     with more options) because it runs three times per frame in the search and this is
-    several times faster: one sort per box, separable linear interpolation. Boxes with less
-    than ``min_fraction`` good pixels take the median of the other boxes.
+    several times faster: one sort per box, and only the maps that are needed are
+    interpolated to every pixel (`upsample`). Boxes with less than ``min_fraction`` good
+    pixels take the median of the other boxes. Returns ``median, sigma, box``.
     """
     ny, nx = image.shape
     box = int(max(8, min(box, ny, nx)))
@@ -71,25 +72,32 @@ def box_statistics(image, good, box, min_fraction=0.3):
         raise FrameError("too few good pixels to measure the local background and noise")
     median = np.where(enough, median, np.median(median[enough]))
     sigma = np.where(enough, sigma, np.median(sigma[enough]))
-    return _upsample(median, box, (ny, nx)), _upsample(sigma, box, (ny, nx))
+    return median, sigma, box
 
 
-def _upsample(values, box, shape):
-    """Bilinear interpolation of box values (at the box centres) onto every pixel."""
-    ny, nx = shape
-    out = values.astype(np.float32)
-    for axis, n in ((0, ny), (1, nx)):
-        nb = out.shape[axis]
-        pos = (np.arange(n) + 0.5) / box - 0.5
-        i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
-        i1 = np.clip(i0 + 1, 0, nb - 1)
-        frac = np.clip(pos - i0, 0, 1).astype(np.float32)
-        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
-        shape_f = [1, 1]
-        shape_f[axis] = n
-        frac = frac.reshape(shape_f)
-        out = a + (b - a) * frac
+def _interpolation_matrix(n, nb, box):
+    """(n, nb) weights of the box centres for each of ``n`` pixels (linear, clamped)."""
+    pos = (np.arange(n) + 0.5) / box - 0.5
+    i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
+    i1 = np.clip(i0 + 1, 0, nb - 1)
+    frac = np.clip(pos - i0, 0, 1)
+    out = np.zeros((n, nb))
+    np.add.at(out, (np.arange(n), i0), 1 - frac)
+    np.add.at(out, (np.arange(n), i1), frac)
     return out
+
+
+def upsample(values, box, shape):
+    """Bilinear interpolation of box values (at the box centres) onto every pixel.
+
+    As two small matrix products, ``Wy @ values @ Wx.T`` (one write of the output plane)
+    rather than interpolating along each axis in turn (several full-size temporaries).
+    """
+    ny, nx = shape
+    nby, nbx = values.shape
+    rows = _interpolation_matrix(ny, nby, box) @ np.asarray(values, float)
+    return (rows.astype(np.float32) @ _interpolation_matrix(nx, nbx, box).T.astype(
+        np.float32))
 
 
 def _local_background(data, bad, box):
@@ -99,14 +107,15 @@ def _local_background(data, bad, box):
     robust scatter ignores the steep vignetting and dust-ring gradients of a raw frame that
     inflate a plain local rms several times near its edges.
     """
-    background, _ = box_statistics(data, ~bad, box)
+    background, _, size = box_statistics(data, ~bad, box)
     diff = np.zeros_like(data)
-    diff[:, 1:] = data[:, 1:] - data[:, :-1]
+    np.subtract(data[:, 1:], data[:, :-1], out=diff[:, 1:])
     diff_good = ~bad
     diff_good[:, 1:] &= ~bad[:, :-1]
     diff_good[:, 0] = False
-    _, noise = box_statistics(diff, diff_good, box)
-    return background, (noise / np.sqrt(2)).astype(np.float32)
+    _, noise, _ = box_statistics(diff, diff_good, box)
+    return (upsample(background, size, data.shape),
+            upsample(noise / np.sqrt(2), size, data.shape))
 
 
 def prepare_frame(job):
@@ -252,31 +261,44 @@ def crop_to_grid(frame, wcs, shape, margin=8):
     return frame[y0:y1, x0:x1]
 
 
-def static_sky(prepared, min_frames=3):
-    """The static sky on the grid: the clipped mean of the frames (`combine_frames`).
+def static_sky(prepared, min_frames=3, rows=64):
+    """The static sky on the grid: the clipped mean of the frames (`combine_frames`' rules).
 
     A mean, not a median: along a motion of zero, a static source then cancels exactly
     (the median of a star whose seeing changes is not its mean, and the difference would
     add up over the frames). Values more than 3 sigma above the median (a mover, a cosmic
     ray left over) are left out. NaN where fewer than ``min_frames`` cover. Returns
     ``template, noise``: the template and the mean single-frame noise at each pixel.
+
+    The combine's own block arithmetic (``_combine_block``, the same clipping and mean as
+    `combine_frames` with ``sigma_clip=True, sigma_low=10, sigma_high=3``) is called on
+    blocks of ``rows`` rows of the frames' arrays: `combine_frames` would first wrap each
+    frame in a `~astropy.nddata.CCDData` whose uncertainty copies the array, a second
+    full set of the frames' planes for nothing.
     """
-    from ..combine import combine_frames
-    ccds = [CCDData(p["data"], unit="adu", mask=p["mask"],
-                    uncertainty=StdDevUncertainty(p["std"])) for p in prepared]
-    combined = combine_frames(ccds, method="mean", sigma_clip=True, sigma_low=10.0,
-                              sigma_high=3.0)
-    template = np.asarray(combined.image.data, dtype=np.float32)
-    holes = (np.asarray(combined.coverage) < min(min_frames, len(prepared))) \
-        | ~np.isfinite(template)
-    noise = np.zeros(template.shape, np.float32)
-    count = np.zeros(template.shape, np.int16)
-    for p in prepared:
-        good = ~p["mask"] & np.isfinite(p["data"])
-        noise += np.where(good, p["std"], 0)
-        count += good
-    noise = np.where(count > 0, noise / np.maximum(count, 1), np.nan).astype(np.float32)
-    return np.where(holes, np.nan, template).astype(np.float32), noise
+    from .._combine_block import combine_block
+    n = len(prepared)
+    ny, nx = prepared[0]["data"].shape
+    template = np.full((ny, nx), np.nan, np.float32)
+    noise = np.full((ny, nx), np.nan, np.float32)
+    ones = np.ones(n)
+    need = min(min_frames, n)
+    for r0 in range(0, ny, rows):
+        r1 = min(ny, r0 + rows)
+        h0, h1 = max(0, r0 - 1), min(ny, r1 + 1)  # a halo of one row: the clip's gradient
+        data = np.stack([p["data"][h0:h1] for p in prepared])
+        std = np.stack([p["std"][h0:h1] for p in prepared])
+        bad = np.stack([p["mask"][h0:h1] for p in prepared])
+        core = slice(r0 - h0, r1 - h0)
+        good = ~bad[:, core] & np.isfinite(data[:, core])
+        count = good.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise[r0:r1] = np.where(count > 0, np.where(good, std[:, core], 0).sum(axis=0)
+                                    / np.maximum(count, 1), np.nan)
+        value, _, coverage, _, _ = combine_block(data, std * std, bad, ones, "mean", False,
+                                                 n, 1.0, (10.0, 3.0, 1.0), core)
+        template[r0:r1] = np.where((coverage >= need) & np.isfinite(value), value, np.nan)
+    return template, noise
 
 
 def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0):
@@ -332,36 +354,60 @@ def _grow(mask, radius):
     return binary_dilation(mask, structure=np.hypot(xx, yy) <= radius)
 
 
-def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128):
-    """KBMOD's psi and phi planes of one frame, calibrated to unit S/N scatter.
+def _subsampled_median(values, keep, step=3):
+    """Median of ``values[keep]`` on one pixel in ``step**2`` when that leaves 1000 or more
+    (a typical value of a smooth plane needs no more), else on all of them; NaN if none."""
+    part, inside = values[::step, ::step], keep[::step, ::step]
+    chosen = part[inside] if np.count_nonzero(inside) >= 1000 else values[keep]
+    return float(np.median(chosen)) if chosen.size else float("nan")
+
+
+def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128, out=None):
+    """KBMOD's psi and phi of one frame, calibrated to unit S/N scatter, as S/N and phi.
 
     The per-frame S/N ``psi / sqrt(phi)`` is measured in boxes of ``box`` pixels (its
     median and sigma-G over the quiet pixels, `~photutils.background.Background2D`):
     ``psi`` and ``phi`` are corrected so that it has zero mean and unit scatter locally,
     whatever the noise model missed (correlations from resampling, background residuals).
-    Returns ``psi, phi, c`` (float32 planes and the median scatter factor).
+    Returns ``z, phi, c``: the calibrated S/N plane ``z = psi / sqrt(phi)`` (written into
+    ``out`` if given, which may be ``difference`` itself), the calibrated phi (0 where
+    the frame does not cover: there psi and
+    z are 0 too) and the median scatter factor. ``psi = z * sqrt(phi)``: the search keeps
+    these two planes, the first pass reads ``z`` and the candidates ``psi`` from them.
     """
     from scipy.ndimage import gaussian_filter
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
-    bad = mask | ~np.isfinite(difference) | ~np.isfinite(std) | (std <= 0)
-    weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, std) ** 2).astype(np.float32)
-    psi = gaussian_filter(np.where(bad, 0.0, difference) * weight, sigma, mode="constant",
-                          truncate=4.0)
+    good = ~mask & np.isfinite(difference) & np.isfinite(std) & (std > 0)
+    weight = np.zeros(difference.shape, np.float32)
+    np.divide(np.float32(1), np.square(std, where=good, out=np.ones_like(weight)),
+              out=weight, where=good)
+    signal = np.zeros(difference.shape, np.float32)
+    np.multiply(difference, weight, out=signal, where=good)
+    psi = gaussian_filter(signal, sigma, mode="constant", truncate=4.0, output=signal)
     # PSF^2 of a unit-sum Gaussian is a Gaussian of sigma/sqrt(2) times 1/(4 pi sigma^2)
-    phi = gaussian_filter(weight, sigma / np.sqrt(2), mode="constant", truncate=4.0) \
-        / np.float32(4 * np.pi * sigma ** 2)
-    covered = phi > 0.5 * np.median(phi[phi > 0]) if np.any(phi > 0) else phi > 0
+    phi = gaussian_filter(weight, sigma / np.sqrt(2), mode="constant", truncate=4.0,
+                          output=weight)
+    phi /= np.float32(4 * np.pi * sigma ** 2)
+    positive = phi > 0
+    covered = phi > 0.5 * np.median(phi[positive]) if positive.any() else positive
     use = covered & calibrate_on
     if use.sum() < 100:
         raise FrameError("too few unmasked pixels to calibrate the noise of a frame "
                          f"({int(use.sum())}).")
-    root = np.sqrt(np.where(covered, phi, 1))
-    snr = np.where(covered, psi / root, 0)
-    mean, c = box_statistics(snr, use, box)
-    c = np.where(np.isfinite(c) & (c > 0), c, np.nanmedian(c))
-    psi = np.where(covered, (psi - mean * root) / c ** 2, 0).astype(np.float32)
-    phi = np.where(covered, phi / c ** 2, 0).astype(np.float32)
-    return psi, phi, float(np.median(c[use]))
+    phi[~covered] = 0
+    root = np.sqrt(phi)
+    z = out if out is not None else np.empty(phi.shape, np.float32)
+    z[...] = 0
+    np.divide(psi, root, out=z, where=covered)  # the uncalibrated S/N
+    mean, c, size = box_statistics(z, use, box)
+    fine = np.isfinite(c) & (c > 0)
+    c = np.where(fine, c, np.median(c[fine]) if fine.any() else 1.0)
+    mean, c = upsample(mean, size, z.shape), upsample(c, size, z.shape)
+    z -= mean
+    z /= c
+    z[~covered] = 0
+    phi /= c * c
+    return z, phi, _subsampled_median(c, use)
 
 
 def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
@@ -376,9 +422,6 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
     from scipy.ndimage import gaussian_filter, label, maximum_filter, maximum_position
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
     finite = np.isfinite(template)
-    image = np.where(finite, template, 0).astype(np.float64)
-    fitted = gaussian_filter(image, sigma, mode="constant", truncate=4.0) \
-        * (4 * np.pi * sigma ** 2)
     with np.errstate(invalid="ignore"):
         bright = (template > min_sigma * noise) & finite
     labels, n = label(bright)
@@ -407,7 +450,12 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
             continue
         sky = np.median(cut[(rr >= r_in) & (rr <= r_out)])
         total = np.sum(cut[rr <= r_ap] - sky)
-        fit = maximum_filter(fitted[y - 1:y + 2, x - 1:x + 2], size=3).max() \
+        # the Gaussian fit about the peak, filtered on the cut alone (the filter reaches
+        # 4 sigma, well inside it): not a filtered copy of the whole field in float64
+        fitted = gaussian_filter(np.where(finite[y - half:y + half + 1, x - half:x + half + 1],
+                                          cut, 0).astype(np.float64), sigma, mode="constant",
+                                 truncate=4.0) * (4 * np.pi * sigma ** 2)
+        fit = maximum_filter(fitted[half - 1:half + 2, half - 1:half + 2], size=3).max() \
             - sky * 4 * np.pi * sigma ** 2 * 1.0
         if fit > 0:
             ratios.append(total / fit)

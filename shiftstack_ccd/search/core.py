@@ -46,8 +46,8 @@ from .._parallel import map_frames
 from .._utils import require_celestial_wcs
 from ..exceptions import FrameError, SearchError
 from ..frames import exposure_time, mid_exposure_time, read_frames
-from ._kernel import (axis_grid, merge, motion_step, offsets_for, refine, robust_values, sample,
-                      search_tile)
+from ._kernel import (axis_grid, first_pass_slab, merge, motion_step, offsets_for, refine,
+                      robust_values, sample_psi_phi, search_tile)
 from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi, sigma_g,
                        static_sky, trim)
 from ._resample import frame_grid, shifted_wcs
@@ -112,6 +112,21 @@ def _measure_fwhm(template, mask, size=768):
         if fwhm is not None:
             return fwhm
     return None
+
+
+def _stopwatch():
+    """``lap(stage)`` logs (debug) the seconds since the previous lap and the process's peak
+    resident size so far: where the time and the memory go."""
+    import resource
+    last = [time.perf_counter(), time.process_time()]
+
+    def lap(stage):
+        now = [time.perf_counter(), time.process_time()]
+        log.debug("search: %s took %.2f s (CPU %.2f s); peak resident size so far %.0f MiB",
+                  stage, now[0] - last[0], now[1] - last[1],
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        last[:] = now
+    return lap
 
 
 def _typical_depth(phi, sample=4):
@@ -292,6 +307,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     """
     started = time.perf_counter()
     frames = _load(frames)
+    lap = _stopwatch()
     times = Time([mid_exposure_time(f) for f in frames]).utc
     exposures = np.array([exposure_time(f.meta)[1] or 0.0 for f in frames]) / 3600  # hours
     if reference_time is None:
@@ -369,35 +385,46 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     prepared = map_frames(prepare_frame,
                           [(i, f, opts) for i, f in enumerate(frames)], scheduler,
                           "search: preparing frames")
+    lap("frames: background, noise, cosmic rays, resampling")
     template, noise = static_sky(prepared)
+    lap("static sky")
     if fwhm is None:
         fwhm = _measure_fwhm(template, ~np.isfinite(template))
         if fwhm is None:
             raise SearchError("could not measure the PSF FWHM on the stars of the frames; "
                               "give fwhm= (pixels)")
         log.info("search: stars' FWHM %.2f pixels", fwhm)
+    lap("FWHM")
     correction = aperture_correction(template, noise, fwhm)
+    lap("flux correction")
     log.info("search: fluxes corrected by %.3f (stars' flux within 3 FWHM over their "
              "Gaussian-fit flux)", correction)
     template, stars, n_varying = keep_slow_movers(template, prepared, noise, fwhm,
                                                   star_mask_sigma)
     log.info("search: %d pixels vary like a slow mover; the static sky there is the sky",
              n_varying)
+    lap("slow movers and star mask")
     quiet = ~stars & np.isfinite(template)
-    psi = np.empty((n_frames, ny, nx), np.float32)
-    phi = np.empty((n_frames, ny, nx), np.float32)
-    factors = []
+    # per frame, the calibrated S/N z = psi / sqrt(phi) and phi (lists of planes): psi =
+    # z * sqrt(phi) is not kept (the first pass reads z, the candidates psi and phi from the
+    # two). z takes the place of the frame's resampled data and phi that of its noise: the
+    # planes of the search never need more memory than the prepared frames.
+    z, phi, factors = [], [], []
     unusable = stars | ~np.isfinite(template)
     for i in range(n_frames):
         p = prepared[i]
-        prepared[i] = None  # each frame's grids go as its planes come: one set at a time
+        prepared[i] = None
+        difference = np.subtract(p["data"], template, out=p.pop("data"))
         try:
-            psi[i], phi[i], c = psi_phi(p["data"] - template, p["std"], p["mask"] | unusable,
-                                        fwhm, quiet)
+            _, plane, c = psi_phi(difference, p.pop("std"), p.pop("mask") | unusable, fwhm,
+                                  quiet, out=difference)
         except FrameError as exc:
             raise FrameError(f"frame #{i}: {exc}") from None
+        z.append(difference)
+        phi.append(plane)
         factors.append(c)
-    del prepared, p
+    del prepared, p, difference, plane
+    lap("psi and phi")
     prepared_at = time.perf_counter()
     log.info("search: noise calibration factors (measured / modelled scatter) %s",
              ", ".join(f"{c:.2f}" for c in factors))
@@ -416,42 +443,35 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         y_range = (max(0, int(np.floor(cy - r))), min(ny, int(np.ceil(cy + r)) + 1))
     else:
         x_range, y_range = (0, nx), (0, ny)
-    # First pass: per-frame S/N planes psi / sqrt(phi), weighted by each frame's typical
+    # First pass: per-frame S/N planes z = psi / sqrt(phi), weighted by each frame's typical
     # sqrt(phi) (its depth), summed along each trajectory; for frames whose depth does not
     # vary across the field this is the psi/phi likelihood itself. Candidates are then
     # scored exactly (sum(psi) / sqrt(sum(phi))) and robustly.
     depth = np.array([_typical_depth(ph) for ph in phi])
     weights = (depth / np.sqrt(np.sum(depth ** 2))).astype(np.float32)
-    planes = np.zeros((n_frames, ny + my0 + my1, nx + mx0 + mx1), np.float32)
     # Each frame's S/N is capped at 3 * threshold / sqrt(n): a source at the threshold is
     # below it in every frame (the cap is 3 sigma above its mean there), a brighter one still
     # sums to 3 * threshold, but no single frame (a cosmic ray, a hot pixel) can bring more
     # than 3 * threshold / n to a trajectory and claim the best motion of the pixels it
-    # crosses.
+    # crosses. Each task makes its own capped, weighted slab (`first_pass_slab`).
     cap = np.float32(3 * snr_threshold / np.sqrt(n_frames))
-    for i in range(n_frames):
-        covered = phi[i] > 0
-        z = planes[i, my0:my0 + ny, mx0:mx0 + nx]
-        np.divide(psi[i], np.sqrt(np.where(covered, phi[i], 1)), out=z, where=covered)
-        np.clip(z, -cap, cap, out=z)
-        z *= weights[i]
     per_task = int(motions_per_task or len(ids))
     tasks = []
     for y0 in range(y_range[0], y_range[1], tile_h):
         for x0 in range(x_range[0], x_range[1], tile_w):
             h, w = min(tile_h, y_range[1] - y0), min(tile_w, x_range[1] - x0)
+            # the slab this tile can reach: starting pixels plus every offset
+            slab = _slab(z, (y0 - my0, y0 + h + my1), (x0 - mx0, x0 + w + mx1), cap, weights)
             for first in range(0, len(ids), per_task):
                 sl = slice(first, first + per_task)
-                # the slab this tile can reach: starting pixels plus every offset
-                tasks.append({"planes": planes[:, y0:y0 + h + my0 + my1,
-                                               x0:x0 + w + mx0 + mx1],
-                              "shape": (h, w), "ox": ox[sl] + mx0, "oy": oy[sl] + my0,
-                              "first": first, "indices": ids[sl], "origin": (y0, x0)})
+                tasks.append(dict(slab, shape=(h, w), ox=ox[sl] + mx0, oy=oy[sl] + my0,
+                                  first=first, indices=ids[sl], origin=(y0, x0)))
     n_trajectories = (x_range[1] - x_range[0]) * (y_range[1] - y_range[0]) * len(ids)
     log.info("search: %d motions (step %.2f pixels/h), %d trajectories in %d tasks",
              len(ids), step, n_trajectories, len(tasks))
+    lap("first-pass planes")
     # over the whole grid: the search's own region may be too small to measure it
-    scatter = _snr_scatter(planes, ox, oy, (mx0, my0), phi, (0, nx), (0, ny))
+    scatter = _snr_scatter(z, phi, ox, oy, (mx0, mx1, my0, my1), cap, weights)
     log.info("search: robust scatter of the S/N of empty-sky trajectories %.3f (1 if the "
              "noise is right)", scatter)
     if np.isfinite(scatter) and not 0.8 < scatter < 1.25:
@@ -459,8 +479,9 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
                       f"{scatter:.2f}, not 1: the S/N threshold is not in true noise units "
                       "(correlated frames? a poor static-sky subtraction?)",
                       AstropyUserWarning)
+    lap("S/N scatter")
     results = map_frames(search_tile, tasks, scheduler, "search: tiles")
-    del tasks, planes
+    del tasks
     best = np.full((ny, nx), -np.inf, np.float32)
     best_index = np.full((ny, nx), -1, np.int32)
     for r in sorted(results, key=lambda r: r["first"]):  # ties: the later motion, as in a task
@@ -472,8 +493,9 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         index[won] = r["index"][won]
     del results
     searched = time.perf_counter()
+    lap("first pass")
 
-    table = _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step,
+    table = _candidates(z, phi, dt, best, best_index, grid_shape, motions, step,
                         snr_threshold, fwhm, merge_radius, max_candidates, median_fraction,
                         (exposures, fwhm) if trailed else None)
     if ellipse is not None and len(table["x"]):
@@ -488,43 +510,61 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         "motions": motions[ids],
         "reference_time": reference_time, "rate_step": step * pixel_arcsec * RATE,
         "fwhm": float(fwhm), "noise_factors": [float(c) for c in factors],
-        "masked_fraction": float(1 - np.mean(phi.sum(axis=0) > 0)),
+        "masked_fraction": float(1 - np.mean(sum(phi) > 0)),
         "snr_threshold": float(snr_threshold), "wcs": grid_wcs, "times": times,
         "snr_scatter": scatter, "flux_correction": correction,
         "seconds": time.perf_counter() - started,
         "seconds_prepare": prepared_at - started, "seconds_search": searched - prepared_at,
         "seconds_candidates": time.perf_counter() - searched})
+    lap("candidates")
     log.info("search: %d candidates at S/N >= %g from %d trajectories in %.1f s", len(out),
              snr_threshold, n_trajectories, out.meta["seconds"])
     return out
 
 
-def _snr_scatter(planes, ox, oy, pad, phi, x_range, y_range, n=4):
-    """Robust scatter (sigma-G) of the first-pass S/N of whole-field trajectories.
+def _slab(z, rows, cols, cap, weights):
+    """What a first-pass task reads: the z planes' (a list, one per frame) rows ``rows`` and
+    columns ``cols`` (which may reach beyond the grid: 0 there), for `first_pass_slab` to
+    cap and weight."""
+    (r0, r1), (c0, c1) = rows, cols
+    ny, nx = z[0].shape
+    ya, yb, xa, xb = max(r0, 0), min(r1, ny), max(c0, 0), min(c1, nx)
+    return {"z": [plane[ya:yb, xa:xb] for plane in z], "at": (ya - r0, xa - c0),
+            "size": (r1 - r0, c1 - c0),
+            "cap": cap, "weights": weights}
+
+
+def _snr_scatter(z, phi, ox, oy, pad, cap, weights, n=4, size=512):
+    """Robust scatter (sigma-G) of the first-pass S/N of empty-sky trajectories.
 
     For a few motions that move at least 3 pixels over the frames (a static trajectory
-    shares the static sky's noise in every frame), over starting pixels whose trajectory
-    every frame covers: 1 when the noise is right. Sources are too rare to matter to sigma-G.
+    shares the static sky's noise in every frame), over the starting pixels of the central
+    ``size`` x ``size`` pixels of the grid (the search's own region may be too small to
+    tell) whose trajectory every frame covers: 1 when the noise is right. Sources are too
+    rare to matter to sigma-G.
     """
-    mx0, my0 = pad
+    mx0, mx1, my0, my1 = pad
     moves = np.hypot(np.ptp(ox, axis=1), np.ptp(oy, axis=1))
     usable = np.nonzero(moves >= 3)[0]
     if len(usable) == 0:
         usable = np.arange(len(ox))
     chosen = usable[np.linspace(0, len(usable) - 1, min(n, len(usable))).astype(int)]
-    (x0, x1), (y0, y1) = x_range, y_range
-    ny, nx = phi.shape[1:]
-    h, w = y1 - y0, x1 - x0
-    covered = np.zeros(planes.shape, bool)  # padded as the planes are
-    covered[:, my0:my0 + ny, mx0:mx0 + nx] = phi > 0
+    ny, nx = phi[0].shape
+    h, w = min(size, ny), min(size, nx)
+    y0, x0 = (ny - h) // 2, (nx - w) // 2
+    rows, cols = (y0 - my0, y0 + h + my1), (x0 - mx0, x0 + w + mx1)
+    slab = _slab(z, rows, cols, cap, weights)
+    covered = _slab(phi, rows, cols, cap, weights)
+    covered = first_pass_slab(dict(covered, cap=np.float32(np.inf),
+                                   weights=np.ones(len(weights), np.float32))) > 0
     values = []
     for m in chosen:
-        task = {"planes": planes[:, y0:, x0:], "shape": (h, w), "ox": ox[m:m + 1] + mx0,
-                "oy": oy[m:m + 1] + my0, "first": 0, "indices": [m], "origin": (y0, x0)}
+        task = dict(slab, shape=(h, w), ox=ox[m:m + 1] + mx0, oy=oy[m:m + 1] + my0, first=0,
+                    indices=[m], origin=(y0, x0))
         score = search_tile(task)["best"]
         full = np.ones(score.shape, bool)
-        for i in range(phi.shape[0]):
-            ya, xa = y0 + oy[m, i] + my0, x0 + ox[m, i] + mx0
+        for i in range(len(phi)):
+            ya, xa = oy[m, i] + my0, ox[m, i] + mx0
             full &= covered[i, ya:ya + h, xa:xa + w]
         if full.sum() > 1000:
             values.append(score[full])
@@ -533,7 +573,7 @@ def _snr_scatter(planes, ox, oy, pad, phi, x_range, y_range, n=4):
     return sigma_g(np.concatenate(values))
 
 
-def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, threshold, fwhm,
+def _candidates(z, phi, dt, best, best_index, grid_shape, motions, step, threshold, fwhm,
                 merge_radius, max_candidates, median_fraction, trail, top=3):
     """Pixels whose first-pass score passes, scored exactly and robustly, refined, merged.
 
@@ -554,6 +594,7 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     # first pass caps each frame, so a bright source's best motion there is anywhere on a
     # plateau; the plain psi/phi score would climb towards any single-frame outlier nearby);
     # then the best few of the last neighbourhood are kept
+    log.debug("search: %d starting pixels pass the first pass (S/N >= %.1f)", len(xs), pre)
     nvx, nvy = grid_shape
     ix, iy = best_index[ys, xs] % nvx, best_index[ys, xs] // nvx
 
@@ -561,8 +602,8 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
         """Robust S/N of motions ``index`` (k, 9) from starting pixels ``rows`` (k)."""
         x = xs[rows][:, None] + np.rint(motions[index, 0][None] * dt[:, None, None])
         y = ys[rows][:, None] + np.rint(motions[index, 1][None] * dt[:, None, None])
-        snr = robust_values(sample(psi, x.reshape(len(dt), -1), y.reshape(len(dt), -1)),
-                            sample(phi, x.reshape(len(dt), -1), y.reshape(len(dt), -1)))[0]
+        snr = robust_values(*sample_psi_phi(z, phi, x.reshape(len(dt), -1),
+                                            y.reshape(len(dt), -1)))[0]
         return snr.reshape(index.shape)
 
     steps = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]  # (0, 0) is the fifth
@@ -589,8 +630,7 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     vx, vy = motions[index, 0], motions[index, 1]
     x = np.rint(xs[None, :] + vx[None, :] * dt[:, None])
     y = np.rint(ys[None, :] + vy[None, :] * dt[:, None])
-    snr, flux, err, n_used, _, snr_median = robust_values(sample(psi, x, y),
-                                                          sample(phi, x, y))
+    snr, flux, err, n_used, _, snr_median = robust_values(*sample_psi_phi(z, phi, x, y))
     # the refinement recovers the pixel-phase and grid losses (4 % on average, 15 % at worst
     # for a source on a pixel corner midway between grid motions)
     keep = np.nonzero((snr >= 0.9 * threshold) & (snr_median >= median_fraction * threshold))[0]
@@ -600,16 +640,22 @@ def _candidates(psi, phi, dt, best, best_index, grid_shape, motions, step, thres
     first = merge(xs[keep].astype(float), ys[keep].astype(float), vx[keep], vy[keep],
                   snr[keep], dt, radius, anywhere=False)
     keep = keep[first]
+    log.debug("search: %d candidates to refine", len(keep))
     if len(keep) > max_candidates:
         log.warning("search: %d candidates above S/N %.1f; only the best %d are refined",
                     len(keep), pre, max_candidates)
         keep = keep[:max_candidates]
-    parts = [refine(psi, phi, dt, (xs[c].astype(float), ys[c].astype(float), vx[c], vy[c]),
-                    step, trail=trail)
-             for c in np.array_split(keep, max(1, int(np.ceil(len(keep) / 256))))]
-    p = np.concatenate([q[0] for q in parts], axis=1)
-    psi_v = np.concatenate([q[1] for q in parts], axis=1)
-    phi_v = np.concatenate([q[2] for q in parts], axis=1)
+    # in chunks of similar speeds: a chunk's patches are as large as its fastest trajectory
+    # needs (`refine`), and most candidates are slower than the fastest motion
+    by_speed = keep[np.argsort(np.hypot(vx[keep], vy[keep]), kind="stable")]
+    chunks = np.array_split(np.arange(len(keep)), max(1, int(np.ceil(len(keep) / 256))))
+    parts = [refine(z, phi, dt, (xs[by_speed[c]].astype(float), ys[by_speed[c]].astype(float),
+                                 vx[by_speed[c]], vy[by_speed[c]]), step, trail=trail)
+             for c in chunks]
+    back = np.argsort(np.argsort(np.hypot(vx[keep], vy[keep]), kind="stable"))  # keep's order
+    p = np.concatenate([q[0] for q in parts], axis=1)[:, back]
+    psi_v = np.concatenate([q[1] for q in parts], axis=1)[:, back]
+    phi_v = np.concatenate([q[2] for q in parts], axis=1)[:, back]
     s, f, e, n, _, sm = robust_values(psi_v, phi_v)
     rows = {"x": p[0], "y": p[1], "vx": p[2], "vy": p[3], "snr": s, "flux": f, "flux_err": e,
             "n_frames": n, "snr_median": sm}
