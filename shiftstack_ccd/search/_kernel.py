@@ -104,18 +104,29 @@ def search_tile(task):
     t = np.empty((h, w), np.float32)
     won = np.empty((h, w), bool)
     for m in range(ox.shape[0]):
-        for j, (stack, which, a) in enumerate(terms):
+        # s = term 0 + term 1 + ...; the first two are added into s (no copy of the first)
+        pending, started = None, False
+        for stack, which, a in terms:
             y, x = oy[m, a], ox[m, a]
             if which is None:  # a pair not made in advance: the same sum, made here
                 y1, x1 = oy[m, a + 1], ox[m, a + 1]
-                value = np.add(stack[a, y:y + h, x:x + w], stack[a + 1, y1:y1 + h, x1:x1 + w],
-                               out=t)
+                first, second = stack[a, y:y + h, x:x + w], stack[a + 1, y1:y1 + h, x1:x1 + w]
+                if not started and pending is None:
+                    np.add(first, second, out=s)
+                    started = True
+                    continue
+                value = np.add(first, second, out=t)
             else:
                 value = stack[which[m], y:y + h, x:x + w]
-            if j:
+            if started:
                 s += value
+            elif pending is None:
+                pending = value
             else:
-                np.copyto(s, value)
+                np.add(pending, value, out=s)
+                started = True
+        if not started:
+            np.copyto(s, pending)
         np.maximum(best, s, out=best)
         np.equal(s, best, out=won)
         np.copyto(index, np.int32(task["indices"][m]), where=won)
@@ -282,7 +293,8 @@ def trial_values(patches, dt, p, h):
     combination of -1, 0, +1 times ``h = (h_position, h_rate)`` added to ``x``, ``y``,
     ``vx`` and ``vy`` (in this order, the last fastest). In frame ``i`` a trial's x is
     ``x + vx * dt_i`` and depends on two of the four offsets only (and y on the other two), so
-    the spline's weights are computed for 9 positions per axis and combined.
+    the spline's weights are computed for 9 positions per axis and combined, and the sum
+    is made separably.
     Returns ``(n_frames, k, 81)``.
     """
     coefficients, x0, y0 = patches
@@ -298,17 +310,28 @@ def trial_values(patches, dt, p, h):
          + (vy[None, :, None, None] + hv * o[None, None, None, :]) * t - y0[:, :, None, None])
     iu, iv = np.floor(u), np.floor(v)
     wu, wv = _bspline(u - iu), _bspline(v - iv)
-    base = ((np.arange(n)[:, None] * k + np.arange(k)[None, :]) * m * m)[:, :, None, None]
-    rows = (base + (iv.astype(np.int64) - 1) * m)[:, :, None, :, None, :]  # (n,k,1,b,1,d)
-    cols = (iu.astype(np.int64) - 1)[:, :, :, None, :, None]  # (n,k,a,1,c,1)
-    start = rows + cols  # (n, k, a, b, c, d): x offset a, y offset b, vx c, vy d
+    # separably: first along x, on the few rows that the 9 y positions reach (their first
+    # taps span a few rows), for the 9 x positions; then along y for the 81 trials. Half
+    # the gathers of the 16 per trial of the direct sum, the same sums in the same order.
+    left = iu.astype(np.int64) - 1  # (n, k, a, c): the first tap's column
+    top = iv.astype(np.int64) - 1  # (n, k, b, d): the first tap's row
+    first = top.min(axis=(2, 3))
+    n_rows = int((top.max(axis=(2, 3)) - first).max()) + 4
     flat = coefficients.reshape(-1)
-    out = np.zeros(start.shape, np.float32)
-    for q in range(4):
-        row = np.zeros(start.shape, np.float32)
-        for r in range(4):
-            row += wu[r][:, :, :, None, :, None] * flat[start + (q * m + r)]
-        out += wv[q][:, :, None, :, None, :] * row
+    base = (np.arange(n)[:, None] * k + np.arange(k)[None, :]) * m * m
+    rows = base[:, :, None] + np.minimum(first[:, :, None] + np.arange(n_rows), m - 1) * m
+    index = rows[:, :, :, None, None] + left[:, :, None, :, :]  # (n, k, rows, a, c)
+    across = wu[0][:, :, None] * flat[index]
+    for r in (1, 2, 3):
+        across += wu[r][:, :, None] * flat[index + r]
+    across = across.reshape(-1)
+    cell = np.arange(n * k).reshape(n, k)
+    row_of = (cell[:, :, None, None] * n_rows + (top - first[:, :, None, None])) * 9  # b, d
+    index = (row_of[:, :, None, :, None, :]
+             + (np.arange(3)[:, None] * 3 + np.arange(3)[None, :])[None, None, :, None, :, None])
+    out = wv[0][:, :, None, :, None, :] * across[index]
+    for q in (1, 2, 3):
+        out += wv[q][:, :, None, :, None, :] * across[index + 9 * q]
     return out.reshape(n, k, 81)
 
 

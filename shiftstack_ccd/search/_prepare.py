@@ -318,7 +318,7 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
 
     Returns ``template, stars, n_varying``.
     """
-    from scipy.ndimage import distance_transform_edt, label, maximum_position
+    from scipy.ndimage import label
     holes = ~np.isfinite(template)
     low = np.zeros(template.shape, np.int16)
     with np.errstate(invalid="ignore"):
@@ -330,8 +330,7 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
     labels, n = label(bright)
     stars = np.zeros(template.shape, bool)
     if n:
-        index = np.arange(1, n + 1)
-        peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+        peaks = component_peaks(template, labels, n)
         static = np.array([False] + [not varying[p] for p in peaks])
         # brighter stars have wider wings and halos: grow by one FWHM plus two per decade
         peak_sigma = np.array([1.0] + [template[p] / noise[p] for p in peaks])
@@ -339,10 +338,48 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
         radius[~static] = -1
         core = static[labels]
         if core.any():
-            distance, (iy, ix) = distance_transform_edt(~core, return_indices=True)
-            stars = distance <= radius[labels[iy, ix]]
+            stars = _grow_cores(core, labels, radius)
     varying = _grow(varying & ~stars, max(1.0, fwhm / 2)) & ~holes & ~stars
     return np.where(varying, 0, template).astype(np.float32), stars, int(varying.sum())
+
+
+def component_peaks(image, labels, n):
+    """The position ``(y, x)`` of the maximum of ``image`` in each of the ``n`` labelled
+    components (`scipy.ndimage.maximum_position` on the component's box alone: its
+    whole-image form sorts every pixel of the image, several full-size index arrays)."""
+    from scipy.ndimage import find_objects
+    peaks = []
+    for i, box in enumerate(find_objects(labels, n), start=1):
+        part = np.where(labels[box] == i, image[box], -np.inf)
+        y, x = np.unravel_index(np.argmax(part), part.shape)
+        peaks.append((box[0].start + int(y), box[1].start + int(x)))
+    return peaks
+
+
+def _grow_cores(core, labels, radius, tile=256):
+    """Pixels nearer a core pixel than that core's star's ``radius`` (by label).
+
+    The nearest core pixel of each pixel (`scipy.ndimage.distance_transform_edt`), found
+    tile by tile with a margin of the largest radius: a core farther than that cannot mask
+    the pixel, so the answer is the whole image's, without its full-size distance and
+    index planes.
+    """
+    from scipy.ndimage import distance_transform_edt
+    ny, nx = core.shape
+    reach = int(np.ceil(max(float(radius.max()), 0))) + 1
+    stars = np.zeros(core.shape, bool)
+    for y0 in range(0, ny, tile):
+        for x0 in range(0, nx, tile):
+            ya, yb = max(0, y0 - reach), min(ny, y0 + tile + reach)
+            xa, xb = max(0, x0 - reach), min(nx, x0 + tile + reach)
+            part = core[ya:yb, xa:xb]
+            if not part.any():
+                continue
+            distance, (iy, ix) = distance_transform_edt(~part, return_indices=True)
+            grown = distance <= radius[labels[ya:yb, xa:xb][iy, ix]]
+            stars[y0:y0 + tile, x0:x0 + tile] = grown[y0 - ya:y0 - ya + tile,
+                                                      x0 - xa:x0 - xa + tile]
+    return stars
 
 
 def _grow(mask, radius):
@@ -419,7 +456,7 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
     stars of their flux within 3 FWHM over their fitted flux, corrects. Returns 1 (and
     says so) when fewer than 3 stars can be measured.
     """
-    from scipy.ndimage import gaussian_filter, label, maximum_filter, maximum_position
+    from scipy.ndimage import gaussian_filter, label, maximum_filter
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
     finite = np.isfinite(template)
     with np.errstate(invalid="ignore"):
@@ -428,8 +465,7 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
     if n == 0:
         log.info("search: no star to measure the flux correction on; fluxes are Gaussian-fit")
         return 1.0
-    index = np.arange(1, n + 1)
-    peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+    peaks = component_peaks(template, labels, n)
     order = np.argsort([-template[p] for p in peaks])
     r_ap, r_in, r_out = 3 * fwhm, 4 * fwhm, 6 * fwhm
     half = int(np.ceil(r_out)) + 1

@@ -138,10 +138,15 @@ def resample_blocks(data, variance, bad, blocks, shape_out):
     from scipy.ndimage import spline_filter
     ny, nx = shape_out
     fy, fx = data.shape
-    coefficients = np.pad(spline_filter(np.asarray(data, np.float32), order=3,
-                                        output=np.float32, mode="mirror"), _PAD)
-    var = np.pad(np.asarray(variance, np.float32), _PAD)
-    badp = np.pad(np.asarray(bad, bool), _PAD, constant_values=True)
+    # padded planes made once and filled in place (np.pad would copy each a second time)
+    inner = (slice(_PAD, _PAD + fy), slice(_PAD, _PAD + fx))
+    coefficients = np.zeros((fy + 2 * _PAD, fx + 2 * _PAD), np.float32)
+    spline_filter(np.asarray(data, np.float32), order=3, output=coefficients[inner],
+                  mode="mirror")
+    var = np.zeros(coefficients.shape, np.float32)
+    var[inner] = variance
+    badp = np.ones(coefficients.shape, bool)
+    badp[inner] = bad
     out = np.full((ny, nx), np.nan, np.float32)
     out_var = np.full((ny, nx), np.nan, np.float32)
     mask = np.ones((ny, nx), bool)

@@ -610,18 +610,20 @@ def _candidates(z, phi, dt, best, best_index, grid_shape, motions, step, thresho
     step_x, step_y = np.array([a for a, _ in steps]), np.array([b for _, b in steps])
     near = np.zeros((len(xs), len(steps)), np.int64)
     scores = np.full((len(xs), len(steps)), -np.inf)
-    active = np.arange(len(xs))  # a pixel whose motion stopped never moves again
-    for _ in range(max(nvx, nvy)):
-        if not len(active):
-            break
-        near[active] = (np.clip(iy[active, None] + step_y, 0, nvy - 1) * nvx
-                        + np.clip(ix[active, None] + step_x, 0, nvx - 1))
-        scores[active] = exact(near[active], active)
-        move = np.argmax(scores[active], axis=1)
-        moving = scores[active, move] > scores[active, 4]
-        active, move = active[moving], move[moving]
-        ix[active] = np.clip(ix[active] + step_x[move], 0, nvx - 1)
-        iy[active] = np.clip(iy[active] + step_y[move], 0, nvy - 1)
+    # in chunks of pixels: the per-frame values of 9 motions of every pixel at once would
+    # be the stage's largest arrays (each pixel climbs on its own: the same result)
+    for active in np.array_split(np.arange(len(xs)), max(1, int(np.ceil(len(xs) / 4096)))):
+        for _ in range(max(nvx, nvy)):  # a pixel whose motion stopped never moves again
+            if not len(active):
+                break
+            near[active] = (np.clip(iy[active, None] + step_y, 0, nvy - 1) * nvx
+                            + np.clip(ix[active, None] + step_x, 0, nvx - 1))
+            scores[active] = exact(near[active], active)
+            move = np.argmax(scores[active], axis=1)
+            moving = scores[active, move] > scores[active, 4]
+            active, move = active[moving], move[moving]
+            ix[active] = np.clip(ix[active] + step_x[move], 0, nvx - 1)
+            iy[active] = np.clip(iy[active] + step_y[move], 0, nvy - 1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     hits = np.concatenate([np.column_stack([xs, ys, np.take_along_axis(near, order[:, k:k + 1],
                                                                        axis=1)[:, 0]])
