@@ -75,29 +75,37 @@ def box_statistics(image, good, box, min_fraction=0.3):
     return median, sigma, box
 
 
-def _interpolation_matrix(n, nb, box):
-    """(n, nb) weights of the box centres for each of ``n`` pixels (linear, clamped)."""
+def _axis_weights(n, nb, box):
+    """For ``n`` pixels: the box centre at or before each (clamped) and the fraction of the
+    way to the next one (0 before the first centre and after the last)."""
     pos = (np.arange(n) + 0.5) / box - 0.5
     i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
-    i1 = np.clip(i0 + 1, 0, nb - 1)
-    frac = np.clip(pos - i0, 0, 1)
-    out = np.zeros((n, nb))
-    np.add.at(out, (np.arange(n), i0), 1 - frac)
-    np.add.at(out, (np.arange(n), i1), frac)
-    return out
+    return i0, np.clip(pos - i0, 0, 1).astype(np.float32)
 
 
 def upsample(values, box, shape):
     """Bilinear interpolation of box values (at the box centres) onto every pixel.
 
-    As two small matrix products, ``Wy @ values @ Wx.T`` (one write of the output plane)
-    rather than interpolating along each axis in turn (several full-size temporaries).
+    Along y on the small (ny, n_boxes) array, then along x one run of columns between two
+    box centres at a time (``a + (b - a) * f`` with ``a``, ``b`` a column each): the output
+    is written once, without full-size gathers or temporaries. (A matrix product would
+    be faster alone, but a multi-threaded BLAS spins its threads on a shared machine.)
     """
     ny, nx = shape
+    values = np.asarray(values, np.float32)
     nby, nbx = values.shape
-    rows = _interpolation_matrix(ny, nby, box) @ np.asarray(values, float)
-    return (rows.astype(np.float32) @ _interpolation_matrix(nx, nbx, box).T.astype(
-        np.float32))
+    i0, f = _axis_weights(ny, nby, box)
+    a, b = values[i0], values[np.minimum(i0 + 1, nby - 1)]
+    rows = a + (b - a) * f[:, None]
+    j0, g = _axis_weights(nx, nbx, box)
+    out = np.empty((ny, nx), np.float32)
+    edges = np.flatnonzero(np.diff(j0)) + 1
+    for start, stop in zip(np.r_[0, edges], np.r_[edges, nx]):
+        k = j0[start]
+        a, b = rows[:, k:k + 1], rows[:, min(k + 1, nbx - 1):min(k + 1, nbx - 1) + 1]
+        np.multiply(b - a, g[None, start:stop], out=out[:, start:stop])
+        out[:, start:stop] += a
+    return out
 
 
 def _local_background(data, bad, box):
@@ -146,8 +154,9 @@ def prepare_frame(job):
         std = rms
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
-    bad |= ~(std > 0) | ~np.isfinite(std)
-    sky = np.where(bad, 0, data - background)
+    bad |= ~((std > 0) & (std < np.inf))  # NaN fails both
+    sky = np.subtract(data, background, out=background)  # in place: no more copies
+    sky[bad] = 0
     n_cr = 0
     if opts["cosmic_rays"]:
         # without the mask (the bad pixels are at the sky level, 0): the detector's
@@ -163,12 +172,13 @@ def prepare_frame(job):
     found = translations(frame.wcs.celestial, opts["wcs"], frame.shape, opts["shape"])
     if found is not None:
         blocks, ratio = found
-        out, variance, mask = resample_blocks(sky, np.where(bad, 0, std * std), bad, blocks,
-                                              opts["shape"])
+        variance = np.square(std)
+        variance[bad] = 0
+        out, variance, mask = resample_blocks(sky, variance, bad, blocks, opts["shape"])
         if flux_convention(frame.unit) != "surface":  # counts per pixel (or unknown)
             out *= np.float32(ratio)
             variance *= np.float32(ratio * ratio)
-        out_std = np.sqrt(variance)
+        out_std = np.sqrt(variance, out=variance)
         path = "block translations"
     else:
         out, out_std, mask = _warp(frame, sky, std, bad, opts)
