@@ -68,6 +68,27 @@ def number(value, name, minimum=None, strict=True, maximum=None):
     return float(value)
 
 
+#: Units of a memory size given as text: decimal (MB) and binary (MiB), case-insensitive.
+BYTE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2 ** 10,
+              "MIB": 2 ** 20, "GIB": 2 ** 30}
+
+
+def byte_size(value, name):
+    """A positive memory size in bytes: a number, or text such as ``'64MB'`` or ``'2 GiB'``.
+
+    Pipeline files and the command line give sizes as text, the API as numbers; both go
+    through here so that ``mem_limit = "2GB"`` means the same everywhere.
+    """
+    if isinstance(value, str):
+        import re
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).upper() if match else None
+        if unit not in BYTE_UNITS:
+            fail(name, f"{_show(value)} is not a size (e.g. 64MB, 2GB, 5e8 bytes).")
+        value = float(match.group(1)) * BYTE_UNITS[unit]
+    return number(value, name, 0)
+
+
 def choice(value, name, choices):
     """One of ``choices`` (strings)."""
     if not isinstance(value, str) or value not in choices:
@@ -226,7 +247,7 @@ def stack_parameters(method="mean", size=None, reference_time=None, resample="au
                refine_size=integer(refine_size, "refine_size", minimum=8),
                scheduler=dask_scheduler(scheduler),
                workdir=folder(workdir, "workdir"),
-               mem_limit=None if mem_limit is None else int(number(mem_limit, "mem_limit", 0)),
+               mem_limit=None if mem_limit is None else int(byte_size(mem_limit, "mem_limit")),
                weights=weights, frame_weights=frame_weights, orientation=orientation)
     if not (isinstance(orientation, WCS) or orientation in ("north", "first")):
         fail("orientation", f"must be 'north', 'first' or a WCS, not {_show(orientation)}.")

@@ -22,7 +22,6 @@
 import argparse
 import contextlib
 import logging
-import re
 import signal
 import sys
 import time
@@ -142,20 +141,13 @@ def _motion_model(args, frames):
                                cache=not args.no_cache)
 
 
-_BYTE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2 ** 10,
-               "MIB": 2 ** 20, "GIB": 2 ** 30}
-
-
 def _byte_size(text):
-    """A size in bytes from '64MB', '1.5GB', '512MiB' or a plain number."""
-    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in _BYTE_UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MB, 2GB, 5e8)")
-    size = float(match.group(1)) * _BYTE_UNITS[unit]
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
-    return size
+    """A size in bytes from '64MB', '1.5GB', '512MiB' or a plain number (as pipeline files)."""
+    from ._validate import byte_size
+    try:
+        return byte_size(text, "--mem-limit")
+    except ShiftStackError as error:
+        raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
 
 
 def _check_motion_options(args):

@@ -321,7 +321,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
                     static_k: float = 5.0, refine: bool = False,
                     refine_max_shift: float | None = None, refine_size: int = 64,
                     scheduler: str | None = None, workdir: str | os.PathLike | None = None,
-                    mem_limit: float | None = None,
+                    mem_limit: float | str | None = None,
                     intermediate: Callable | None = None, hdu: int | str | None = None,
                     unit: str | None = None, background: Literal["model"] | None = "model",
                     scale: Literal["stars"] | Sequence[float] | None = None,
@@ -413,9 +413,10 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         blocks of rows within ``mem_limit``). Without it the products stay in memory when
         they fit in ``mem_limit``, and go to a temporary folder (where `tempfile` puts it)
         when they do not, so that memory does not grow with the number of frames.
-    mem_limit : int, optional
-        Memory budget, bytes: of the combine's blocks (see `combine_frames`), and of the
-        intermediate products kept in memory. Default ``conf.mem_limit``.
+    mem_limit : float or str, optional
+        Memory budget, bytes (or text such as ``"64MB"``, ``"2GiB"``): of the combine's blocks
+        (see `combine_frames`), and of the intermediate products kept in memory. Default
+        ``conf.mem_limit``.
     pixfrac, drizzle_kernel : float, str
         Drizzle's drop size and kernel, for ``resample='drizzle'`` (see
         `resample_to_target`).
@@ -477,6 +478,7 @@ def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.Pat
         workdir=workdir, mem_limit=mem_limit, intermediate=intermediate)
     size, reference_time, pixel_scale = params["size"], params["reference_time"], \
         params["pixel_scale"]
+    mem_limit = params["mem_limit"]  # text such as "64MB" read as bytes
     if not hasattr(ephemeris, "at"):
         raise ParameterError(f"ephemeris: must be an Ephemeris (or have .at(times)), not "
                              f"{type(ephemeris).__name__}.")

@@ -805,3 +805,31 @@ def test_dark_and_none_checked_before_any_work(shared_data, tmp_path):
     toml.write_text(text.replace('"nothing"', '"model"').replace('"star"', '"stars"'))
     options = load_pipeline(toml).stack_options
     assert options["background"] == "model" and options["scale"] == "stars"
+
+
+def test_memory_budget_as_text_like_the_command_line(sim_dir, tmp_path, monkeypatch, caplog):
+    """``[stack] mem_limit = "10kB"`` is the command line's --mem-limit: the tiny budget
+    spills the products to a temporary folder (gone afterwards) and the stack is the one the
+    default budget gives; a size that is not one is refused with its line."""
+    import logging
+    import tempfile
+    sim, folder = sim_dir
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    text = SIM_PIPELINE.replace('size = 41', 'size = 41\n    mem_limit = "10kB"')
+    with caplog.at_level(logging.INFO, logger="shiftstack_ccd.stack"):
+        spilled = run_pipeline(write_toml(folder, text), overwrite=True).result.stack
+    assert "over the memory budget of 0 MB" in caplog.text  # 10 kB, not 10 bytes or refused
+    assert list((tmp_path / "tmp").iterdir()) == []
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shiftstack_ccd.stack"):
+        plain = run_pipeline(write_toml(folder, SIM_PIPELINE, "plain.toml"),
+                             overwrite=True).result.stack
+    assert "over the memory budget" not in caplog.text
+    np.testing.assert_allclose(spilled.data, plain.data, rtol=0, atol=1e-6)
+    assert load_pipeline(write_toml(folder, SIM_PIPELINE.replace(
+        'size = 41', 'size = 41\n    mem_limit = "2 GiB"'), "gib.toml"), overwrite=True)
+    with pytest.raises(ss.PipelineError,
+                       match=r"line 15: \[stack\] mem_limit: 'lots' is not a size"):
+        load_pipeline(write_toml(folder, SIM_PIPELINE.replace(
+            'size = 41', 'size = 41\n    mem_limit = "lots"'), "bad.toml"), overwrite=True)
