@@ -7,6 +7,7 @@ full-field figures are in benchmarks/bench_search.py and docs/searching.rst.
 """
 
 import glob
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from astropy.coordinates import SkyCoord
 from astropy.nddata import CCDData
 from astropy.table import QTable
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.exceptions import FrameError, SearchError
@@ -182,6 +184,19 @@ def test_fast_movers_are_scored_with_the_trailed_psf():
     measured = rows[True]["flux"] / rows[False]["flux"]
     assert abs(measured / expected - 1) < 0.05, (measured, expected)
     assert rows[True]["snr"] > 1.07 * rows[False]["snr"]
+    # the empty-sky S/N scatter is measured on motions fast enough that the static sky's
+    # own noise does not correlate with them (a slow one among them made it 0.72)
+    assert 0.9 < found.meta["snr_scatter"] < 1.1
+
+
+def test_snr_scatter_not_measured_without_a_fast_enough_motion(sim):
+    """Rates too slow to move a FWHM between frames: the scatter cannot be told from the
+    static sky's own noise, so it is NaN, without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstropyUserWarning)
+        found = ss.search_motion(sim.frames, ra_rate=(-4, 4) * RATE,
+                                 dec_rate=(-4, 4) * RATE, snr_threshold=5)
+    assert np.isnan(found.meta["snr_scatter"])
 
 
 @pytest.mark.parametrize("n_frames, motions_per_task", [(9, None), (10, None), (10, 7)])
