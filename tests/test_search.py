@@ -199,6 +199,27 @@ def test_snr_scatter_not_measured_without_a_fast_enough_motion(sim):
     assert np.isnan(found.meta["snr_scatter"])
 
 
+def test_trailed_values_do_not_depend_on_the_other_trajectories():
+    """A candidate's trailed psi and phi are the same whether it is scored alone or with a
+    much faster one (the trail's sampling is set by the longest possible trail)."""
+    from shiftstack_ccd.search._kernel import cut_patches, spline_patches, trailed_values
+    rng = np.random.default_rng(4)
+    n, shape = 6, (80, 80)
+    z = [rng.normal(size=shape).astype(np.float32) for _ in range(n)]
+    dt = np.linspace(-0.3, 0.3, n)
+    exposures = np.full(n, 0.08)
+    both = np.array([[40.3, 38.7], [40.6, 41.2], [5.0, 60.0], [-3.0, -45.0]])  # x, y, vx, vy
+    values = []
+    for p in (both[:, :1], both):
+        cut = cut_patches(z, dt, p, 12)
+        coefficients = [spline_patches((cut[0] * np.sqrt(2.0), cut[1], cut[2])),
+                        spline_patches((np.full_like(cut[0], 2.0), cut[1], cut[2]))]
+        values.append([v[:, 0] for v in trailed_values(*coefficients, dt, p, exposures, 2.0,
+                                                       longest=8.0)])
+    assert np.allclose(values[0][0], values[1][0], rtol=1e-5, atol=1e-6)
+    assert np.allclose(values[0][1], values[1][1], rtol=1e-6)
+
+
 @pytest.mark.parametrize("n_frames, motions_per_task", [(9, None), (10, None), (10, 7)])
 def test_first_pass_by_pairs_is_the_plain_shift_and_add(n_frames, motions_per_task):
     """The first pass (pairs of frames summed once per relative offset) gives the plain

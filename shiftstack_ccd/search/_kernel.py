@@ -346,8 +346,9 @@ def refine(z, phi, dt, start, step, levels=4, trail=None):
     best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
     itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
     step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and
-    phi values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm)`` (hours per
-    frame, pixels), those of the trailed PSF (`trailed_values`).
+    phi values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm, longest)``
+    (hours per frame, pixels, the longest trail in pixels), those of the trailed PSF
+    (`trailed_values`).
     """
     p = np.array(start, float)  # (4, k)
     k = p.shape[1]
@@ -413,7 +414,7 @@ def trail_factor(length, fwhm, n_samples):
     return np.mean(np.exp(-d ** 2 / (4 * sigma ** 2)), axis=(1, 2)).reshape(np.shape(length))
 
 
-def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, spacing=0.5, most=32):
+def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, longest=None, spacing=0.5, most=32):
     """psi and phi of the trailed PSF along trajectories ``p`` = ``(x, y, vx, vy)``.
 
     A source moving at ``(vx, vy)`` during an exposure of ``e`` hours is trailed over
@@ -422,12 +423,16 @@ def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, spacing=0.5, most=32):
     trail, and convolution commutes, so its psi is the mean of psi along the trail (sampled
     every ``spacing`` pixels at most) and its phi that of phi times `trail_factor` (exact
     for noise that is uniform over the trail). For a trail shorter than a pixel this is the
-    round PSF's within a few per cent. Returns ``(n_frames, k)`` each.
+    round PSF's within a few per cent. Every trail gets the same number of samples, set by
+    ``longest`` (pixels; default the longest of these trails): give the longest any
+    candidate can have, and a candidate's values do not depend on which others are
+    scored with it. Returns ``(n_frames, k)`` each.
     """
     x, y, vx, vy = p
     e = np.asarray(exposures, float)[:, None]  # (n, 1)
     length = np.hypot(vx, vy)[None, :] * e  # (n, k) pixels
-    n_samples = int(min(most, max(1, np.ceil(np.max(length) / spacing))))
+    longest = np.max(length) if longest is None else longest
+    n_samples = int(min(most, max(1, np.ceil(longest / spacing))))
     tau = (np.arange(n_samples) + 0.5) / n_samples - 0.5
     px = (x[None, :] + vx[None, :] * dt[:, None])[:, :, None] \
         + (vx[None, :] * e)[:, :, None] * tau[None, None, :]

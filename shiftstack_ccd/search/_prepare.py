@@ -131,7 +131,8 @@ def prepare_frame(job):
 
     ``job`` is ``(index, frame, options)``; returns the frame resampled onto the grid: by
     block translations (`_resample`) when the frame maps onto the grid as one to within
-    0.01 pixel, else through `resample_to_target`'s warp path.
+    0.01 pixel, else through `resample_to_target`'s warp path. ``data`` and ``std`` are NaN
+    where masked (no separate mask: the NaN are the mask).
     """
     from ..cosmicray import clean_cosmic_rays
     from ..resample import flux_convention
@@ -184,7 +185,7 @@ def prepare_frame(job):
         out, out_std, mask = _warp(frame, sky, std, bad, opts)
         path = "warp"
     log.debug("%s: prepared (%s), %d cosmic-ray pixels masked", label, path, n_cr)
-    return {"data": out, "std": out_std, "mask": mask, "n_cr": n_cr}
+    return {"data": out, "std": out_std, "n_cr": n_cr}
 
 
 def _warp(frame, sky, std, bad, opts):
@@ -298,7 +299,7 @@ def static_sky(prepared, min_frames=3, rows=64):
         h0, h1 = max(0, r0 - 1), min(ny, r1 + 1)  # a halo of one row: the clip's gradient
         data = np.stack([p["data"][h0:h1] for p in prepared])
         std = np.stack([p["std"][h0:h1] for p in prepared])
-        bad = np.stack([p["mask"][h0:h1] for p in prepared])
+        bad = ~np.isfinite(data)
         core = slice(r0 - h0, r1 - h0)
         good = ~bad[:, core] & np.isfinite(data[:, core])
         count = good.sum(axis=0)
@@ -333,7 +334,7 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
     low = np.zeros(template.shape, np.int16)
     with np.errstate(invalid="ignore"):
         for p in prepared:
-            value = np.where(p["mask"], np.nan, p["data"])
+            value = p["data"]  # NaN where masked: no comparison holds there
             low += (template - value > vary_sigma * noise) & (value < 0.3 * template)
         varying = (low >= max(2, int(np.ceil(0.2 * len(prepared))))) & ~holes
         bright = template > star_sigma * noise

@@ -416,7 +416,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         prepared[i] = None
         difference = np.subtract(p["data"], template, out=p.pop("data"))
         try:
-            _, plane, c = psi_phi(difference, p.pop("std"), p.pop("mask") | unusable, fwhm,
+            _, plane, c = psi_phi(difference, p.pop("std"), unusable, fwhm,
                                   quiet, out=difference)
         except FrameError as exc:
             raise FrameError(f"frame #{i}: {exc}") from None
@@ -587,7 +587,9 @@ def _candidates(z, phi, dt, best, best_index, grid_shape, motions, step, thresho
     """Pixels whose first-pass score passes, scored exactly and robustly, refined, merged.
 
     With ``trail`` (exposures in hours, FWHM), the refined candidates are scored with the
-    trailed PSF (`trailed_values`).
+    trailed PSF (`trailed_values`), sampled as finely as the longest trail of any motion of
+    the grid (plus a step, the refinement's reach) needs: a candidate's score then does
+    not depend on the others refined with it.
     """
     from scipy.ndimage import maximum_filter
     pre = threshold - 1.0  # the first pass's approximation, the robust score, the refinement
@@ -657,9 +659,13 @@ def _candidates(z, phi, dt, best, best_index, grid_shape, motions, step, thresho
                     len(keep), pre, max_candidates)
         keep = keep[:max_candidates]
     # in chunks of similar speeds: a chunk's patches are as large as its fastest trajectory
-    # needs (`refine`), and most candidates are slower than the fastest motion
+    # needs (`refine`), and most candidates are slower than the fastest motion; 128 a chunk
+    # keeps the patches (ten frames, z, phi, psi and their spline coefficients) near 30 MB
+    if trail is not None:
+        fastest = np.hypot(np.abs(motions[:, 0]) + step, np.abs(motions[:, 1]) + step).max()
+        trail = (trail[0], trail[1], fastest * float(np.max(trail[0])))
     by_speed = keep[np.argsort(np.hypot(vx[keep], vy[keep]), kind="stable")]
-    chunks = np.array_split(np.arange(len(keep)), max(1, int(np.ceil(len(keep) / 256))))
+    chunks = np.array_split(np.arange(len(keep)), max(1, int(np.ceil(len(keep) / 128))))
     parts = [refine(z, phi, dt, (xs[by_speed[c]].astype(float), ys[by_speed[c]].astype(float),
                                  vx[by_speed[c]], vy[by_speed[c]]), step, trail=trail)
              for c in chunks]
