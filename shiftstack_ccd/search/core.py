@@ -179,7 +179,7 @@ def _motion_grid(cd, rates, step):
 def _estimate(n_pixels, n_motions, n_frames, grid_pixels):
     """Memory (bytes) and time (s) the search will take, from a quick measure of this CPU."""
     # two float32 planes per frame (the resampled data and noise, then the S/N and phi
-    # in their place), and about a third of that for the preparation's transients
+    # in their place), and half as much again for the preparation's transients
     memory = grid_pixels * n_frames * 4 * 3
     a = np.ones((256, 256), np.float32)
     b = np.ones((256, 256), np.float32)
