@@ -278,8 +278,9 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         ``n_motions``, ``fwhm``, ``noise_factors`` (per frame, the calibration factor of
         the noise: measured over modelled scatter), ``snr_scatter`` (sigma-G of the S/N of
         empty-sky trajectories: 1 when the noise is right; NaN if the grid is too small to
-        tell), ``flux_correction``, ``masked_fraction``, ``wcs``, ``times`` and
-        ``seconds`` (with ``seconds_prepare``, ``seconds_search``, ``seconds_candidates``).
+        tell or no trial motion moves a FWHM between any two frames),
+        ``flux_correction``, ``masked_fraction``, ``wcs``, ``times`` and ``seconds``
+        (with ``seconds_prepare``, ``seconds_search``, ``seconds_candidates``).
 
     Raises
     ------
