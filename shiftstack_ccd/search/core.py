@@ -117,16 +117,18 @@ def _measure_fwhm(template, mask, size=768):
 def _stopwatch():
     """``lap(stage)`` logs (debug) the seconds since the previous lap and the process's peak
     resident size so far (where the platform tells it): where the time and the memory go."""
+    import sys
     try:
         import resource
     except ImportError:  # not on Windows
         resource = None
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
     last = [time.perf_counter(), time.process_time()]
 
     def lap(stage):
         now = [time.perf_counter(), time.process_time()]
         peak = (f"; peak resident size so far "
-                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20:.0f} MiB"
                 if resource is not None else "")
         log.debug("search: %s took %.2f s (CPU %.2f s)%s", stage, now[0] - last[0],
                   now[1] - last[1], peak)
