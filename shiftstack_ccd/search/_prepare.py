@@ -143,6 +143,7 @@ def prepare_frame(job):
     data = np.asarray(frame.data, dtype=np.float32)
     good = check_finite_fraction(frame, label)
     bad = ~good | _saturated(frame, data, opts["saturation_grow"])
+    del good
     background, rms = _local_background(data, bad, opts["background_box"])
     if frame.uncertainty is not None:
         try:
@@ -168,6 +169,7 @@ def prepare_frame(job):
         cleaned = clean_cosmic_rays(work, method="median")
         n_cr = int(cleaned.meta.get("CRNFLAG", 0))
         hits = np.asarray(cleaned.mask, bool)
+        del work, cleaned  # their planes are the frame's size: not kept while resampling
         bad |= hits
         sky[hits] = 0  # a cosmic ray's ringing through the cubic spline is not sky either
     found = translations(frame.wcs.celestial, opts["wcs"], frame.shape, opts["shape"])
@@ -175,6 +177,7 @@ def prepare_frame(job):
         blocks, ratio = found
         variance = np.square(std)
         variance[bad] = 0
+        del std, rms
         out, variance, mask = resample_blocks(sky, variance, bad, blocks, opts["shape"])
         if flux_convention(frame.unit) != "surface":  # counts per pixel (or unknown)
             out *= np.float32(ratio)

@@ -433,7 +433,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
         z.append(difference)
         phi.append(plane)
         factors.append(c)
-    del prepared, p, difference, plane
+    # the static sky and its masks are not needed any more: not kept through the search
+    del prepared, p, difference, plane, template, noise, stars, quiet, unusable
     lap("psi and phi")
     prepared_at = time.perf_counter()
     log.info("search: noise calibration factors (measured / modelled scatter) %s",
