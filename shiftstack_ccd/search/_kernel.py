@@ -3,9 +3,11 @@
 
 Written by hand with numpy: KBMOD does this on GPUs, and nothing in the Python ecosystem
 evaluates psi/phi likelihoods along trajectories on the CPU. The kernel sums integer-pixel
-shifted slices of the psi and phi planes, one motion at a time, over a tile of starting
-pixels small enough for the planes' slab and the accumulators to stay in the CPU cache;
-that is what makes it as fast as a plain shift-and-add that streams whole frames.
+shifted slices of the per-frame S/N planes (``z = psi / sqrt(phi)``, capped and weighted),
+one motion at a time, over a tile of starting pixels small enough for the planes' slab and
+the accumulators to stay in the CPU cache; that is what makes it as fast as a plain
+shift-and-add that streams whole frames. The candidates read psi and phi from ``z`` and
+``phi`` (``psi = z * sqrt(phi)``).
 """
 
 import numpy as np

@@ -5,10 +5,10 @@ Each frame, in its own pixels: a local background (`box_statistics`) is subtract
 the frame has no uncertainty, its local robust rms becomes one (a raw frame's global scatter
 is several times its pixel noise: overscan, vignetting, dust); cosmic rays and hot pixels
 are masked (`clean_cosmic_rays`). Then it is resampled once onto the fixed grid (by block
-translations, see `_resample`, or `resample_to_target`). The static sky, the clipped mean of
-the frames on that grid (`combine_frames`), is subtracted from each; the cores of bright
-stars, which never subtract cleanly, are masked. Each difference image D with variance V
-and mask M gives, as in KBMOD,
+translations, see `_resample`, or `resample_to_target`). The static sky, the clipped mean
+of the frames on that grid (`combine_frames`' rules, on row blocks), is subtracted from
+each; the cores of bright stars, which never subtract cleanly, are masked. Each difference
+image D with variance V and mask M gives, as in KBMOD,
 
     psi = PSF * (D / V),     phi = PSF^2 * (1 / V)     (masked pixels: 1/V = 0)
 
@@ -16,7 +16,9 @@ so that along a trajectory ``sum(psi) / sum(phi)`` is the PSF-fitted flux and
 ``sum(psi) / sqrt(sum(phi))`` its S/N. Resampling correlates the noise and a noise model
 is never exact, so each frame's planes are calibrated on the data: the robust standard
 deviation ``c`` of ``psi / sqrt(phi)`` over the frame (1 for exact white noise) divides psi
-and phi by ``c**2``, which makes every frame's S/N have unit scatter.
+and phi by ``c**2``, which makes every frame's S/N have unit scatter (`psi_phi`, in boxes).
+The search keeps per frame the calibrated S/N ``z = psi / sqrt(phi)`` and ``phi``, written
+over the frame's resampled data and noise.
 """
 
 import logging
