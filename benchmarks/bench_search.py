@@ -19,7 +19,8 @@ search, candidates), how close its inner loop is to the bandwidth limit, peak me
 growth of the process's peak resident size during the search) and the machine's load,
 which matters on a shared machine.
 
-Run: ``SHIFTSTACK_CCD_DATA=/work/shared/data python benchmarks/bench_search.py [--rate 40]``
+Run: ``SHIFTSTACK_CCD_DATA=/work/shared/data python benchmarks/bench_search.py [--rate 40]
+[--scheduler threads]``
 """
 
 import argparse
@@ -78,6 +79,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=40.0,
                         help="search +-RATE arcsec/h on both axes (default 40)")
+    parser.add_argument("--scheduler", default=None,
+                        help="search_motion's scheduler (default: none, one thread; "
+                             "'threads' uses every core: compare the CPU seconds too)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     frames, what = _frames()
@@ -97,7 +101,7 @@ def main():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start, cpu = time.perf_counter(), time.process_time()
     found = ss.search_motion(frames, ra_rate=rate, dec_rate=rate, snr_threshold=5,
-                             max_time=4 * 3600 * u.s)
+                             max_time=4 * 3600 * u.s, scheduler=args.scheduler)
     ours, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     meta = found.meta
@@ -131,7 +135,8 @@ def main():
 
     print(f"frames: {what}; {len(frames)} frames, grid {nx} x {ny}; rates +-{args.rate:g} "
           f"arcsec/h, {meta['n_motions']} motions (step {meta['rate_step']:.2f}); "
-          f"load average {load:.1f} on {os.cpu_count()} cores")
+          f"load average {load:.1f} on {os.cpu_count()} cores"
+          + (f"; scheduler {args.scheduler!r}" if args.scheduler else ""))
     print(f"{'':34s} {'seconds':>9s} {'trajectories/s':>15s}")
     print(f"{'(first search of the process:':34s} {warm:9.1f}   library imports, not counted)")
     print(f"{'search_motion, end to end':34s} {ours:9.1f} {n_traj / ours:15.3g}")
