@@ -6,7 +6,8 @@ simulated set when the data are absent. The same trial motions are given to
 * ``search_motion``, end to end: reading the frames' arrays and the first search's library
   imports aside (a cost of the process, printed), everything (noise,
   cosmic rays, resampling onto one grid, static sky, psi/phi planes, the search over every
-  starting pixel and motion, robust rescoring, refinement, merging);
+  starting pixel and motion, robust rescoring, refinement, merging); timed twice, the
+  faster kept, as the shift-and-add (the split printed is that run's);
 * a plain numpy integer-shift-and-add over the same grid: for each motion, the frames
   shifted by whole pixels and summed (``np.roll`` free: slices of a padded stack); nothing
   else, no noise model, no candidates; timed twice, the faster kept (the machine may be
@@ -99,10 +100,15 @@ def main():
     # peak memory from the process's peak resident size (tracemalloc would trace every numpy
     # view of the inner loop and slow it several times)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start, cpu = time.perf_counter(), time.process_time()
-    found = ss.search_motion(frames, ra_rate=rate, dec_rate=rate, snr_threshold=5,
-                             max_time=4 * 3600 * u.s, scheduler=args.scheduler)
-    ours, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
+    ours = ours_cpu = np.inf
+    for _ in range(2):  # as the shift-and-add below: the faster of two runs
+        start, cpu = time.perf_counter(), time.process_time()
+        run = ss.search_motion(frames, ra_rate=rate, dec_rate=rate, snr_threshold=5,
+                               max_time=4 * 3600 * u.s, scheduler=args.scheduler)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if seconds < ours:
+            ours, found = seconds, run
+        ours_cpu = min(ours_cpu, cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     meta = found.meta
     n_traj = meta["n_trajectories"]
