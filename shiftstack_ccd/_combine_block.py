@@ -6,6 +6,7 @@ A block is a (frames, rows, columns) cube of data, variance and bad-pixel flags 
 """
 
 import contextlib
+import functools
 import warnings
 
 import numpy as np
@@ -22,13 +23,62 @@ def quiet():
         yield
 
 
+#: Largest number of frames sorted by a network of minima and maxima (`sorted_planes`):
+#: beyond it `numpy.sort` is faster (measured: 10 frames 1.2 ms against 4.8 for 301 x 301
+#: pixels, 20 frames 4.1 against 6.4, 40 frames 12 against 10).
+NETWORK_MAX = 24
+
+
+@functools.lru_cache(maxsize=None)
+def _batcher_pairs(n):
+    """The comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort of ``n``
+    values (the network of the next power of two, without the comparators that would touch
+    the missing values: they would only move padding)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        pairs.append((a, b))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def sorted_planes(cube):
+    """The planes of ``cube`` (frames, rows, columns) sorted along the frames, for finite
+    values only (NaN does not order): a sorting network of `numpy.minimum` and
+    `numpy.maximum` over whole planes. `numpy.sort` along the first axis sorts every
+    pixel's few values apart, and pays for each pixel more than for its values.
+    """
+    planes = [np.array(plane) for plane in cube]
+    for a, b in _batcher_pairs(len(planes)):
+        low = np.minimum(planes[a], planes[b])
+        np.maximum(planes[a], planes[b], out=planes[b])
+        planes[a] = low
+    return planes
+
+
 def median_of_valid(cube, count):
     """Median along axis 0 of a cube whose invalid values are NaN; ``count`` valid ones.
 
     `numpy.sort` puts NaN last, so the median of the ``count`` valid values sits at
     positions ``(count-1)//2`` and ``count//2``: one sort, no masked arrays
     (`numpy.nanmedian` on a short axis goes through `numpy.ma`, several times slower).
+    When every value is valid and the frames are few, a sorting network does the sort
+    (`sorted_planes`), the same numbers.
     """
+    n = cube.shape[0]
+    if 0 < n <= NETWORK_MAX and count.size and count.min() == n:
+        planes = sorted_planes(cube)
+        return 0.5 * (planes[(n - 1) // 2] + planes[n // 2])
     ordered = np.sort(cube, axis=0)
     lo = np.maximum((count - 1) // 2, 0)[None]
     hi = np.maximum(count // 2, 0)[None]

@@ -274,3 +274,25 @@ def frames_wcs_error(headers, table):
             continue
         values.append(3600.0 * np.sqrt((r1 ** 2 + r2 ** 2) / 2))
     return float(np.median(values)) if values else None
+
+
+def primary_has_card(path, keyword):
+    """Whether a plain FITS file's primary header has the card ``keyword`` (8 bytes, padded),
+    found by its keyword alone; None when the file is not plain FITS (e.g. gzipped).
+
+    Read here rather than by `astropy.io.fits.getheader`, which parses every card (a
+    millisecond for a 200-card camera header, for a yes or no on every frame of a stack).
+    """
+    with open(path, "rb") as file:
+        block = file.read(2880)
+        if not block.startswith(b"SIMPLE  ="):
+            return None
+        while len(block) == 2880:
+            for start in range(0, 2880, 80):
+                card = block[start:start + 8].upper()  # as astropy matches keywords
+                if card == keyword:
+                    return True
+                if card == b"END     ":
+                    return False
+            block = file.read(2880)
+    return None  # a truncated header: astropy says what is wrong

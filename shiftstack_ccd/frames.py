@@ -25,7 +25,7 @@ from astropy.time import Time, TimeDelta
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ._utils import set_card
+from ._utils import primary_has_card, set_card
 from .exceptions import FrameError
 
 __all__ = ["Footprint", "mid_exposure_time", "read_footprint", "read_frame", "read_frames"]
@@ -332,7 +332,7 @@ def _clean_header(header, label):
                     raise FrameError(f"{label}: WCS card {key} = {value!r} is not a number.") \
                         from None
                 continue
-            header[key] = (number, card.comment)
+            card.value = number  # the card itself (a third faster than header[key] = ...)
             fixed.append(key)
     if fixed:
         log.info("%s: %d numeric WCS cards were written as strings and were read as numbers "
@@ -580,8 +580,15 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None, footprint=None):
     label = str(path)
     if not path.is_file():
         raise FrameError(f"{label}: no such file.")
+    # 16-bit unsigned pixels (BZERO 32768, what most CCD cameras write) are read by astropy
+    # as uint16 then copied to float32 (6 ms for a 1432 x 1370 frame); scaled, they come as
+    # float32 at once (2 ms), the same numbers. Only with a footprint: the scaling also
+    # rewrites the HDU's header (BITPIX, BZERO), and its header is then not used. Not with
+    # BLANK, which astropy honours when it scales (NaN) and not for uint16.
+    scaled = (footprint is not None and footprint.header.get("BITPIX") == 16
+              and "BLANK" not in footprint.header)
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+        with fits.open(path, memmap=False, lazy_load_hdus=False, uint=not scaled) as hdul:
             sci = _science_hdu(hdul, hdu, label)
             if sci.data is None or sci.data.ndim != 2:
                 shape = None if sci.data is None else sci.data.shape
@@ -590,7 +597,7 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None, footprint=None):
             data = np.asarray(sci.data)
             dtype = np.float64 if data.dtype == np.float64 else np.float32
             # the file is read into memory (memmap=False) and closed: its array is ours, and
-            # is copied only to change the type (uint16 with BZERO is already float32)
+            # is copied only to change the type
             data = data.astype(dtype, copy=False)
             header = _merged_header(hdul, sci)
             uncertainty = None
@@ -649,7 +656,8 @@ def read_frame(path, hdu=None, unit=None, dq_mask_bits=None, footprint=None):
 def _is_stack_product(path):
     """Whether a file was written by `shift_and_stack` (its ``SSKIND`` provenance card)."""
     try:
-        return "SSKIND" in fits.getheader(path, 0)
+        found = primary_has_card(path, b"SSKIND  ")
+        return "SSKIND" in fits.getheader(path, 0) if found is None else found
     except (OSError, ValueError, TypeError):
         return False  # not readable as FITS: read_frame says so, by name
 

@@ -18,7 +18,7 @@ times the pixel noise (17.8 ADU), because the overscan, the vignetting and the u
 rings count as "noise" (DESIGN.md, pitfalls).
 
 The model is checked against the data: the **measured pixel noise** of the sky is the robust
-standard deviation (`~astropy.stats.mad_std`) of the differences of horizontally neighbouring
+standard deviation (the biweight scale) of the differences of horizontally neighbouring
 sky pixels, over sqrt(2) (insensitive to anything smoother than a pixel), and the model's is
 the square root of the median model variance over the same pixels. Their ratio is reported
 per frame; for a detector model the variance is then scaled by its square (``noise_scale``),
@@ -38,7 +38,6 @@ import warnings
 import numpy as np
 from astropy import units as u
 from astropy.nddata import StdDevUncertainty
-from astropy.stats import biweight_scale
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ._utils import frame_label
@@ -287,7 +286,30 @@ def pixel_noise(data, good):
     pairs = good[:, 1:] & good[:, :-1]
     if pairs.sum() < 20:
         return np.nan
-    return float(biweight_scale((data[:, 1:] - data[:, :-1])[pairs]) / np.sqrt(2))
+    return float(_biweight_scale((data[:, 1:] - data[:, :-1])[pairs]) / np.sqrt(2))
+
+
+def _biweight_scale(values, c=9.0):
+    """`~astropy.stats.biweight_scale` of a 1-D array of finite values (same formula, same
+    defaults; equal to ~1e-15).
+
+    Written here for speed: astropy's takes the median three times (its MAD takes its own)
+    and raises ``1 - u**2`` to the fourth power with `numpy.power` over every value, 6 ms
+    for the 110 000 differences of a 331-pixel cutout, twice a frame; this takes 4.
+    """
+    d = values - np.median(values)
+    mad = np.median(np.abs(d))
+    if not mad > 0:  # constant data: astropy gives 0 (and NaN for NaN)
+        return float(mad)
+    u = d / (c * mad)
+    keep = np.abs(u) < 1
+    d, u2 = d[keep], u[keep] ** 2
+    w = 1.0 - u2
+    denominator = np.sum(w * (1.0 - 5.0 * u2))
+    w *= w
+    w *= d  # d (1 - u**2)**2: its sum of squares is astropy's sum of d**2 (1 - u**2)**4
+    w *= w  # (not np.dot: the BLAS's threads would spin on, costing CPU time after the call)
+    return float(np.sqrt(values.size * np.sum(w)) / abs(denominator))
 
 
 def _local_sigma(data, good, label):

@@ -61,10 +61,10 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ._utils import frame_label, pixel_to_pixel, require_celestial_wcs
 from .exceptions import FrameError
-from .steps import log_to_header, provenance_header
+from .steps import history_line, log_to_header, provenance_header
 
 __all__ = ["find_translation", "flux_convention", "pixel_area_ratio", "pixel_map",
-           "resample_to_target"]
+           "resample_to_grids", "resample_to_target"]
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,17 @@ def _prepare_coordinates(ys, xs, shape_in):
     return coords, outside
 
 
-def _sample(array, coords, outside, order):
+def _sample(array, coords, outside, order, dtype=None):
     """Interpolate ``array`` at prepared coordinates (`scipy.ndimage.map_coordinates`).
 
     The array must be finite: a spline's prefilter would spread a NaN along whole rows and
-    columns.
+    columns. With ``dtype`` (the output's), ``array`` holds the spline coefficients already
+    (`_spline_coefficients`), and is not prefiltered again.
     """
     from scipy.ndimage import map_coordinates
     out = map_coordinates(array, coords, order=order, mode="constant", cval=np.nan,
-                          output=array.dtype)
+                          output=array.dtype if dtype is None else dtype,
+                          prefilter=dtype is None)
     out[outside] = np.nan
     return out
 
@@ -543,8 +545,78 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
     >>> out.meta["SSFLUXC"], out.meta["SSPIXAR"], round(float(np.nansum(out.data)), 3)
     ('per-pixel', 4.0, 100.0)
     """
+    label, convention, why = _check(ccd, method, interpolation, conserve, pixfrac, kernel)
+    return _resample(_Frame(ccd, label), wcs_out, shape_out, method, interpolation,
+                     (convention, why), pixfrac, kernel)
+
+
+def resample_to_grids(ccd, wcses, shape_out, **options):
+    """Resample one frame onto several grids of the same shape (e.g. the stars' fixed grid
+    and the target's grid at the frame's epoch).
+
+    The same products as `resample_to_target` on each grid in turn, ``HISTORY`` line
+    included, but what depends on the frame alone (its variance and bad pixels, their
+    filling, the cubic spline's coefficients) is computed once.
+
+    Parameters
+    ----------
+    ccd : `~astropy.nddata.CCDData`
+        The frame, as for `resample_to_target`.
+    wcses : list of `~astropy.wcs.WCS`
+        The output grids.
+    shape_out : tuple
+        ``(ny, nx)`` of every output.
+    **options
+        ``method``, ``interpolation``, ``conserve``, ``pixfrac``, ``kernel``: as for
+        `resample_to_target`.
+
+    Returns
+    -------
+    resampled : list of `~astropy.nddata.CCDData`
+        One per grid, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData, StdDevUncertainty
+    >>> from astropy.wcs import WCS
+    >>> wcs = WCS(naxis=2)
+    >>> wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    >>> wcs.wcs.crval = [150, 2]; wcs.wcs.crpix = [16, 16]
+    >>> wcs.wcs.cdelt = [-1 / 3600, 1 / 3600]
+    >>> data = np.zeros((31, 31), dtype=np.float32); data[15, 15] = 100
+    >>> ccd = CCDData(data, unit="electron", wcs=wcs,
+    ...               uncertainty=StdDevUncertainty(np.ones_like(data)))
+    >>> moved = wcs.deepcopy(); moved.wcs.crpix = [16.25, 16.5]
+    >>> fixed, on_target = resample_to_grids(ccd, [wcs, moved], (31, 31))
+    >>> float(fixed.data[15, 15]), on_target.meta["SSSHIFTX"], on_target.meta["SSSHIFTY"]
+    (100.0, 0.25, 0.5)
+    """
+    unknown = sorted(set(options) - {"method", "interpolation", "conserve", "pixfrac",
+                                     "kernel"})
+    if unknown:
+        raise TypeError(f"resample_to_grids() got unexpected options {unknown}")
+    given = dict(method="auto", interpolation="bicubic", conserve="auto", pixfrac=1.0,
+                 kernel="square")
+    given.update(options)
+    label, convention, why = _check(ccd, given["method"], given["interpolation"],
+                                    given["conserve"], given["pixfrac"], given["kernel"])
+    frame = _Frame(ccd, label)
+    products = []
+    for wcs_out in wcses:
+        out = _resample(frame, wcs_out, shape_out, given["method"], given["interpolation"],
+                        (convention, why), given["pixfrac"], given["kernel"])
+        # the line resample_to_target writes (log_to_header): the two are interchangeable
+        out.meta.add_history(history_line(resample_to_target, ccd, wcs_out, shape_out,
+                                          **options))
+        products.append(out)
+    return products
+
+
+def _check(ccd, method, interpolation, conserve, pixfrac, kernel):
+    """The options checked against the frame: its label and flux convention (and why)."""
     label = frame_label(ccd)
-    wcs_in = require_celestial_wcs(ccd, "resample_to_target")
+    require_celestial_wcs(ccd, "resample_to_target")
     if interpolation not in _SPLINE_ORDER:
         raise ValueError(f"interpolation must be one of {sorted(_SPLINE_ORDER)}, "
                          f"not {interpolation!r}")
@@ -559,25 +631,62 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
     if ccd.uncertainty is None:
         raise FrameError(f"{label}: has no uncertainty; resampling carries the variance "
                          "with the data (give it one, e.g. ccdproc.create_deviation).")
-    dtype = np.float64 if ccd.data.dtype == np.float64 else np.float32
-    try:
-        variance = ccd.uncertainty.represent_as(VarianceUncertainty).array
-    except Exception as exc:  # astropy raises several types for unconvertible uncertainties
-        raise FrameError(f"{label}: its uncertainty cannot be converted to a variance: "
-                         f"{exc}") from None
-    bad = ~np.isfinite(ccd.data) | ~np.isfinite(variance)
-    if ccd.mask is not None:
-        bad |= np.asarray(ccd.mask, dtype=bool)
-    if bad.all():
-        raise FrameError(f"{label}: every pixel is masked or not finite.")
-    # variance and the bad-pixel indicator always go bilinear (see the module notes)
-    variance_filled = np.where(bad, 0, variance).astype(dtype)
+    return label, convention, why
+
+
+class _Frame:
+    """What resampling needs of a frame, whatever the grid: computed once for all grids.
+
+    ``variance_filled`` is the variance with 0 at ``bad`` pixels (masked or not finite);
+    `data` the data with the bad pixels filled, or its spline coefficients.
+    """
+
+    def __init__(self, ccd, label):
+        self.ccd, self.label = ccd, label
+        self.wcs = ccd.wcs
+        self.dtype = np.float64 if ccd.data.dtype == np.float64 else np.float32
+        try:
+            variance = ccd.uncertainty.represent_as(VarianceUncertainty).array
+        except Exception as exc:  # astropy raises several types for unconvertible ones
+            raise FrameError(f"{label}: its uncertainty cannot be converted to a variance: "
+                             f"{exc}") from None
+        bad = ~np.isfinite(ccd.data) | ~np.isfinite(variance)
+        if ccd.mask is not None:
+            bad |= np.asarray(ccd.mask, dtype=bool)
+        if bad.all():
+            raise FrameError(f"{label}: every pixel is masked or not finite.")
+        self.bad = bad
+        # variance and the bad-pixel indicator always go bilinear (see the module notes)
+        self.variance_filled = np.where(bad, 0, variance).astype(self.dtype)
+        self._data = {}
+
+    def data(self, order):
+        """The filled data (order 1), or its spline coefficients (`_spline_coefficients`)."""
+        if 1 not in self._data:
+            self._data[1] = _fill_bad_pixels(np.asarray(self.ccd.data, dtype=self.dtype),
+                                             self.bad)
+        if order not in self._data:
+            self._data[order] = _spline_coefficients(self._data[1], order)
+        return self._data[order]
+
+
+def _spline_coefficients(data, order):
+    """`scipy.ndimage.map_coordinates`' own prefilter (the same call, the same numbers), kept
+    so that a frame resampled onto two grids is filtered once."""
+    from scipy.ndimage import spline_filter
+    return spline_filter(data, order, output=np.float64, mode="constant")
+
+
+def _resample(frame, wcs_out, shape_out, method, interpolation, convention, pixfrac, kernel):
+    """`resample_to_target` on one grid, from the frame's `_Frame` (no HISTORY line)."""
+    ccd, label, dtype, bad = frame.ccd, frame.label, frame.dtype, frame.bad
+    convention, why = convention
     cards = {}  # key: (value, comment), written at the end (`provenance_header`)
 
     if method == "drizzle":
         out_data, out_var, wht, ratio = _drizzle(
-            np.where(bad, 0, ccd.data), variance_filled, bad, wcs_in, wcs_out, shape_out,
-            pixfrac, kernel, label)
+            np.where(bad, 0, ccd.data), frame.variance_filled, bad, frame.wcs, wcs_out,
+            shape_out, pixfrac, kernel, label)
         # no weight, or the round-off slivers (~1e-10) of pixels that only touch an edge
         mask = ~(wht > 1e-6 * np.max(wht))
         # drizzle's value is a mean over the output pixel, and so is the variance: c = 1/ratio
@@ -589,8 +698,7 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         cards["SSDRZKER"] = (kernel, "drizzle kernel")
     else:
         out_data, out_var, mask, ratio, typical_ratio = _interpolate(
-            ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
-            interpolation, cards, label)
+            frame, wcs_out, shape_out, method, interpolation, cards)
     if (ratio is not None and cards.get("SSINTERP", (None,))[0] == "bicubic"
             and typical_ratio > _SPLINE_NOISE_RATIO):
         # (no frame name: the default filter then says it once for frames alike)
@@ -603,15 +711,21 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
         out_data *= ratio
         out_var *= ratio
         out_var *= ratio
-    pixar = 1.0 if ratio is None or mask.all() else float(np.nanmedian(ratio[~mask]))
+    if ratio is None or mask.all():
+        pixar = 1.0
+    elif not mask.any():  # every pixel counts: the median already taken (a millisecond)
+        pixar = typical_ratio
+    else:
+        pixar = float(np.nanmedian(ratio[~mask]))
     mask |= ~np.isfinite(out_data)
     mask |= ~np.isfinite(out_var)
     if mask.all():
         raise FrameError(f"{label}: no part of the frame falls on the output grid.")
     cards["SSFLUXC"] = (convention, f"flux convention ({why}): per-pixel or surface")
     cards["SSPIXAR"] = (round(pixar, 8), "median output/input pixel area ratio")
-    log.debug("%s: resampled by %s, %.1f%% of the output covered", label,
-              cards["SSRESAMP"][0], 100 * (1 - mask.mean()))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: resampled by %s, %.1f%% of the output covered", label,
+                  cards["SSRESAMP"][0], 100 * (1 - mask.mean()))
     # Masked pixels hold NaN: a masked value is never silently a number.
     out_data = out_data.astype(dtype, copy=False)
     out_data[mask] = np.nan
@@ -623,11 +737,12 @@ def resample_to_target(ccd, wcs_out, shape_out, method="auto", interpolation="bi
                    uncertainty=StdDevUncertainty(std), meta=meta)
 
 
-def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, method,
-                 interpolation, cards, label):
+def _interpolate(frame, wcs_out, shape_out, method, interpolation, cards):
     """The shift and warp paths: data, variance (before the area ratio), mask and the
     pixel-area ratio (None on the shift path, where it is exactly 1) and its median; the
     header cards go into ``cards``."""
+    ccd, bad, dtype, label = frame.ccd, frame.bad, frame.dtype, frame.label
+    wcs_in, variance_filled = frame.wcs, frame.variance_filled
     translation = None
     if method in ("auto", "shift"):
         translation = find_translation(wcs_in, wcs_out, ccd.shape)
@@ -655,8 +770,9 @@ def _interpolate(ccd, bad, variance_filled, dtype, wcs_in, wcs_out, shape_out, m
     out_var = _sample(variance_filled, coords, outside, 1)
     # where no input pixel is bad, the bad-pixel plane would resample to zero: skip it
     out_bad = _sample(bad.astype(dtype), coords, outside, 1) if bad.any() else None
-    data = _fill_bad_pixels(np.asarray(ccd.data, dtype=dtype), bad)
-    out_data = _sample(data, coords, outside, _SPLINE_ORDER[interpolation])
+    order = _SPLINE_ORDER[interpolation]
+    out_data = _sample(frame.data(order), coords, outside, order,
+                       dtype=dtype if order > 1 else None)
     cards["SSINTERP"] = (interpolation, "resampling interpolation of the data")
     # Masked: outside the frame, or touched (bilinear weight > 0) by a bad input pixel.
     mask = ~np.isfinite(out_data) | ~np.isfinite(out_var)

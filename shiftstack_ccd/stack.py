@@ -34,7 +34,7 @@ from .ephemeris import Ephemeris
 from .exceptions import FrameError, ParameterError
 from .frames import Footprint, exposure_time, mid_exposure_time, read_footprint, read_frame
 from .noise import mask_outside_trimsec, noise_model
-from .resample import DRIZZLE_KERNELS, resample_to_target
+from .resample import DRIZZLE_KERNELS, resample_to_grids
 from .stars import stellar_fwhm
 from .static_sky import (static_sky_template, static_sky_variance_factor,
                          subtract_static_sky)
@@ -262,15 +262,18 @@ def _prepare_task(job, ctx):
                                     [ctx.target_wcs[index].wcs, ctx.grid_wcs.wcs], ctx.shape,
                                     min_size=MIN_CUTOUT)
     frame, noise_info = noise_and_background(frame, model, (cx, cy), ctx.background, label)
-    sky = None
-    if ctx.need_sky:
-        sky = _keep(_resample(frame, ctx.grid_wcs.wcs, ctx), ctx, f"sky{index:04d}")
+    # the frame on the sky grid, and in one pass on its target grid too (one call: what
+    # depends on the frame alone is done once)
+    grids = [ctx.grid_wcs.wcs] if ctx.need_sky else []
+    if ctx.one_pass:
+        grids.append(ctx.target_wcs[index].wcs)
+    products = _resample(frame, grids, ctx) if grids else []
+    sky = _keep(products[0], ctx, f"sky{index:04d}") if ctx.need_sky else None
     prepared = {"index": index, "sky": sky, "position": (x, y), "crop_position": (cx, cy),
                 "step_cards": step_cards, "noise": noise_info}
     if ctx.one_pass:
         prepared["frame"] = None
-        prepared["on_target"] = _target_task((index, {**prepared, "frame": frame},
-                                              ctx.target_wcs[index]), ctx)
+        prepared["on_target"] = _on_target(index, frame, products[-1], ctx)
     else:
         prepared["frame"] = _keep(frame, ctx, f"frame{index:04d}", as_fits=False)
     return prepared
@@ -290,18 +293,22 @@ def _target_task(job, ctx):
         frame = subtract_static_sky(frame, template, prepared["crop_position"],
                                     track_radius=ctx.track_radius, k=ctx.static_k,
                                     interpolation=ctx.interpolation)
-    resampled = _resample(frame, wcs.wcs, ctx)
+    return _on_target(index, frame, _resample(frame, [wcs.wcs], ctx)[0], ctx)
+
+
+def _on_target(index, frame, resampled, ctx):
+    """What the stack keeps of a frame resampled on its target grid."""
     cards = {key: frame.meta.get(key) for key in ("SSSKYOFF", "SSNSTMSK") if key in frame.meta}
     return {"index": index, "target": _keep(resampled, ctx, f"target{index:04d}"),
             "path": resampled.meta["SSRESAMP"], "area_ratio": resampled.meta["SSPIXAR"],
             "flux_convention": resampled.meta["SSFLUXC"], "static_cards": cards}
 
 
-def _resample(frame, wcs, ctx):
-    """A frame on one output grid, as the stack's options say."""
-    return resample_to_target(frame, wcs, ctx.shape, method=ctx.resample,
-                              interpolation=ctx.interpolation, pixfrac=ctx.pixfrac,
-                              kernel=ctx.drizzle_kernel)
+def _resample(frame, wcses, ctx):
+    """A frame on output grids, as the stack's options say (`resample_to_grids`)."""
+    return resample_to_grids(frame, wcses, ctx.shape, method=ctx.resample,
+                             interpolation=ctx.interpolation, pixfrac=ctx.pixfrac,
+                             kernel=ctx.drizzle_kernel)
 
 
 def shift_and_stack(frames: Sequence[CCDData | str | os.PathLike] | str | os.PathLike,

@@ -90,7 +90,7 @@ from ._utils import frame_label
 from .exceptions import ShiftStackError, UnknownStepError
 
 __all__ = ["BUILTIN_STEPS", "ENTRY_POINT_GROUP", "STEP_KINDS", "StepInfo",
-           "available_steps", "describe_steps", "get_step", "log_to_header",
+           "available_steps", "describe_steps", "get_step", "history_line", "log_to_header",
            "provenance_header", "run_step", "run_steps", "step_info"]
 
 log = logging.getLogger(__name__)
@@ -449,6 +449,28 @@ def _argument_text(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def history_line(function, *args, **kwargs):
+    """The ``HISTORY`` line `log_to_header` writes for ``function(*args, **kwargs)``:
+    ``name(param=value, ...)``, the arguments as given, the first (the frame) left out.
+
+    Examples
+    --------
+    >>> from shiftstack_ccd.steps import history_line
+    >>> def scale(ccd, factor, offset=0.0):
+    ...     return ccd
+    >>> history_line(scale, None, 2.0, offset=1.5)
+    'scale(factor=2.0, offset=1.5)'
+    """
+    given = list(_signature(function).bind(*args, **kwargs).arguments.items())[1:]
+    text = ", ".join(f"{key}={_argument_text(value)}" for key, value in given)
+    return f"{function.__name__}({text})"
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(function):
+    return inspect.signature(function)
+
+
 def log_to_header(function):
     """Decorator: record each call of a step in the header of the CCDData it returns.
 
@@ -469,17 +491,12 @@ def log_to_header(function):
     >>> str(out.meta["HISTORY"][-1])
     'add_constant(value=2.5)'
     """
-    signature = inspect.signature(function)
-    name = function.__name__
-
     @functools.wraps(function)
     def step(*args, **kwargs):
         from astropy.io import fits
         out = function(*args, **kwargs)
         if _is_ccddata(out):
-            given = list(signature.bind(*args, **kwargs).arguments.items())[1:]
-            text = ", ".join(f"{key}={_argument_text(value)}" for key, value in given)
-            line = f"{name}({text})"
+            line = history_line(function, *args, **kwargs)
             if isinstance(out.meta, fits.Header) and all(
                     out.meta is not getattr(arg, "meta", None) for arg in args[:1]):
                 # the step's own new header (a raw frame's copy costs a millisecond)

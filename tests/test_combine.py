@@ -443,3 +443,26 @@ def test_file_without_uncertainty_is_refused_by_name(tmp_path):
     frame.write(path)
     with pytest.raises(FrameError, match="bare.fits: has no UNCERT extension"):
         combine_frames([str(path)])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 16, 24])
+def test_median_of_few_frames_by_sorting_network(n):
+    """With every value valid and few frames, the median comes from a sorting network of
+    minima and maxima: the planes come out exactly np.sort's, and the median np.median's,
+    ties and all; a NaN (an invalid value) takes the sort."""
+    from shiftstack_ccd._combine_block import median_of_valid, sorted_planes
+    rng = np.random.default_rng(n)
+    cube = np.round(rng.normal(0, 3, (n, 40, 50))).astype(np.float32)  # many ties
+    ordered = np.sort(cube, axis=0)
+    assert all(np.array_equal(a, b) for a, b in zip(sorted_planes(cube), ordered))
+    count = np.full((40, 50), n)
+    median = median_of_valid(cube, count)
+    assert median.dtype == np.float32
+    np.testing.assert_array_equal(median, np.median(cube, axis=0))
+    cube[0, 3, 4] = np.nan
+    count[3, 4] -= 1
+    median = median_of_valid(cube, count)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # n = 1: an all-NaN pixel
+        expected = np.nanmedian(cube, axis=0)
+    np.testing.assert_array_equal(median, expected)

@@ -11,6 +11,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
 from shiftstack_ccd import FrameError, mid_exposure_time, read_frames
@@ -311,3 +312,55 @@ def test_footprint_is_the_frame_without_pixels(shared_data, name, hdu):
     assert again.wcs is not footprint.wcs and again.meta is not footprint.header
     assert np.array_equal(again.wcs.pixel_to_world_values(x, y),
                           full.wcs.pixel_to_world_values(x, y))
+    assert again.data.dtype == full.data.dtype == np.float32
+
+
+@pytest.mark.parametrize("bzero, bscale, blank", [(32768, 1, None), (32768, 1, -32768),
+                                                  (0, 1, -32768), (100, 2, None)])
+def test_16_bit_frames_read_alike_with_a_footprint(tmp_path, bzero, bscale, blank):
+    """With a footprint, 16-bit pixels are read scaled by astropy (float32 at once); the
+    frame is the one read without: same numbers, NaN and mask where BLANK says, header."""
+    from shiftstack_ccd import read_footprint
+    from shiftstack_ccd.frames import read_frame
+    raw = np.arange(-32768, 32768, 16, dtype=np.int16).reshape(64, 64)
+    hdu = fits.PrimaryHDU(raw, do_not_scale_image_data=True)
+    hdu.header.update({"BZERO": bzero, "BSCALE": bscale, "BUNIT": "adu",
+                       "DATE-OBS": "2024-03-01T03:00:00", "EXPTIME": 1.0})
+    if blank is not None:
+        hdu.header["BLANK"] = blank
+    path = str(tmp_path / "frame.fits")
+    hdu.writeto(path)
+    full = read_frame(path)
+    again = read_frame(path, footprint=read_footprint(path))
+    assert again.data.dtype == full.data.dtype == np.float32
+    assert np.array_equal(again.data, full.data, equal_nan=True)
+    assert np.array_equal(again.mask, full.mask)
+    # (a truly scaled image's header is rewritten by astropy when read without a footprint:
+    # BITPIX -32, no BZERO/BSCALE; the footprint keeps the file's)
+    scaling = ("BITPIX", "BZERO", "BSCALE") if (bzero, bscale) == (100, 2) else ()
+    assert ([c for c in again.meta.items() if c[0] not in scaling]
+            == [c for c in full.meta.items() if c[0] not in scaling])
+    expected = raw.astype(float) * bscale + bzero  # FITS: physical = BZERO + BSCALE * raw
+    good = ~np.isnan(full.data)
+    assert np.array_equal(full.data[good], expected[good])
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_stacks_are_told_by_their_sskind_card(tmp_path, compressed):
+    """expand_files leaves out files with an SSKIND card in the primary header (the card
+    found by its keyword, on any block of the header; gzipped files through astropy) and
+    keeps frames whose header merely mentions SSKIND elsewhere."""
+    from shiftstack_ccd.frames import expand_files
+    suffix = ".fits.gz" if compressed else ".fits"
+    frame = fits.PrimaryHDU(np.zeros((4, 4), np.float32))
+    frame.header["COMMENT"] = "SSKIND  = 'target' is only text here"
+    frame.header["HISTORY"] = "SSKIND"
+    stack = fits.PrimaryHDU(np.zeros((4, 4), np.float32))
+    for i in range(60):  # the card on the header's second 2880-byte block
+        stack.header[f"PAD{i}"] = i
+    stack.header["SSKIND"] = ("target", "stacked on the target")
+    frame.writeto(tmp_path / f"a{suffix}")
+    stack.writeto(tmp_path / f"b{suffix}")
+    with pytest.warns(AstropyUserWarning, match="a stack written by shiftstack_ccd"):
+        kept = expand_files(str(tmp_path / f"*{suffix}"))
+    assert kept == [str(tmp_path / f"a{suffix}")]

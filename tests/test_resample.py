@@ -7,7 +7,7 @@ from astropy.wcs import WCS
 
 from shiftstack_ccd import FrameError
 from shiftstack_ccd.resample import (find_translation, flux_convention, pixel_area_ratio,
-                                     resample_to_target)
+                                     resample_to_grids, resample_to_target)
 
 
 def _wcs(crpix=(50.0, 40.0), rotation_deg=0.0, scale_arcsec=1.0, crval=(150.0, 2.0)):
@@ -417,3 +417,30 @@ def test_warp_between_sky_frames_equals_reproject():
     good = ~out.mask & np.isfinite(reference)
     assert good.sum() > 0.9 * good.size
     assert np.max(np.abs(out.data[good] - reference[good])) < 1e-3
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_resample_to_grids_is_resample_to_target_on_each_grid(interpolation):
+    """One frame onto a fixed grid (warp: rotated), a shifted one (shift path) and a coarser
+    one (area ratio): resample_to_grids shares the frame's preparation (bad-pixel filling,
+    the spline's coefficients) but gives every product bit for bit, HISTORY included."""
+    rng = np.random.default_rng(7)
+    data = 100 + _gaussian((80, 100), 47.3, 38.6, 5000.0) + rng.normal(0, 1, (80, 100))
+    mask = np.zeros(data.shape, bool)
+    mask[20:23, 60:62] = True  # bad pixels: filled before the spline, masked after
+    frame = _frame(data, _wcs(), sigma=1.0, mask=mask)
+    grids = [_wcs(crpix=(45.0, 41.0), rotation_deg=7.0), _wcs(crpix=(50.4, 39.7)),
+             _wcs(crpix=(30.0, 25.0), scale_arcsec=1.3)]
+    options = dict(interpolation=interpolation, method="auto")
+    together = resample_to_grids(frame, grids, (60, 70), **options)
+    for grid, product in zip(grids, together):
+        alone = resample_to_target(frame, grid, (60, 70), **options)
+        np.testing.assert_array_equal(product.data, alone.data)
+        np.testing.assert_array_equal(product.uncertainty.array, alone.uncertainty.array)
+        np.testing.assert_array_equal(product.mask, alone.mask)
+        assert list(product.meta.items()) == list(alone.meta.items())
+    assert [p.meta["SSRESAMP"] for p in together] == ["warp", "shift", "warp"]
+    assert together[1].meta["SSSHIFTX"] == pytest.approx(0.4)
+    assert together[0].mask.sum() > 0  # the bad pixels' footprint
+    with pytest.raises(TypeError, match="unexpected options"):
+        resample_to_grids(frame, grids, (60, 70), interpolaton="bicubic")
