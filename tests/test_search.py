@@ -7,6 +7,7 @@ full-field figures are in benchmarks/bench_search.py and docs/searching.rst.
 """
 
 import glob
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from astropy.coordinates import SkyCoord
 from astropy.nddata import CCDData
 from astropy.table import QTable
 from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
 
 import shiftstack_ccd as ss
 from shiftstack_ccd.exceptions import FrameError, SearchError
@@ -182,6 +184,40 @@ def test_fast_movers_are_scored_with_the_trailed_psf():
     measured = rows[True]["flux"] / rows[False]["flux"]
     assert abs(measured / expected - 1) < 0.05, (measured, expected)
     assert rows[True]["snr"] > 1.07 * rows[False]["snr"]
+    # the empty-sky S/N scatter is measured on motions fast enough that the static sky's
+    # own noise does not correlate with them (a slow one among them made it 0.72)
+    assert 0.9 < found.meta["snr_scatter"] < 1.1
+
+
+def test_snr_scatter_not_measured_without_a_fast_enough_motion(sim):
+    """Rates too slow to move a FWHM between frames: the scatter cannot be told from the
+    static sky's own noise, so it is NaN, without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstropyUserWarning)
+        found = ss.search_motion(sim.frames, ra_rate=(-4, 4) * RATE,
+                                 dec_rate=(-4, 4) * RATE, snr_threshold=5)
+    assert np.isnan(found.meta["snr_scatter"])
+
+
+def test_trailed_values_do_not_depend_on_the_other_trajectories():
+    """A candidate's trailed psi and phi are the same whether it is scored alone or with a
+    much faster one (the trail's sampling is set by the longest possible trail)."""
+    from shiftstack_ccd.search._kernel import cut_patches, spline_patches, trailed_values
+    rng = np.random.default_rng(4)
+    n, shape = 6, (80, 80)
+    z = [rng.normal(size=shape).astype(np.float32) for _ in range(n)]
+    dt = np.linspace(-0.3, 0.3, n)
+    exposures = np.full(n, 0.08)
+    both = np.array([[40.3, 38.7], [40.6, 41.2], [5.0, 60.0], [-3.0, -45.0]])  # x, y, vx, vy
+    values = []
+    for p in (both[:, :1], both):
+        cut = cut_patches(z, dt, p, 12)
+        coefficients = [spline_patches((cut[0] * np.sqrt(2.0), cut[1], cut[2])),
+                        spline_patches((np.full_like(cut[0], 2.0), cut[1], cut[2]))]
+        values.append([v[:, 0] for v in trailed_values(*coefficients, dt, p, exposures, 2.0,
+                                                       longest=8.0)])
+    assert np.allclose(values[0][0], values[1][0], rtol=1e-5, atol=1e-6)
+    assert np.allclose(values[0][1], values[1][1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("n_frames, motions_per_task", [(9, None), (10, None), (10, 7)])
@@ -204,7 +240,9 @@ def test_first_pass_by_pairs_is_the_plain_shift_and_add(n_frames, motions_per_ta
     index = np.full((h, w), -1)
     for first in range(0, len(motions), per_task):
         sl = slice(first, first + per_task)
-        r = search_tile({"planes": planes, "shape": (h, w), "ox": ox[sl] + pad,
+        r = search_tile({"z": planes, "at": (0, 0), "size": planes.shape[1:],
+                         "cap": np.float32(np.inf), "weights": np.ones(n_frames),
+                         "shape": (h, w), "ox": ox[sl] + pad,
                          "oy": oy[sl] + pad, "first": first,
                          "indices": np.arange(len(motions))[sl], "origin": (0, 0)})
         won = r["best"] >= best

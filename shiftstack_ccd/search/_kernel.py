@@ -3,12 +3,16 @@
 
 Written by hand with numpy: KBMOD does this on GPUs, and nothing in the Python ecosystem
 evaluates psi/phi likelihoods along trajectories on the CPU. The kernel sums integer-pixel
-shifted slices of the psi and phi planes, one motion at a time, over a tile of starting
-pixels small enough for the planes' slab and the accumulators to stay in the CPU cache;
-that is what makes it as fast as a plain shift-and-add that streams whole frames.
+shifted slices of the per-frame S/N planes (``z = psi / sqrt(phi)``, capped and weighted),
+one motion at a time, over a tile of starting pixels small enough for the planes' slab and
+the accumulators to stay in the CPU cache; that is what makes it as fast as a plain
+shift-and-add that streams whole frames. The candidates read psi and phi from ``z`` and
+``phi`` (``psi = z * sqrt(phi)``).
 """
 
 import numpy as np
+
+from .._combine_block import median_of_valid
 
 __all__ = []
 
@@ -55,12 +59,34 @@ def offsets_for(motions, dt):
     return ox, oy
 
 
+def first_pass_slab(task):
+    """The capped, weighted S/N planes a first-pass task reads, ``(n_frames, *size)``.
+
+    ``task['z']`` (the calibrated per-frame S/N, ``psi / sqrt(phi)``, on the part of the
+    slab inside the grid: one plane per frame) goes at ``task['at']`` of a slab of
+    ``task['size']`` that is 0
+    elsewhere (beyond the grid's edges), capped at +-``task['cap']`` and multiplied by each
+    frame's ``task['weights']``. Made per task rather than once for the field: the first
+    pass then needs no plane of the field beyond the S/N itself.
+    """
+    z = task["z"]
+    h, w = z[0].shape
+    slab = np.zeros((len(z),) + tuple(task["size"]), np.float32)
+    y, x = task["at"]
+    for i, plane in enumerate(z):
+        view = slab[i, y:y + h, x:x + w]
+        np.clip(plane, -task["cap"], task["cap"], out=view)
+        view *= np.float32(task["weights"][i])
+    return slab
+
+
 def search_tile(task):
     """Best first-pass score per starting pixel of one tile over a range of motions.
 
-    ``task`` holds the slab of the per-frame score planes (``(n_frames, h + 2 * my,
-    w + 2 * mx)``: the tile's starting pixels plus the largest offsets), the tile size and
-    the motions' integer offsets (already relative to the slab). Frames are taken in pairs
+    ``task`` holds what makes the slab of the per-frame score planes (`first_pass_slab`:
+    ``(n_frames, h + 2 * my, w + 2 * mx)``, the tile's starting pixels plus the largest
+    offsets), the tile size and the motions' integer offsets (already relative to the
+    slab). Frames are taken in pairs
     (0 and 1, 2 and 3...): a pair's sum along a motion is the sum of the first frame and the
     second shifted by their relative offset, which few values cover for all the motions
     (7 x 7 over +-40 arcsec/h in 5-minute steps), so those sums are made once per tile
@@ -70,7 +96,7 @@ def search_tile(task):
     motions gives the same answer as one task: a motion's sum does not depend on the
     others) and the motion that gave it (the last of equal ones).
     """
-    planes = task["planes"]
+    planes = first_pass_slab(task)
     h, w = task["shape"]
     ox, oy = task["ox"], task["oy"]
     terms = pair_planes(planes, ox, oy)
@@ -80,18 +106,29 @@ def search_tile(task):
     t = np.empty((h, w), np.float32)
     won = np.empty((h, w), bool)
     for m in range(ox.shape[0]):
-        for j, (stack, which, a) in enumerate(terms):
+        # s = term 0 + term 1 + ...; the first two are added into s (no copy of the first)
+        pending, started = None, False
+        for stack, which, a in terms:
             y, x = oy[m, a], ox[m, a]
             if which is None:  # a pair not made in advance: the same sum, made here
                 y1, x1 = oy[m, a + 1], ox[m, a + 1]
-                value = np.add(stack[a, y:y + h, x:x + w], stack[a + 1, y1:y1 + h, x1:x1 + w],
-                               out=t)
+                first, second = stack[a, y:y + h, x:x + w], stack[a + 1, y1:y1 + h, x1:x1 + w]
+                if not started and pending is None:
+                    np.add(first, second, out=s)
+                    started = True
+                    continue
+                value = np.add(first, second, out=t)
             else:
                 value = stack[which[m], y:y + h, x:x + w]
-            if j:
+            if started:
                 s += value
+            elif pending is None:
+                pending = value
             else:
-                np.copyto(s, value)
+                np.add(pending, value, out=s)
+                started = True
+        if not started:
+            np.copyto(s, pending)
         np.maximum(best, s, out=best)
         np.equal(s, best, out=won)
         np.copyto(index, np.int32(task["indices"][m]), where=won)
@@ -135,15 +172,24 @@ def pair_planes(planes, ox, oy, budget=32 * 2**20):
     return out
 
 
+def sample_psi_phi(z, phi, x, y):
+    """psi and phi at whole-pixel per-frame positions (`sample`), from z and phi:
+    ``psi = z * sqrt(phi)``."""
+    phi_v = sample(phi, x, y)
+    return sample(z, x, y) * np.sqrt(np.maximum(phi_v, 0)), phi_v
+
+
 def sample(planes, x, y):
-    """Values of ``planes`` (n, ny, nx) at whole-pixel per-frame positions ``x``, ``y`` (n, k).
+    """Values of ``planes`` (n planes of (ny, nx)) at whole-pixel per-frame positions ``x``,
+    ``y`` (n, k).
 
     Outside the planes the value is 0 (no data, no weight).
     """
-    n, ny, nx = planes.shape
+    ny, nx = planes[0].shape
     xi, yi = np.asarray(x, np.int64), np.asarray(y, np.int64)
     inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
-    values = planes[np.arange(n)[:, None], np.clip(yi, 0, ny - 1), np.clip(xi, 0, nx - 1)]
+    xi, yi = np.clip(xi, 0, nx - 1), np.clip(yi, 0, ny - 1)
+    values = np.stack([plane[yi[i], xi[i]] for i, plane in enumerate(planes)])
     return np.where(inside, values, 0).astype(np.float64)
 
 
@@ -166,7 +212,9 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = np.where(valid, psi_v / np.where(valid, phi_v, 1), np.nan)
         sigma = np.where(valid, 1 / np.sqrt(np.where(valid, phi_v, 1)), np.nan)
-        med = np.nanmedian(flux, axis=0)
+        # the median of the valid frames by one sort (`numpy.nanmedian` over a short axis
+        # goes through `numpy.ma`, ten times slower: it was most of the refinement's time)
+        med = median_of_valid(flux, valid.sum(axis=0))
         used = valid & (np.abs(flux - med) <= clip * sigma + tolerance * np.abs(med))
     s = np.where(used, psi_v, 0).sum(axis=0)
     f = np.where(used, phi_v, 0).sum(axis=0)
@@ -180,21 +228,17 @@ def robust_values(psi_v, phi_v, clip=4.0, tolerance=0.5, min_frames=3):
     return snr, flux_out, err, n_used, used, np.nan_to_num(snr_median, nan=-np.inf)
 
 
-def spline_patches(planes, dt, start, half, margin=8):
-    """Cubic-spline coefficients of the planes about each trajectory, for `refine`.
+def cut_patches(planes, dt, start, half, margin=8):
+    """Squares of the planes about each trajectory, for `spline_patches`.
 
-    ``start``: ``(x, y, vx, vy)`` arrays (k trajectories). Per frame and trajectory, a
-    square of ``2 * (half + margin) + 1`` pixels centred on the trajectory's whole pixel
-    there (0 outside the planes, as `scipy.ndimage`'s ``grid-constant`` mode) is filtered
-    into cubic B-spline coefficients. A spline's prefilter is global but decays by 0.27 a
-    pixel, so ``margin`` pixels beyond the ``half`` that `refine` samples the coefficients are
-    those of the whole plane to 3e-5 of the values: filtering patches instead of whole planes
-    costs what the candidates need, not what the field holds. Returns the coefficients
-    ``(n_frames, k, m, m)`` and each patch's origin, ``x0, y0`` ``(n_frames, k)``.
+    ``planes``: one (ny, nx) plane per frame; ``start``: ``(x, y, vx, vy)`` arrays (k
+    trajectories). Per frame and trajectory, a square of ``2 * (half + margin) + 1``
+    pixels centred on the trajectory's whole pixel
+    there (0 outside the planes, as `scipy.ndimage`'s ``grid-constant`` mode). Returns the
+    squares ``(n_frames, k, m, m)`` and each one's origin, ``x0, y0`` ``(n_frames, k)``.
     """
-    from scipy.ndimage import spline_filter1d
     x, y, vx, vy = start
-    n, ny, nx = planes.shape
+    n, (ny, nx) = len(planes), planes[0].shape
     r = half + margin
     x0 = np.rint(x[None, :] + vx[None, :] * dt[:, None]).astype(np.int64) - r
     y0 = np.rint(y[None, :] + vy[None, :] * dt[:, None]).astype(np.int64) - r
@@ -210,11 +254,28 @@ def spline_patches(planes, dt, start, half, margin=8):
         xx = x0[fi, ki][:, None, None] + grid[None, None, :]
         yy = y0[fi, ki][:, None, None] + grid[None, :, None]
         inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
-        values = planes[fi[:, None, None], np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-        cut[fi, ki] = np.where(inside, values, 0)
-    for axis in (-1, -2):
-        cut = spline_filter1d(cut, order=3, axis=axis, output=np.float32, mode="mirror")
+        yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+        for i in np.unique(fi):
+            j = fi == i
+            cut[i, ki[j]] = np.where(inside[j], planes[i][yy[j], xx[j]], 0)
     return cut, x0, y0
+
+
+def spline_patches(cut):
+    """Cubic-spline coefficients of squares from `cut_patches`, for `refine`.
+
+    A spline's prefilter is global but decays by 0.27 a pixel, so ``margin`` pixels beyond
+    the ``half`` that `refine` samples the coefficients are those of the whole plane to
+    3e-5 of the values: filtering patches instead of whole planes costs what the
+    candidates need, not what the field holds. Returns the coefficients
+    ``(n_frames, k, m, m)`` and the origins, as `cut_patches`.
+    """
+    from scipy.ndimage import spline_filter1d
+    squares, x0, y0 = cut
+    for axis in (-1, -2):
+        squares = spline_filter1d(squares, order=3, axis=axis, output=np.float32,
+                                  mode="mirror")
+    return squares, x0, y0
 
 
 def _bspline(t):
@@ -234,7 +295,8 @@ def trial_values(patches, dt, p, h):
     combination of -1, 0, +1 times ``h = (h_position, h_rate)`` added to ``x``, ``y``,
     ``vx`` and ``vy`` (in this order, the last fastest). In frame ``i`` a trial's x is
     ``x + vx * dt_i`` and depends on two of the four offsets only (and y on the other two), so
-    the spline's weights are computed for 9 positions per axis and combined.
+    the spline's weights are computed for 9 positions per axis and combined, and the sum
+    is made separably.
     Returns ``(n_frames, k, 81)``.
     """
     coefficients, x0, y0 = patches
@@ -250,32 +312,45 @@ def trial_values(patches, dt, p, h):
          + (vy[None, :, None, None] + hv * o[None, None, None, :]) * t - y0[:, :, None, None])
     iu, iv = np.floor(u), np.floor(v)
     wu, wv = _bspline(u - iu), _bspline(v - iv)
-    base = ((np.arange(n)[:, None] * k + np.arange(k)[None, :]) * m * m)[:, :, None, None]
-    rows = (base + (iv.astype(np.int64) - 1) * m)[:, :, None, :, None, :]  # (n,k,1,b,1,d)
-    cols = (iu.astype(np.int64) - 1)[:, :, :, None, :, None]  # (n,k,a,1,c,1)
-    start = rows + cols  # (n, k, a, b, c, d): x offset a, y offset b, vx c, vy d
+    # separably: first along x, on the few rows that the 9 y positions reach (their first
+    # taps span a few rows), for the 9 x positions; then along y for the 81 trials. Half
+    # the gathers of the 16 per trial of the direct sum, the same sums in the same order.
+    left = iu.astype(np.int64) - 1  # (n, k, a, c): the first tap's column
+    top = iv.astype(np.int64) - 1  # (n, k, b, d): the first tap's row
+    first = top.min(axis=(2, 3))
+    n_rows = int((top.max(axis=(2, 3)) - first).max()) + 4
     flat = coefficients.reshape(-1)
-    out = np.zeros(start.shape, np.float32)
-    for q in range(4):
-        row = np.zeros(start.shape, np.float32)
-        for r in range(4):
-            row += wu[r][:, :, :, None, :, None] * flat[start + (q * m + r)]
-        out += wv[q][:, :, None, :, None, :] * row
+    base = (np.arange(n)[:, None] * k + np.arange(k)[None, :]) * m * m
+    rows = base[:, :, None] + np.minimum(first[:, :, None] + np.arange(n_rows), m - 1) * m
+    index = rows[:, :, :, None, None] + left[:, :, None, :, :]  # (n, k, rows, a, c)
+    across = wu[0][:, :, None] * flat[index]
+    for r in (1, 2, 3):
+        across += wu[r][:, :, None] * flat[index + r]
+    across = across.reshape(-1)
+    cell = np.arange(n * k).reshape(n, k)
+    row_of = (cell[:, :, None, None] * n_rows + (top - first[:, :, None, None])) * 9  # b, d
+    index = (row_of[:, :, None, :, None, :]
+             + (np.arange(3)[:, None] * 3 + np.arange(3)[None, :])[None, None, :, None, :, None])
+    out = wv[0][:, :, None, :, None, :] * across[index]
+    for q in (1, 2, 3):
+        out += wv[q][:, :, None, :, None, :] * across[index + 9 * q]
     return out.reshape(n, k, 81)
 
 
-def refine(psi, phi, dt, start, step, levels=4, trail=None):
+def refine(z, phi, dt, start, step, levels=4, trail=None):
     """Sub-pixel positions and sub-grid rates that maximise the robust S/N, all at once.
 
-    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``psi``, ``phi`` the planes, which
+    ``start``: ``(x, y, vx, vy)`` arrays from the grid; ``z``, ``phi`` the planes (the
+    per-frame S/N and phi: ``psi = z * sqrt(phi)``, see ``_prepare.psi_phi``), which
     are sampled by cubic splines (`spline_patches`; linear interpolation would pin the
     optimum to pixel edges). Each level tries the 81 combinations of -h, 0, +h on the four
     parameters (h: half a pixel and half a grid step, halved at each level) and keeps the
     best robust S/N (`robust_values`: an outlier frame cannot pull a trajectory towards
     itself); four levels reach 1/16 pixel and 1/16 of the step, within one pixel and one
-    step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and phi
-    values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm)`` (hours per
-    frame, pixels), those of the trailed PSF (`trailed_values`).
+    step of the start. Returns the refined ``(x, y, vx, vy)`` and the per-frame psi and
+    phi values there, ``(n_frames, k)`` each: with ``trail = (exposures, fwhm, longest)``
+    (hours per frame, pixels, the longest trail in pixels), those of the trailed PSF
+    (`trailed_values`).
     """
     p = np.array(start, float)  # (4, k)
     k = p.shape[1]
@@ -286,7 +361,10 @@ def refine(psi, phi, dt, start, step, levels=4, trail=None):
         speed = np.hypot(np.abs(p[2]) + step, np.abs(p[3]) + step).max()
         reach += speed * np.max(trail[0]) / 2
     half = int(np.ceil(reach)) + 3  # the cubic taps reach two pixels beyond
-    psi_c, phi_c = (spline_patches(planes, dt, p, half) for planes in (psi, phi))
+    z_cut, x0, y0 = cut_patches(z, dt, p, half)
+    phi_cut = cut_patches(phi, dt, p, half)[0]
+    psi_c = spline_patches((z_cut * np.sqrt(np.maximum(phi_cut, 0)), x0, y0))
+    phi_c = spline_patches((phi_cut, x0, y0))
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * 4, indexing="ij")).reshape(4, -1)
     scale = np.array([0.5, 0.5, step / 2, step / 2])
     best = None
@@ -338,7 +416,7 @@ def trail_factor(length, fwhm, n_samples):
     return np.mean(np.exp(-d ** 2 / (4 * sigma ** 2)), axis=(1, 2)).reshape(np.shape(length))
 
 
-def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, spacing=0.5, most=32):
+def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, longest=None, spacing=0.5, most=32):
     """psi and phi of the trailed PSF along trajectories ``p`` = ``(x, y, vx, vy)``.
 
     A source moving at ``(vx, vy)`` during an exposure of ``e`` hours is trailed over
@@ -347,12 +425,16 @@ def trailed_values(psi_c, phi_c, dt, p, exposures, fwhm, spacing=0.5, most=32):
     trail, and convolution commutes, so its psi is the mean of psi along the trail (sampled
     every ``spacing`` pixels at most) and its phi that of phi times `trail_factor` (exact
     for noise that is uniform over the trail). For a trail shorter than a pixel this is the
-    round PSF's within a few per cent. Returns ``(n_frames, k)`` each.
+    round PSF's within a few per cent. Every trail gets the same number of samples, set by
+    ``longest`` (pixels; default the longest of these trails): give the longest any
+    candidate can have, and a candidate's values do not depend on which others are
+    scored with it. Returns ``(n_frames, k)`` each.
     """
     x, y, vx, vy = p
     e = np.asarray(exposures, float)[:, None]  # (n, 1)
     length = np.hypot(vx, vy)[None, :] * e  # (n, k) pixels
-    n_samples = int(min(most, max(1, np.ceil(np.max(length) / spacing))))
+    longest = np.max(length) if longest is None else longest
+    n_samples = int(min(most, max(1, np.ceil(longest / spacing))))
     tau = (np.arange(n_samples) + 0.5) / n_samples - 0.5
     px = (x[None, :] + vx[None, :] * dt[:, None])[:, :, None] \
         + (vx[None, :] * e)[:, :, None] * tau[None, None, :]

@@ -5,10 +5,10 @@ Each frame, in its own pixels: a local background (`box_statistics`) is subtract
 the frame has no uncertainty, its local robust rms becomes one (a raw frame's global scatter
 is several times its pixel noise: overscan, vignetting, dust); cosmic rays and hot pixels
 are masked (`clean_cosmic_rays`). Then it is resampled once onto the fixed grid (by block
-translations, see `_resample`, or `resample_to_target`). The static sky, the clipped mean of
-the frames on that grid (`combine_frames`), is subtracted from each; the cores of bright
-stars, which never subtract cleanly, are masked. Each difference image D with variance V
-and mask M gives, as in KBMOD,
+translations, see `_resample`, or `resample_to_target`). The static sky, the clipped mean
+of the frames on that grid (`combine_frames`' rules, on row blocks), is subtracted from
+each; the cores of bright stars, which never subtract cleanly, are masked. Each difference
+image D with variance V and mask M gives, as in KBMOD,
 
     psi = PSF * (D / V),     phi = PSF^2 * (1 / V)     (masked pixels: 1/V = 0)
 
@@ -16,7 +16,9 @@ so that along a trajectory ``sum(psi) / sum(phi)`` is the PSF-fitted flux and
 ``sum(psi) / sqrt(sum(phi))`` its S/N. Resampling correlates the noise and a noise model
 is never exact, so each frame's planes are calibrated on the data: the robust standard
 deviation ``c`` of ``psi / sqrt(phi)`` over the frame (1 for exact white noise) divides psi
-and phi by ``c**2``, which makes every frame's S/N have unit scatter.
+and phi by ``c**2``, which makes every frame's S/N have unit scatter (`psi_phi`, in boxes).
+The search keeps per frame the calibrated S/N ``z = psi / sqrt(phi)`` and ``phi``, written
+over the frame's resampled data and noise.
 """
 
 import logging
@@ -45,12 +47,13 @@ def sigma_g(values):
 
 
 def box_statistics(image, good, box, min_fraction=0.3):
-    """Median and sigma-G of an image in boxes, interpolated bilinearly to every pixel.
+    """Median and sigma-G of an image in boxes: two small arrays, one value per box.
 
     Written here rather than through `photutils.background.Background2D` (which does the same
     with more options) because it runs three times per frame in the search and this is
-    several times faster: one sort per box, separable linear interpolation. Boxes with less
-    than ``min_fraction`` good pixels take the median of the other boxes.
+    several times faster: one sort per box, and only the maps that are needed are
+    interpolated to every pixel (`upsample`). Boxes with less than ``min_fraction`` good
+    pixels take the median of the other boxes. Returns ``median, sigma, box``.
     """
     ny, nx = image.shape
     box = int(max(8, min(box, ny, nx)))
@@ -71,24 +74,39 @@ def box_statistics(image, good, box, min_fraction=0.3):
         raise FrameError("too few good pixels to measure the local background and noise")
     median = np.where(enough, median, np.median(median[enough]))
     sigma = np.where(enough, sigma, np.median(sigma[enough]))
-    return _upsample(median, box, (ny, nx)), _upsample(sigma, box, (ny, nx))
+    return median, sigma, box
 
 
-def _upsample(values, box, shape):
-    """Bilinear interpolation of box values (at the box centres) onto every pixel."""
+def _axis_weights(n, nb, box):
+    """For ``n`` pixels: the box centre at or before each (clamped) and the fraction of the
+    way to the next one (0 before the first centre and after the last)."""
+    pos = (np.arange(n) + 0.5) / box - 0.5
+    i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
+    return i0, np.clip(pos - i0, 0, 1).astype(np.float32)
+
+
+def upsample(values, box, shape):
+    """Bilinear interpolation of box values (at the box centres) onto every pixel.
+
+    Along y on the small (ny, n_boxes) array, then along x one run of columns between two
+    box centres at a time (``a + (b - a) * f`` with ``a``, ``b`` a column each): the output
+    is written once, without full-size gathers or temporaries. (A matrix product would
+    be faster alone, but a multi-threaded BLAS spins its threads on a shared machine.)
+    """
     ny, nx = shape
-    out = values.astype(np.float32)
-    for axis, n in ((0, ny), (1, nx)):
-        nb = out.shape[axis]
-        pos = (np.arange(n) + 0.5) / box - 0.5
-        i0 = np.clip(np.floor(pos).astype(int), 0, nb - 1)
-        i1 = np.clip(i0 + 1, 0, nb - 1)
-        frac = np.clip(pos - i0, 0, 1).astype(np.float32)
-        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
-        shape_f = [1, 1]
-        shape_f[axis] = n
-        frac = frac.reshape(shape_f)
-        out = a + (b - a) * frac
+    values = np.asarray(values, np.float32)
+    nby, nbx = values.shape
+    i0, f = _axis_weights(ny, nby, box)
+    a, b = values[i0], values[np.minimum(i0 + 1, nby - 1)]
+    rows = a + (b - a) * f[:, None]
+    j0, g = _axis_weights(nx, nbx, box)
+    out = np.empty((ny, nx), np.float32)
+    edges = np.flatnonzero(np.diff(j0)) + 1
+    for start, stop in zip(np.r_[0, edges], np.r_[edges, nx]):
+        k = j0[start]
+        a, b = rows[:, k:k + 1], rows[:, min(k + 1, nbx - 1):min(k + 1, nbx - 1) + 1]
+        np.multiply(b - a, g[None, start:stop], out=out[:, start:stop])
+        out[:, start:stop] += a
     return out
 
 
@@ -99,14 +117,15 @@ def _local_background(data, bad, box):
     robust scatter ignores the steep vignetting and dust-ring gradients of a raw frame that
     inflate a plain local rms several times near its edges.
     """
-    background, _ = box_statistics(data, ~bad, box)
+    background, _, size = box_statistics(data, ~bad, box)
     diff = np.zeros_like(data)
-    diff[:, 1:] = data[:, 1:] - data[:, :-1]
+    np.subtract(data[:, 1:], data[:, :-1], out=diff[:, 1:])
     diff_good = ~bad
     diff_good[:, 1:] &= ~bad[:, :-1]
     diff_good[:, 0] = False
-    _, noise = box_statistics(diff, diff_good, box)
-    return background, (noise / np.sqrt(2)).astype(np.float32)
+    _, noise, _ = box_statistics(diff, diff_good, box)
+    return (upsample(background, size, data.shape),
+            upsample(noise / np.sqrt(2), size, data.shape))
 
 
 def prepare_frame(job):
@@ -114,7 +133,8 @@ def prepare_frame(job):
 
     ``job`` is ``(index, frame, options)``; returns the frame resampled onto the grid: by
     block translations (`_resample`) when the frame maps onto the grid as one to within
-    0.01 pixel, else through `resample_to_target`'s warp path.
+    0.01 pixel, else through `resample_to_target`'s warp path. ``data`` and ``std`` are NaN
+    where masked (no separate mask: the NaN are the mask).
     """
     from ..cosmicray import clean_cosmic_rays
     from ..resample import flux_convention
@@ -125,6 +145,7 @@ def prepare_frame(job):
     data = np.asarray(frame.data, dtype=np.float32)
     good = check_finite_fraction(frame, label)
     bad = ~good | _saturated(frame, data, opts["saturation_grow"])
+    del good
     background, rms = _local_background(data, bad, opts["background_box"])
     if frame.uncertainty is not None:
         try:
@@ -137,8 +158,9 @@ def prepare_frame(job):
         std = rms
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
-    bad |= ~(std > 0) | ~np.isfinite(std)
-    sky = np.where(bad, 0, data - background)
+    bad |= ~((std > 0) & (std < np.inf))  # NaN fails both
+    sky = np.subtract(data, background, out=background)  # in place: no more copies
+    sky[bad] = 0
     n_cr = 0
     if opts["cosmic_rays"]:
         # without the mask (the bad pixels are at the sky level, 0): the detector's
@@ -149,23 +171,26 @@ def prepare_frame(job):
         cleaned = clean_cosmic_rays(work, method="median")
         n_cr = int(cleaned.meta.get("CRNFLAG", 0))
         hits = np.asarray(cleaned.mask, bool)
+        del work, cleaned  # their planes are the frame's size: not kept while resampling
         bad |= hits
         sky[hits] = 0  # a cosmic ray's ringing through the cubic spline is not sky either
     found = translations(frame.wcs.celestial, opts["wcs"], frame.shape, opts["shape"])
     if found is not None:
         blocks, ratio = found
-        out, variance, mask = resample_blocks(sky, np.where(bad, 0, std * std), bad, blocks,
-                                              opts["shape"])
+        variance = np.square(std)
+        variance[bad] = 0
+        del std, rms
+        out, variance, mask = resample_blocks(sky, variance, bad, blocks, opts["shape"])
         if flux_convention(frame.unit) != "surface":  # counts per pixel (or unknown)
             out *= np.float32(ratio)
             variance *= np.float32(ratio * ratio)
-        out_std = np.sqrt(variance)
+        out_std = np.sqrt(variance, out=variance)
         path = "block translations"
     else:
         out, out_std, mask = _warp(frame, sky, std, bad, opts)
         path = "warp"
     log.debug("%s: prepared (%s), %d cosmic-ray pixels masked", label, path, n_cr)
-    return {"data": out, "std": out_std, "mask": mask, "n_cr": n_cr}
+    return {"data": out, "std": out_std, "n_cr": n_cr}
 
 
 def _warp(frame, sky, std, bad, opts):
@@ -252,31 +277,44 @@ def crop_to_grid(frame, wcs, shape, margin=8):
     return frame[y0:y1, x0:x1]
 
 
-def static_sky(prepared, min_frames=3):
-    """The static sky on the grid: the clipped mean of the frames (`combine_frames`).
+def static_sky(prepared, min_frames=3, rows=64):
+    """The static sky on the grid: the clipped mean of the frames (`combine_frames`' rules).
 
     A mean, not a median: along a motion of zero, a static source then cancels exactly
     (the median of a star whose seeing changes is not its mean, and the difference would
     add up over the frames). Values more than 3 sigma above the median (a mover, a cosmic
     ray left over) are left out. NaN where fewer than ``min_frames`` cover. Returns
     ``template, noise``: the template and the mean single-frame noise at each pixel.
+
+    The combine's own block arithmetic (``_combine_block``, the same clipping and mean as
+    `combine_frames` with ``sigma_clip=True, sigma_low=10, sigma_high=3``) is called on
+    blocks of ``rows`` rows of the frames' arrays: `combine_frames` would first wrap each
+    frame in a `~astropy.nddata.CCDData` whose uncertainty copies the array, a second
+    full set of the frames' planes for nothing.
     """
-    from ..combine import combine_frames
-    ccds = [CCDData(p["data"], unit="adu", mask=p["mask"],
-                    uncertainty=StdDevUncertainty(p["std"])) for p in prepared]
-    combined = combine_frames(ccds, method="mean", sigma_clip=True, sigma_low=10.0,
-                              sigma_high=3.0)
-    template = np.asarray(combined.image.data, dtype=np.float32)
-    holes = (np.asarray(combined.coverage) < min(min_frames, len(prepared))) \
-        | ~np.isfinite(template)
-    noise = np.zeros(template.shape, np.float32)
-    count = np.zeros(template.shape, np.int16)
-    for p in prepared:
-        good = ~p["mask"] & np.isfinite(p["data"])
-        noise += np.where(good, p["std"], 0)
-        count += good
-    noise = np.where(count > 0, noise / np.maximum(count, 1), np.nan).astype(np.float32)
-    return np.where(holes, np.nan, template).astype(np.float32), noise
+    from .._combine_block import combine_block
+    n = len(prepared)
+    ny, nx = prepared[0]["data"].shape
+    template = np.full((ny, nx), np.nan, np.float32)
+    noise = np.full((ny, nx), np.nan, np.float32)
+    ones = np.ones(n)
+    need = min(min_frames, n)
+    for r0 in range(0, ny, rows):
+        r1 = min(ny, r0 + rows)
+        h0, h1 = max(0, r0 - 1), min(ny, r1 + 1)  # a halo of one row: the clip's gradient
+        data = np.stack([p["data"][h0:h1] for p in prepared])
+        std = np.stack([p["std"][h0:h1] for p in prepared])
+        bad = ~np.isfinite(data)
+        core = slice(r0 - h0, r1 - h0)
+        good = ~bad[:, core] & np.isfinite(data[:, core])
+        count = good.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise[r0:r1] = np.where(count > 0, np.where(good, std[:, core], 0).sum(axis=0)
+                                    / np.maximum(count, 1), np.nan)
+        value, _, coverage, _, _ = combine_block(data, std * std, bad, ones, "mean", False,
+                                                 n, 1.0, (10.0, 3.0, 1.0), core)
+        template[r0:r1] = np.where((coverage >= need) & np.isfinite(value), value, np.nan)
+    return template, noise
 
 
 def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0):
@@ -296,20 +334,19 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
 
     Returns ``template, stars, n_varying``.
     """
-    from scipy.ndimage import distance_transform_edt, label, maximum_position
+    from scipy.ndimage import label
     holes = ~np.isfinite(template)
     low = np.zeros(template.shape, np.int16)
     with np.errstate(invalid="ignore"):
         for p in prepared:
-            value = np.where(p["mask"], np.nan, p["data"])
+            value = p["data"]  # NaN where masked: no comparison holds there
             low += (template - value > vary_sigma * noise) & (value < 0.3 * template)
         varying = (low >= max(2, int(np.ceil(0.2 * len(prepared))))) & ~holes
         bright = template > star_sigma * noise
     labels, n = label(bright)
     stars = np.zeros(template.shape, bool)
     if n:
-        index = np.arange(1, n + 1)
-        peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+        peaks = component_peaks(template, labels, n)
         static = np.array([False] + [not varying[p] for p in peaks])
         # brighter stars have wider wings and halos: grow by one FWHM plus two per decade
         peak_sigma = np.array([1.0] + [template[p] / noise[p] for p in peaks])
@@ -317,10 +354,48 @@ def keep_slow_movers(template, prepared, noise, fwhm, star_sigma, vary_sigma=4.0
         radius[~static] = -1
         core = static[labels]
         if core.any():
-            distance, (iy, ix) = distance_transform_edt(~core, return_indices=True)
-            stars = distance <= radius[labels[iy, ix]]
+            stars = _grow_cores(core, labels, radius)
     varying = _grow(varying & ~stars, max(1.0, fwhm / 2)) & ~holes & ~stars
     return np.where(varying, 0, template).astype(np.float32), stars, int(varying.sum())
+
+
+def component_peaks(image, labels, n):
+    """The position ``(y, x)`` of the maximum of ``image`` in each of the ``n`` labelled
+    components (`scipy.ndimage.maximum_position` on the component's box alone: its
+    whole-image form sorts every pixel of the image, several full-size index arrays)."""
+    from scipy.ndimage import find_objects
+    peaks = []
+    for i, box in enumerate(find_objects(labels, n), start=1):
+        part = np.where(labels[box] == i, image[box], -np.inf)
+        y, x = np.unravel_index(np.argmax(part), part.shape)
+        peaks.append((box[0].start + int(y), box[1].start + int(x)))
+    return peaks
+
+
+def _grow_cores(core, labels, radius, tile=256):
+    """Pixels nearer a core pixel than that core's star's ``radius`` (by label).
+
+    The nearest core pixel of each pixel (`scipy.ndimage.distance_transform_edt`), found
+    tile by tile with a margin of the largest radius: a core farther than that cannot mask
+    the pixel, so the answer is the whole image's, without its full-size distance and
+    index planes.
+    """
+    from scipy.ndimage import distance_transform_edt
+    ny, nx = core.shape
+    reach = int(np.ceil(max(float(radius.max()), 0))) + 1
+    stars = np.zeros(core.shape, bool)
+    for y0 in range(0, ny, tile):
+        for x0 in range(0, nx, tile):
+            ya, yb = max(0, y0 - reach), min(ny, y0 + tile + reach)
+            xa, xb = max(0, x0 - reach), min(nx, x0 + tile + reach)
+            part = core[ya:yb, xa:xb]
+            if not part.any():
+                continue
+            distance, (iy, ix) = distance_transform_edt(~part, return_indices=True)
+            grown = distance <= radius[labels[ya:yb, xa:xb][iy, ix]]
+            stars[y0:y0 + tile, x0:x0 + tile] = grown[y0 - ya:y0 - ya + tile,
+                                                      x0 - xa:x0 - xa + tile]
+    return stars
 
 
 def _grow(mask, radius):
@@ -332,36 +407,60 @@ def _grow(mask, radius):
     return binary_dilation(mask, structure=np.hypot(xx, yy) <= radius)
 
 
-def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128):
-    """KBMOD's psi and phi planes of one frame, calibrated to unit S/N scatter.
+def _subsampled_median(values, keep, step=3):
+    """Median of ``values[keep]`` on one pixel in ``step**2`` when that leaves 1000 or more
+    (a typical value of a smooth plane needs no more), else on all of them; NaN if none."""
+    part, inside = values[::step, ::step], keep[::step, ::step]
+    chosen = part[inside] if np.count_nonzero(inside) >= 1000 else values[keep]
+    return float(np.median(chosen)) if chosen.size else float("nan")
+
+
+def psi_phi(difference, std, mask, fwhm, calibrate_on, box=128, out=None):
+    """KBMOD's psi and phi of one frame, calibrated to unit S/N scatter, as S/N and phi.
 
     The per-frame S/N ``psi / sqrt(phi)`` is measured in boxes of ``box`` pixels (its
     median and sigma-G over the quiet pixels, `~photutils.background.Background2D`):
     ``psi`` and ``phi`` are corrected so that it has zero mean and unit scatter locally,
     whatever the noise model missed (correlations from resampling, background residuals).
-    Returns ``psi, phi, c`` (float32 planes and the median scatter factor).
+    Returns ``z, phi, c``: the calibrated S/N plane ``z = psi / sqrt(phi)`` (written into
+    ``out`` if given, which may be ``difference`` itself), the calibrated phi (0 where
+    the frame does not cover: there psi and
+    z are 0 too) and the median scatter factor. ``psi = z * sqrt(phi)``: the search keeps
+    these two planes, the first pass reads ``z`` and the candidates ``psi`` from them.
     """
     from scipy.ndimage import gaussian_filter
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
-    bad = mask | ~np.isfinite(difference) | ~np.isfinite(std) | (std <= 0)
-    weight = np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, std) ** 2).astype(np.float32)
-    psi = gaussian_filter(np.where(bad, 0.0, difference) * weight, sigma, mode="constant",
-                          truncate=4.0)
+    good = ~mask & np.isfinite(difference) & np.isfinite(std) & (std > 0)
+    weight = np.zeros(difference.shape, np.float32)
+    np.divide(np.float32(1), np.square(std, where=good, out=np.ones_like(weight)),
+              out=weight, where=good)
+    signal = np.zeros(difference.shape, np.float32)
+    np.multiply(difference, weight, out=signal, where=good)
+    psi = gaussian_filter(signal, sigma, mode="constant", truncate=4.0, output=signal)
     # PSF^2 of a unit-sum Gaussian is a Gaussian of sigma/sqrt(2) times 1/(4 pi sigma^2)
-    phi = gaussian_filter(weight, sigma / np.sqrt(2), mode="constant", truncate=4.0) \
-        / np.float32(4 * np.pi * sigma ** 2)
-    covered = phi > 0.5 * np.median(phi[phi > 0]) if np.any(phi > 0) else phi > 0
+    phi = gaussian_filter(weight, sigma / np.sqrt(2), mode="constant", truncate=4.0,
+                          output=weight)
+    phi /= np.float32(4 * np.pi * sigma ** 2)
+    positive = phi > 0
+    covered = phi > 0.5 * np.median(phi[positive]) if positive.any() else positive
     use = covered & calibrate_on
     if use.sum() < 100:
         raise FrameError("too few unmasked pixels to calibrate the noise of a frame "
                          f"({int(use.sum())}).")
-    root = np.sqrt(np.where(covered, phi, 1))
-    snr = np.where(covered, psi / root, 0)
-    mean, c = box_statistics(snr, use, box)
-    c = np.where(np.isfinite(c) & (c > 0), c, np.nanmedian(c))
-    psi = np.where(covered, (psi - mean * root) / c ** 2, 0).astype(np.float32)
-    phi = np.where(covered, phi / c ** 2, 0).astype(np.float32)
-    return psi, phi, float(np.median(c[use]))
+    phi[~covered] = 0
+    root = np.sqrt(phi)
+    z = out if out is not None else np.empty(phi.shape, np.float32)
+    z[...] = 0
+    np.divide(psi, root, out=z, where=covered)  # the uncalibrated S/N
+    mean, c, size = box_statistics(z, use, box)
+    fine = np.isfinite(c) & (c > 0)
+    c = np.where(fine, c, np.median(c[fine]) if fine.any() else 1.0)
+    mean, c = upsample(mean, size, z.shape), upsample(c, size, z.shape)
+    z -= mean
+    z /= c
+    z[~covered] = 0
+    phi /= c * c
+    return z, phi, _subsampled_median(c, use)
 
 
 def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
@@ -373,20 +472,16 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
     stars of their flux within 3 FWHM over their fitted flux, corrects. Returns 1 (and
     says so) when fewer than 3 stars can be measured.
     """
-    from scipy.ndimage import gaussian_filter, label, maximum_filter, maximum_position
+    from scipy.ndimage import gaussian_filter, label, maximum_filter
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
     finite = np.isfinite(template)
-    image = np.where(finite, template, 0).astype(np.float64)
-    fitted = gaussian_filter(image, sigma, mode="constant", truncate=4.0) \
-        * (4 * np.pi * sigma ** 2)
     with np.errstate(invalid="ignore"):
         bright = (template > min_sigma * noise) & finite
     labels, n = label(bright)
     if n == 0:
         log.info("search: no star to measure the flux correction on; fluxes are Gaussian-fit")
         return 1.0
-    index = np.arange(1, n + 1)
-    peaks = maximum_position(np.where(bright, template, -np.inf), labels, index)
+    peaks = component_peaks(template, labels, n)
     order = np.argsort([-template[p] for p in peaks])
     r_ap, r_in, r_out = 3 * fwhm, 4 * fwhm, 6 * fwhm
     half = int(np.ceil(r_out)) + 1
@@ -407,7 +502,12 @@ def aperture_correction(template, noise, fwhm, min_sigma=20.0, n_stars=30):
             continue
         sky = np.median(cut[(rr >= r_in) & (rr <= r_out)])
         total = np.sum(cut[rr <= r_ap] - sky)
-        fit = maximum_filter(fitted[y - 1:y + 2, x - 1:x + 2], size=3).max() \
+        # the Gaussian fit about the peak, filtered on the cut alone (the filter reaches
+        # 4 sigma, well inside it): not a filtered copy of the whole field in float64
+        fitted = gaussian_filter(np.where(finite[y - half:y + half + 1, x - half:x + half + 1],
+                                          cut, 0).astype(np.float64), sigma, mode="constant",
+                                 truncate=4.0) * (4 * np.pi * sigma ** 2)
+        fit = maximum_filter(fitted[half - 1:half + 2, half - 1:half + 2], size=3).max() \
             - sky * 4 * np.pi * sigma ** 2 * 1.0
         if fit > 0:
             ratios.append(total / fit)

@@ -92,30 +92,33 @@ def translations(wcs_in, wcs_out, shape_in, shape_out, block=128, tolerance=0.01
     jyx = np.diff(dy, axis=1) / np.diff(xs)[None, :]
     det = jxx[:-1, :] * jyy[:, :-1] - jxy[:, :-1] * jyx[:-1, :]
     ratio = float(np.median(np.abs(det)))
+    origins = [(y0, x0) for y0 in range(0, ny, block) for x0 in range(0, nx, block)]
+    sizes = [(min(block, ny - y0), min(block, nx - x0)) for y0, x0 in origins]
+    # every block's centre and corners through both WCS at once (one call, not two a block)
+    px_all, py_all = [], []
+    for (y0, x0), (h, w) in zip(origins, sizes):
+        px_all += [x0 + (w - 1) / 2, x0, x0 + w - 1, x0, x0 + w - 1]
+        py_all += [y0 + (h - 1) / 2, y0, y0, y0 + h - 1, y0 + h - 1]
+    px_all, py_all = np.array(px_all), np.array(py_all)
+    qx_all, qy_all = pixel_to_pixel(wcs_out, wcs_in, px_all, py_all)
+    shift_x = (np.asarray(qx_all, float) - px_all).reshape(-1, 5)
+    shift_y = (np.asarray(qy_all, float) - py_all).reshape(-1, 5)
     out = []
-    for y0 in range(0, ny, block):
-        for x0 in range(0, nx, block):
-            h, w = min(block, ny - y0), min(block, nx - x0)
-            inside = ((ys >= y0) & (ys <= y0 + h - 1))[:, None] \
-                & ((xs >= x0) & (xs <= x0 + w - 1))[None, :]
-            cy, cx = y0 + (h - 1) / 2, x0 + (w - 1) / 2
-            qx, qy = pixel_to_pixel(wcs_out, wcs_in, np.array([cx]), np.array([cy]))
-            ddx, ddy = float(qx[0]) - cx, float(qy[0]) - cy
-            # the block's input footprint, with the taps' reach: skip it if off the frame
-            if (x0 + ddx > fx + 2 or x0 + w - 1 + ddx < -3
-                    or y0 + ddy > fy + 2 or y0 + h - 1 + ddy < -3):
-                continue
-            # corners: the nodes inside and the block's own corners
-            corner_x = np.array([x0, x0 + w - 1, x0, x0 + w - 1], float)
-            corner_y = np.array([y0, y0, y0 + h - 1, y0 + h - 1], float)
-            kx, ky = pixel_to_pixel(wcs_out, wcs_in, corner_x, corner_y)
-            dev = max(np.max(np.abs(np.asarray(kx) - corner_x - ddx)),
-                      np.max(np.abs(np.asarray(ky) - corner_y - ddy)),
-                      np.max(np.abs(dx[inside] - ddx), initial=0.0),
-                      np.max(np.abs(dy[inside] - ddy), initial=0.0))
-            if not dev <= tolerance:
-                return None
-            out.append((y0, x0, h, w, ddy, ddx))
+    for j, ((y0, x0), (h, w)) in enumerate(zip(origins, sizes)):
+        inside = ((ys >= y0) & (ys <= y0 + h - 1))[:, None] \
+            & ((xs >= x0) & (xs <= x0 + w - 1))[None, :]
+        ddx, ddy = float(shift_x[j, 0]), float(shift_y[j, 0])
+        # the block's input footprint, with the taps' reach: skip it if off the frame
+        if (x0 + ddx > fx + 2 or x0 + w - 1 + ddx < -3
+                or y0 + ddy > fy + 2 or y0 + h - 1 + ddy < -3):
+            continue
+        # corners: the nodes inside and the block's own corners
+        dev = max(np.max(np.abs(shift_x[j, 1:] - ddx)), np.max(np.abs(shift_y[j, 1:] - ddy)),
+                  np.max(np.abs(dx[inside] - ddx), initial=0.0),
+                  np.max(np.abs(dy[inside] - ddy), initial=0.0))
+        if not dev <= tolerance:
+            return None
+        out.append((y0, x0, h, w, ddy, ddx))
     return out, ratio
 
 
@@ -135,10 +138,15 @@ def resample_blocks(data, variance, bad, blocks, shape_out):
     from scipy.ndimage import spline_filter
     ny, nx = shape_out
     fy, fx = data.shape
-    coefficients = np.pad(spline_filter(np.asarray(data, np.float32), order=3,
-                                        output=np.float32, mode="mirror"), _PAD)
-    var = np.pad(np.asarray(variance, np.float32), _PAD)
-    badp = np.pad(np.asarray(bad, bool), _PAD, constant_values=True)
+    # padded planes made once and filled in place (np.pad would copy each a second time)
+    inner = (slice(_PAD, _PAD + fy), slice(_PAD, _PAD + fx))
+    coefficients = np.zeros((fy + 2 * _PAD, fx + 2 * _PAD), np.float32)
+    spline_filter(np.asarray(data, np.float32), order=3, output=coefficients[inner],
+                  mode="mirror")
+    var = np.zeros(coefficients.shape, np.float32)
+    var[inner] = variance
+    badp = np.ones(coefficients.shape, bool)
+    badp[inner] = bad
     out = np.full((ny, nx), np.nan, np.float32)
     out_var = np.full((ny, nx), np.nan, np.float32)
     mask = np.ones((ny, nx), bool)
