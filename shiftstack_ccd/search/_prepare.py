@@ -118,6 +118,7 @@ def prepare_frame(job):
     """
     from ..cosmicray import clean_cosmic_rays
     from ..resample import flux_convention
+    from ._lines import bad_lines
     from ._resample import resample_blocks, translations
     index, frame, opts = job
     label = frame_label(frame, index)
@@ -138,6 +139,8 @@ def prepare_frame(job):
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
     bad |= ~(std > 0) | ~np.isfinite(std)
+    if opts.get("bad_lines"):  # dithered frames: lines the static sky will not cancel
+        bad |= bad_lines(data - background, std, bad)
     sky = np.where(bad, 0, data - background)
     n_cr = 0
     if opts["cosmic_rays"]:
