@@ -316,10 +316,11 @@ def test_candidate_stack_result_holds_the_target(sim, sim_found):
 
 def test_stamps_png(sim, sim_found, tmp_path):
     path = tmp_path / "stamps.png"
-    n = ss.write_candidate_stamps(sim.frames, sim_found[:2], path, size=25)
+    two = sim_found[[0, 0]]  # the target twice: the field has one candidate
+    n = ss.write_candidate_stamps(sim.frames, two, path, size=25)
     assert n == 2 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ss.OutputExistsError):
-        ss.write_candidate_stamps(sim.frames, sim_found[:2], path)
+        ss.write_candidate_stamps(sim.frames, two, path)
 
 
 # ---- bad input ------------------------------------------------------------------------

@@ -138,6 +138,7 @@ def prepare_frame(job):
     """
     from ..cosmicray import clean_cosmic_rays
     from ..resample import flux_convention
+    from ._lines import bad_lines
     from ._resample import resample_blocks, translations
     index, frame, opts = job
     label = frame_label(frame, index)
@@ -159,6 +160,8 @@ def prepare_frame(job):
     if not np.any(np.isfinite(std) & (std > 0)):
         raise FrameError(f"{label}: its noise cannot be estimated (constant frame?).")
     bad |= ~((std > 0) & (std < np.inf))  # NaN fails both
+    if opts.get("bad_lines"):  # dithered frames: lines the static sky will not cancel
+        bad |= bad_lines(data - background, std, bad)
     sky = np.subtract(data, background, out=background)  # in place: no more copies
     sky[bad] = 0
     n_cr = 0

@@ -48,6 +48,7 @@ from ..exceptions import FrameError, SearchError
 from ..frames import exposure_time, mid_exposure_time, read_frames
 from ._kernel import (axis_grid, first_pass_slab, merge, motion_step, offsets_for, refine,
                       robust_values, sample_psi_phi, search_tile)
+from ._lines import frames_dithered
 from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi, sigma_g,
                        static_sky, trim)
 from ._resample import frame_grid, shifted_wcs
@@ -391,7 +392,8 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
 
     # ---- frames -> psi/phi planes on the grid
     opts = {"wcs": grid_wcs, "shape": (ny, nx), "background_box": background_box,
-            "cosmic_rays": cosmic_rays, "saturation_grow": 6.0}
+            "cosmic_rays": cosmic_rays, "saturation_grow": 6.0,
+            "bad_lines": frames_dithered(wcses, [f.shape for f in frames])}
     prepared = map_frames(prepare_frame,
                           [(i, f, opts) for i, f in enumerate(frames)], scheduler,
                           "search: preparing frames")
