@@ -150,6 +150,8 @@ def main():
     print(f"{'  search (first pass)':34s} {meta['seconds_search']:9.1f} "
           f"{n_traj / meta['seconds_search']:15.3g}")
     print(f"{'  candidates (rescoring, refine)':34s} {meta['seconds_candidates']:9.1f}")
+    print(f"{'  (estimated before it started':34s} {meta['seconds_estimated']:9.1f}   "
+          "what max_time is checked against)")
     print(f"{'numpy shift-and-add (sum only)':34s} {plain:9.1f} "
           f"{meta['n_motions'] * nx * ny / plain:15.3g}")
     print(f"{'memory-bandwidth limit':34s} {'':9s} {limit:15.3g}   ({gbs:.1f} GB/s numpy add)")
