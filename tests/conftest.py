@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shiftstack_ccd.datasets import get_data_path  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a pure function: module-scoped fixtures may use it too
 def shared_data():
     """Return a function that finds real example data, skipping the test when it is absent."""
     def find(relative):

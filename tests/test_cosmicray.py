@@ -387,17 +387,13 @@ def recalled(hits, mask, low, high=np.inf):
 
 
 @pytest.fixture(scope="module")
-def lowell():
+def lowell(shared_data):
     """Two consecutive Lowell frames, light-calibrated, and their stars above 20 sigma."""
     from photutils.background import Background2D
     from photutils.detection import DAOStarFinder
 
-    from shiftstack_ccd.datasets import get_data_path
     from shiftstack_ccd.frames import read_frames
-    try:
-        folder = get_data_path("lowell42-5945/5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
+    folder = shared_data("lowell42-5945/5945")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frames = [light_calibration(f) for f in read_frames(sorted(folder.glob("*.fits"))[:2])]

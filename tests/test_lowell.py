@@ -24,11 +24,8 @@ from lowell_helpers import TRIM, asteroid_motion
 
 
 @pytest.fixture(scope="module")
-def lowell():
-    try:
-        folder = ss.get_data_path("lowell42-5945/5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
+def lowell(shared_data):
+    folder = shared_data("lowell42-5945/5945")
     frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
     # raw frames: the sources are found on the exposed pixels (TRIMSEC) only
     track, eph = asteroid_motion(frames, frames, section=TRIM)

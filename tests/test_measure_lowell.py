@@ -29,11 +29,8 @@ N_FAKES = 20
 
 
 @pytest.fixture(scope="module")
-def lowell():
-    try:
-        folder = ss.get_data_path("lowell42-5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
+def lowell(shared_data):
+    folder = shared_data("lowell42-5945")
     raw, frames = calibrated(folder)
     track, eph = asteroid_motion(raw, frames)
     plain = ss.shift_and_stack(frames, eph, size=601, sigma_clip=True)

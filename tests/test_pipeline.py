@@ -630,12 +630,9 @@ def _ring_contrast(image, x0, y0):
 
 
 @pytest.fixture(scope="module")
-def lowell_run(tmp_path_factory):
+def lowell_run(tmp_path_factory, shared_data):
     """The example pipeline file, run on the real frames (skipped without them)."""
-    try:
-        folder = ss.get_data_path("lowell42-5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
+    folder = shared_data("lowell42-5945")
     tmp = tmp_path_factory.mktemp("lowell")
     shutil.copy(EXAMPLE, tmp / "lowell.toml")
     inputs = sorted(Path(folder).glob("*/*.fits"))

@@ -360,12 +360,15 @@ def test_around_without_uncertainty_needs_a_radius(sim):
 # ---- the raw Lowell frames -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def lowell_field(tmp_path_factory):
-    try:
-        folder = ss.get_data_path("lowell42-5945/5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
-    frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
+def lowell_raw(shared_data):
+    """The ten raw Lowell frames, read once for the module."""
+    folder = shared_data("lowell42-5945/5945")
+    return ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
+
+
+@pytest.fixture(scope="module")
+def lowell_field(lowell_raw):
+    frames = lowell_raw
     # the bias level, from the overscan that the cut below leaves out
     bias = float(np.median([ss.overscan_level(f) for f in frames]))
     # a 420 x 420 sub-field around (5945), inside the trimmed section
@@ -476,13 +479,8 @@ def test_command_line_search(sim, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def lowell_full_field():
-    try:
-        folder = ss.get_data_path("lowell42-5945/5945")
-    except FileNotFoundError as exc:
-        pytest.skip(f"real example data not available: {exc}")
-    frames = ss.read_frames(sorted(glob.glob(str(folder / "*.fits"))))
-    return ss.search_motion(frames, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE)
+def lowell_full_field(lowell_raw):
+    return ss.search_motion(lowell_raw, ra_rate=(-40, 40) * RATE, dec_rate=(-40, 40) * RATE)
 
 
 def test_lowell_full_field_false_candidates(lowell_full_field):
