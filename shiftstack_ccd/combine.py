@@ -173,7 +173,11 @@ class _FileSource:
     """A FITS file written by `CCDData.write` (data, ``UNCERT``, ``MASK``), read by rows.
 
     Rows are read with ``HDU.section`` from a file opened without memory-mapping, so only
-    the rows asked for are ever in memory.
+    the rows asked for are ever in memory; the file is opened for each block of rows and
+    closed again, so that a combine of many frames holds neither one open file nor one
+    parsed set of headers per frame (only the data header's copy, ``meta``): hundreds of
+    spilled frames would otherwise run into the limit of open files and grow the memory by
+    a fraction of a megabyte each.
     """
 
     _UNCERTAINTY_TYPES = {"StdDevUncertainty": "std", "VarianceUncertainty": "var",
@@ -181,56 +185,56 @@ class _FileSource:
 
     def __init__(self, path, index):
         self.label = str(path)
+        self.path = path
         try:
-            self.hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
         except OSError as exc:
             raise FrameError(f"{path}: cannot be opened as FITS: {exc}") from None
-        try:
-            self.sci = next(h for h in self.hdul if h.is_image and h.header.get("NAXIS") == 2)
-        except StopIteration:
-            self.hdul.close()
-            raise FrameError(f"{path}: has no 2-D image HDU to combine.") from None
-        names = [h.name for h in self.hdul]
-        if "UNCERT" not in names:
-            self.hdul.close()
-            raise FrameError(f"{path}: has no UNCERT extension; cannot propagate the "
-                             "variance (write the frames with CCDData.write and an "
-                             "uncertainty).")
-        self.unc = self.hdul["UNCERT"]
-        utype = self.unc.header.get("UTYPE", "StdDevUncertainty")
-        if utype not in self._UNCERTAINTY_TYPES:
-            self.hdul.close()
-            raise FrameError(f"{path}: UNCERT has UTYPE = {utype!r}; expected one of "
-                             f"{sorted(self._UNCERTAINTY_TYPES)}.")
-        self.utype = self._UNCERTAINTY_TYPES[utype]
-        self.mask_hdu = self.hdul["MASK"] if "MASK" in names else None
-        header = self.sci.header
-        self.shape = (header["NAXIS2"], header["NAXIS1"])
-        self.unit = u.Unit(header.get("BUNIT", ""), parse_strict="silent")
-        self.meta = header.copy()
+        with hdul:
+            try:
+                self.sci = next(i for i, h in enumerate(hdul)
+                                if h.is_image and h.header.get("NAXIS") == 2)
+            except StopIteration:
+                raise FrameError(f"{path}: has no 2-D image HDU to combine.") from None
+            names = [h.name for h in hdul]
+            if "UNCERT" not in names:
+                raise FrameError(f"{path}: has no UNCERT extension; cannot propagate the "
+                                 "variance (write the frames with CCDData.write and an "
+                                 "uncertainty).")
+            utype = hdul["UNCERT"].header.get("UTYPE", "StdDevUncertainty")
+            if utype not in self._UNCERTAINTY_TYPES:
+                raise FrameError(f"{path}: UNCERT has UTYPE = {utype!r}; expected one of "
+                                 f"{sorted(self._UNCERTAINTY_TYPES)}.")
+            self.utype = self._UNCERTAINTY_TYPES[utype]
+            self.has_mask = "MASK" in names
+            header = hdul[self.sci].header
+            self.shape = (header["NAXIS2"], header["NAXIS1"])
+            self.unit = u.Unit(header.get("BUNIT", ""), parse_strict="silent")
+            self.meta = header.copy()
         self.meta.setdefault("SSFILE", os.fspath(path))
-        self.float64 = header["BITPIX"] == -64
+        self.float64 = self.meta["BITPIX"] == -64
 
     @property
     def wcs(self):
         with warnings.catch_warnings():
             # 'datfix' and the like: the frame's WCS was checked when it was made
             warnings.simplefilter("ignore", FITSFixedWarning)
-            return WCS(self.sci.header)
+            return WCS(self.meta)
 
     def rows(self, r0, r1, out_data, out_var, out_bad):
-        out_data[...] = self.sci.section[r0:r1]
-        unc = self.unc.section[r0:r1]
-        with np.errstate(divide="ignore"):
-            out_var[...] = {"std": lambda a: np.square(a, dtype=float), "var": lambda a: a,
-                            "ivar": lambda a: 1.0 / a}[self.utype](unc)
-        if self.mask_hdu is not None:
-            out_bad[...] = self.mask_hdu.section[r0:r1] != 0
-        else:
-            out_bad[...] = False
+        with fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            out_data[...] = hdul[self.sci].section[r0:r1]
+            unc = hdul["UNCERT"].section[r0:r1]
+            with np.errstate(divide="ignore"):
+                out_var[...] = {"std": lambda a: np.square(a, dtype=float),
+                                "var": lambda a: a, "ivar": lambda a: 1.0 / a}[self.utype](unc)
+            if self.has_mask:
+                out_bad[...] = hdul["MASK"].section[r0:r1] != 0
+            else:
+                out_bad[...] = False
 
     def close(self):
-        self.hdul.close()
+        pass
 
 
 def _as_source(frame, index):
