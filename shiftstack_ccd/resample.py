@@ -577,20 +577,18 @@ def resample_to_grids(ccd, wcses, shape_out, **options):
 
     Examples
     --------
+    A simulated frame on its own grid (unchanged) and on one moved by a quarter and a half
+    pixel:
+
     >>> import numpy as np
-    >>> from astropy.nddata import CCDData, StdDevUncertainty
-    >>> from astropy.wcs import WCS
-    >>> wcs = WCS(naxis=2)
-    >>> wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    >>> wcs.wcs.crval = [150, 2]; wcs.wcs.crpix = [16, 16]
-    >>> wcs.wcs.cdelt = [-1 / 3600, 1 / 3600]
-    >>> data = np.zeros((31, 31), dtype=np.float32); data[15, 15] = 100
-    >>> ccd = CCDData(data, unit="electron", wcs=wcs,
-    ...               uncertainty=StdDevUncertainty(np.ones_like(data)))
-    >>> moved = wcs.deepcopy(); moved.wcs.crpix = [16.25, 16.5]
-    >>> fixed, on_target = resample_to_grids(ccd, [wcs, moved], (31, 31))
-    >>> float(fixed.data[15, 15]), on_target.meta["SSSHIFTX"], on_target.meta["SSSHIFTY"]
-    (100.0, 0.25, 0.5)
+    >>> import shiftstack_ccd as ss
+    >>> ccd = ss.simulate_observation(n_frames=1, shape=(31, 31), n_stars=0, noise=False,
+    ...                               seed=0).frames[0]
+    >>> moved = ccd.wcs.deepcopy(); moved.wcs.crpix = moved.wcs.crpix + [0.25, 0.5]
+    >>> fixed, on_target = resample_to_grids(ccd, [ccd.wcs, moved], (31, 31))
+    >>> shift = on_target.meta["SSSHIFTX"], on_target.meta["SSSHIFTY"]
+    >>> bool(np.allclose(fixed.data, ccd.data)), shift
+    (True, (0.25, 0.5))
     """
     unknown = sorted(set(options) - {"method", "interpolation", "conserve", "pixfrac",
                                      "kernel"})
