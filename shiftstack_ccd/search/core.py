@@ -202,14 +202,13 @@ def _estimate(n_pixels, motions, dt, n_frames, grid_pixels, tile):
     tile_h, tile_w = tile
     h, w = min(tile_h, int(np.sqrt(n_pixels)) + 1), min(tile_w, n_pixels)
     ox, oy = offsets_for(motions, dt)
-    mx0, mx1 = int(max(0, -ox.min())), int(max(0, ox.max()))
-    my0, my1 = int(max(0, -oy.min())), int(max(0, oy.max()))
+    mx0, mx1, my0, my1 = _margins(ox, oy)
     pick = np.unique(np.linspace(0, len(motions) - 1, min(len(motions), 64)).astype(int))
-    size = (h + my0 + my1, w + mx0 + mx1)
-    task = {"z": [np.zeros(size, np.float32)] * n_frames, "at": (0, 0), "size": size,
-            "cap": np.float32(1), "weights": np.ones(n_frames, np.float32), "shape": (h, w),
-            "ox": ox[pick] + mx0, "oy": oy[pick] + my0, "first": 0, "indices": pick,
-            "origin": (0, 0)}
+    rows, cols = (0, h + my0 + my1), (0, w + mx0 + mx1)
+    slab = _slab([np.zeros((rows[1], cols[1]), np.float32)] * n_frames, rows, cols,
+                 np.float32(1), np.ones(n_frames, np.float32))
+    task = dict(slab, shape=(h, w), ox=ox[pick] + mx0, oy=oy[pick] + my0, first=0,
+                indices=pick, origin=(0, 0))
     start = time.process_time()
     search_tile(task)
     per_trajectory = (time.process_time() - start) / (len(pick) * h * w)
@@ -466,8 +465,7 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     motions, grid_shape, searched = _motion_grid(cd, rates, step)
     ids = np.nonzero(searched)[0]  # the motions of the grid that reach the box of rates
     ox, oy = offsets_for(motions[ids], dt)
-    mx0, mx1 = int(max(0, -ox.min())), int(max(0, ox.max()))
-    my0, my1 = int(max(0, -oy.min())), int(max(0, oy.max()))
+    mx0, mx1, my0, my1 = _margins(ox, oy)
     if ellipse is not None:
         cx, cy = (float(v) for v in grid_wcs.world_to_pixel(centre))
         r = max(ellipse) / pixel_arcsec  # a box about the ellipse whatever the grid's angle
@@ -553,6 +551,13 @@ def search_motion(frames, *, ra_rate=None, dec_rate=None, reference_time=None,
     log.info("search: %d candidates at S/N >= %g from %d trajectories in %.1f s", len(out),
              snr_threshold, n_trajectories, out.meta["seconds"])
     return out
+
+
+def _margins(ox, oy):
+    """How far the motions' integer offsets reach left, right, down and up (pixels, >= 0):
+    the margins of a tile's slab."""
+    return (int(max(0, -ox.min())), int(max(0, ox.max())),
+            int(max(0, -oy.min())), int(max(0, oy.max())))
 
 
 def _slab(z, rows, cols, cap, weights):
