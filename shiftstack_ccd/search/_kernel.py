@@ -16,6 +16,15 @@ from .._combine_block import median_of_valid
 
 __all__ = []
 
+#: sigma_G = 0.7413 (q75 - q25): a standard deviation that ignores outliers (KBMOD's sigma-G).
+SIGMA_G = 0.741301109252801
+
+
+def sigma_g(values):
+    """Robust standard deviation from the inter-quartile range."""
+    q25, q75 = np.percentile(values, [25, 75])
+    return SIGMA_G * float(q75 - q25)
+
 
 def motion_step(fwhm, dt, max_loss=0.1):
     """The rate step (pixels per hour) of the trial grid.

@@ -26,7 +26,7 @@ lose sky (a sixth of a raw Lowell frame, whose edges are vignetted).
 import numpy as np
 
 from .._combine_block import median_of_valid
-from ._prepare import sigma_g
+from ._kernel import sigma_g
 
 __all__ = []
 

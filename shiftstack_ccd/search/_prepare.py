@@ -28,6 +28,7 @@ from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 
 from .._utils import check_finite_fraction, frame_label
 from ..exceptions import FrameError
+from ._kernel import SIGMA_G
 
 __all__ = []
 
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 
 #: The standard deviation given to bad pixels on their way through the resampling.
 _HUGE = np.float32(1e15)
-
-#: sigma_G = 0.7413 (q75 - q25): a standard deviation that ignores outliers (KBMOD's sigma-G).
-SIGMA_G = 0.741301109252801
-
-
-def sigma_g(values):
-    """Robust standard deviation from the inter-quartile range."""
-    q25, q75 = np.percentile(values, [25, 75])
-    return SIGMA_G * float(q75 - q25)
 
 
 def box_statistics(image, good, box, min_fraction=0.3):

@@ -47,9 +47,9 @@ from .._utils import require_celestial_wcs
 from ..exceptions import FrameError, SearchError
 from ..frames import exposure_time, mid_exposure_time, read_frames
 from ._kernel import (axis_grid, first_pass_slab, merge, motion_step, offsets_for, refine,
-                      robust_values, sample_psi_phi, search_tile)
+                      robust_values, sample_psi_phi, search_tile, sigma_g)
 from ._lines import frames_dithered
-from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi, sigma_g,
+from ._prepare import (aperture_correction, keep_slow_movers, prepare_frame, psi_phi,
                        static_sky, trim)
 from ._resample import frame_grid, shifted_wcs
 
