@@ -9,6 +9,7 @@ parameter, the value given and what is expected; its ``parameter`` attribute hol
 
 import numbers
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,6 @@ def byte_size(value, name):
     through here so that ``mem_limit = "2GB"`` means the same everywhere.
     """
     if isinstance(value, str):
-        import re
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
         unit = match.group(2).upper() if match else None
         if unit not in BYTE_UNITS:
